@@ -1,0 +1,1 @@
+"""Development helpers (not shipped): a throwaway PostgreSQL for tests, demo and bench."""

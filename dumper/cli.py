@@ -1,0 +1,182 @@
+"""The `dumper` command: parse options, set up logging, call one library
+function, print the report and turn the outcome into an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any, NoReturn, TextIO
+
+from . import __version__, auth, dump
+from .config import OPTIONS, Settings, resolve
+from .errors import ConfigError, DumperError, Interrupted, VerifyError
+from .logs import log, setup
+from .manifest import MANIFEST_NAME, Manifest, parse, verify
+from .sinks import Output
+
+EXIT_CODES = """exit codes:
+  0    success
+  1    unexpected error (a bug: please report it with the traceback)
+  2    usage or configuration error (nothing was written)
+  3    cannot connect or authenticate (network, TLS, IAM, password)
+  4    permission denied on a table (missing GRANT, row-level security)
+  5    the dump failed while reading (server error, lock timeout, lost connection)
+  6    the output could not be written
+  7    verify found a mismatch
+  130  interrupted by SIGINT, 143 by SIGTERM (no manifest was written)"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dumper", description=(
+        "Dump every table of a PostgreSQL database, from one consistent snapshot, to per-table "
+        "JSON files with a manifest. Every option can also be set as DUMPER_<NAME> in the environment."),
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"dumper {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = commands.add_parser("run", help="dump the database", epilog=EXIT_CODES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    for option in OPTIONS:
+        env = option.env + (f", {option.pg_env}" if option.pg_env else "")
+        default = option.default if not option.repeatable else ",".join(option.default) or None
+        shown = f"; default: {default}" if default not in (None, "") else ""
+        choices = f" [{'|'.join(option.choices)}]" if option.choices else ""
+        run.add_argument(option.flag, dest=option.name, metavar=option.name.upper(),
+                         action="append" if option.repeatable else "store",
+                         help=f"{option.help}{choices} (env {env}{shown})")
+    check = commands.add_parser("verify", help="check a dump against its manifest", epilog=EXIT_CODES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.add_argument("path", help="the run's folder or URL: <output>/<run_id>")
+    return parser
+
+
+def _run_main(coro: Coroutine[Any, Any, Any]) -> Any:
+    """asyncio.run, with SIGTERM/SIGINT cancelling the work (cleanup runs in finally blocks)."""
+    received: list[int] = []
+
+    async def guarded() -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+
+        def stop(sig: int) -> None:
+            received.append(sig)
+            task.cancel()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop, sig)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if received:
+                code = 128 + received[0]
+                error = Interrupted(f"stopped by {signal.Signals(received[0]).name}; "
+                                    "no manifest was written")
+                error.exit_code = code
+                raise error from None
+            raise
+
+    return asyncio.run(guarded())
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def print_report(manifest: Manifest, location: str, json_lines: bool, out: TextIO) -> None:
+    total_rows = sum(t.rows for t in manifest.tables)
+    total_bytes = sum(t.bytes for t in manifest.tables)
+    if json_lines:
+        for t in manifest.tables:
+            log.info("table dumped", extra={"table": f"{t.schema}.{t.table}", "rows": t.rows,
+                                            "bytes": t.bytes, "seconds": t.seconds, "path": t.path})
+        log.info("run finished", extra={"status": "success", "run_id": manifest.run_id,
+                                        "tables": len(manifest.tables), "rows": total_rows,
+                                        "bytes": total_bytes, "location": location})
+        return
+    rows = [(f"{t.schema}.{t.table}", f"{t.rows:,}", _human_bytes(t.bytes), f"{t.seconds:.2f}")
+            for t in manifest.tables]
+    rows.append((f"total ({len(manifest.tables)} tables)", f"{total_rows:,}", _human_bytes(total_bytes), ""))
+    header = ("table", "rows", "bytes", "seconds")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for r in [header, *rows]:
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        print("  ".join(cells).rstrip(), file=out)
+    print(f"\ndump complete: {location}/{MANIFEST_NAME}", file=out)
+
+
+def _json_mode(settings_format: str, stdout: TextIO) -> bool:
+    return settings_format == "json" or (settings_format == "auto" and not stdout.isatty())
+
+
+def cmd_run(settings: Settings, stdout: TextIO) -> int:
+    json_lines = _json_mode(settings.log_format, stdout)
+    setup(json_lines, stdout if json_lines else sys.stderr)
+    if settings.sslmode == "disable":
+        log.warning("WARNING: --sslmode disable: the connection is NOT encrypted; "
+                    "use it only against a local development server")
+    output = Output(settings.output)
+    password = auth.password_provider(settings)
+    log.info("run started", extra={"run_id": settings.run_id, "host": settings.host,
+                                   "dbname": settings.dbname, "output": settings.output})
+    manifest = _run_main(dump.run(settings, password, output))
+    print_report(manifest, output.path(settings.run_id), json_lines, stdout)
+    return 0
+
+
+def cmd_verify(path: str, stdout: TextIO) -> int:
+    output = Output(path)
+    try:
+        doc = parse(output.read(MANIFEST_NAME))
+    except FileNotFoundError:
+        raise VerifyError(f"{output.path(MANIFEST_NAME)} does not exist: not a complete dump") from None
+    problems = verify(doc, output.chunks)
+    if problems:
+        for problem in problems:
+            print(f"MISMATCH {problem}", file=stdout)
+        raise VerifyError(f"{len(problems)} mismatch(es) in {path}")
+    rows = sum(t["rows"] for t in doc["tables"])
+    print(f"OK {path}: {len(doc['tables'])} tables, {rows:,} rows match the manifest", file=stdout)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
+         stdout: TextIO | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    stdout = stdout or sys.stdout
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "verify":
+            return cmd_verify(args.path, stdout)
+        settings = resolve(vars(args), environ)
+        return cmd_run(settings, stdout)
+    except DumperError as exc:
+        print(f"dumper: error: {exc}", file=sys.stderr)
+        if log.handlers and not isinstance(exc, ConfigError):
+            log.error("run failed", extra={"status": "failed", "error": str(exc),
+                                           "exit_code": exc.exit_code})
+        return exc.exit_code
+    except Exception:
+        log.exception("unexpected error")
+        if not log.handlers:
+            raise
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,207 @@
+"""Settings: one frozen dataclass, resolved from CLI flags, then DUMPER_<NAME>
+environment variables, then libpq's PG* variables, then defaults.
+
+Pure: the caller passes the environment as a dict (only the CLI reads os.environ).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+FORMATS = ("jsonl", "json")
+COMPRESSIONS = ("none", "gzip")
+SSLMODES = ("verify-full", "verify-ca", "require", "disable")
+AUTHS = ("iam", "password")
+LOG_FORMATS = ("auto", "text", "json")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flag, its environment variables and how to parse it."""
+
+    name: str  # attribute of Settings; flag is --name with '_' -> '-'
+    help: str
+    default: Any = None
+    parse: Callable[[str], Any] = str
+    choices: tuple[str, ...] = ()
+    repeatable: bool = False  # flag may repeat; env value is comma-separated
+    pg_env: str | None = None  # libpq fallback variable
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "DUMPER_" + self.name.upper()
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a whole number >= 1")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a TCP port, 1-65535")
+    return value
+
+
+def _level(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 9:
+        raise ValueError("must be a gzip level, 1-9")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must be a number of seconds >= 0 (0 = no limit)")
+    return value
+
+
+def _run_id(text: str) -> str:
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+    if not text or set(text) - allowed or text.startswith("."):
+        raise ValueError("must be letters, digits, '-', '_' or '.', not starting with '.'")
+    return text
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "database host name (the real RDS endpoint for IAM auth)", "localhost",
+           pg_env="PGHOST"),
+    Option("port", "database port", 5432, _port, pg_env="PGPORT"),
+    Option("dbname", "database name (default: the user name)", pg_env="PGDATABASE"),
+    Option("user", "database user (default: the OS user)", pg_env="PGUSER"),
+    Option("auth", "how to authenticate: iam (RDS IAM token) or password (PGPASSWORD, local development only)",
+           "iam", choices=AUTHS),
+    Option("region", "AWS region of the database, for IAM tokens (default: AWS_REGION / AWS_DEFAULT_REGION)"),
+    Option("sslmode", "TLS mode", "verify-full", choices=SSLMODES, pg_env="PGSSLMODE"),
+    Option("sslrootcert", "CA bundle to verify the server certificate (default: the system trust store)",
+           pg_env="PGSSLROOTCERT"),
+    Option("schema", "schema to dump (repeatable)", ("public",), repeatable=True),
+    Option("include", "glob on schema.table to dump (repeatable; default: all)", (), repeatable=True),
+    Option("exclude", "glob on schema.table to skip (repeatable)", (), repeatable=True),
+    Option("output", "output directory or fsspec URL", "./dumps"),
+    Option("format", "jsonl (one object per line) or json (one array per file)", "jsonl", choices=FORMATS),
+    Option("compression", "file compression", "none", choices=COMPRESSIONS),
+    Option("gzip_level", "gzip level, 1 (fastest) to 9 (smallest)", 3, _level),
+    Option("jobs", "tables dumped concurrently, one connection each", 2, _positive_int),
+    Option("batch_rows", "maximum rows per cursor fetch (batches also stay under ~8 MB)", 2000,
+           _positive_int),
+    Option("lock_timeout", "seconds to wait for a table lock before failing (0 = wait forever)", 60.0,
+           _seconds),
+    Option("run_id", "name of this run's folder (default: UTC start time YYYYMMDDTHHMMSSZ)", parse=_run_id),
+    Option("log_format", "log format: auto (text on a terminal, JSON otherwise), text or json", "auto",
+           choices=LOG_FORMATS),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "localhost"
+    port: int = 5432
+    dbname: str = "postgres"
+    user: str = "postgres"
+    auth: str = "iam"
+    region: str | None = None
+    sslmode: str = "verify-full"
+    sslrootcert: str | None = None
+    schema: tuple[str, ...] = ("public",)
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    output: str = "./dumps"
+    format: str = "jsonl"
+    compression: str = "none"
+    gzip_level: int = 3
+    jobs: int = 2
+    batch_rows: int = 2000
+    lock_timeout: float = 60.0
+    run_id: str = ""
+    log_format: str = "auto"
+    # Read from PGPASSWORD only with --auth password; never printed.
+    password: str | None = field(default=None, repr=False)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings safe to log: everything but the password."""
+        data = dataclasses.asdict(self)
+        data.pop("password")
+        return data
+
+
+def default_run_id(now: dt.datetime) -> str:
+    return now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _parse(option: Option, raw: str, source: str) -> Any:
+    if option.choices and raw not in option.choices:
+        raise ConfigError(
+            f"{option.flag}: {raw!r} is not one of {', '.join(option.choices)} (from {source})"
+        )
+    try:
+        return option.parse(raw)
+    except ValueError as exc:
+        reason = str(exc) if option.parse is not int else "must be a whole number"
+        if "invalid literal" in reason or "could not convert" in reason:
+            reason = "must be a number"
+        raise ConfigError(f"{option.flag}: {raw!r} {reason} (from {source})") from None
+
+
+def _from_env(option: Option, environ: Mapping[str, str]) -> tuple[str, str] | None:
+    for var in (option.env, option.pg_env):
+        if var and environ.get(var, "") != "":
+            return environ[var], var
+    return None
+
+
+def resolve(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    now: dt.datetime | None = None,
+) -> Settings:
+    """Build Settings; `flags` maps option names to raw strings (lists when repeatable)."""
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        given = flags.get(option.name)
+        if option.repeatable:
+            raw_items: Sequence[str] | None = given or None
+            source = option.flag
+            if raw_items is None and (found := _from_env(option, environ)):
+                raw_items, source = [p.strip() for p in found[0].split(",") if p.strip()], found[1]
+            if raw_items is None:
+                values[option.name] = option.default
+                continue
+            values[option.name] = tuple(_parse(option, item, source) for item in raw_items)
+            continue
+        if given is not None:
+            values[option.name] = _parse(option, given, option.flag)
+        elif found := _from_env(option, environ):
+            values[option.name] = _parse(option, found[0], found[1])
+        elif option.default is not None:
+            values[option.name] = option.default
+
+    user = values.get("user") or environ.get("USER") or environ.get("LOGNAME")
+    if not user:
+        raise ConfigError("--user: no database user given (set --user, DUMPER_USER or PGUSER)")
+    values["user"] = user
+    values.setdefault("dbname", user)
+    if not values["schema"]:
+        raise ConfigError("--schema: at least one schema is needed")
+    if values["auth"] == "iam" and not values.get("region"):
+        region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+        if region:
+            values["region"] = region
+    if values["auth"] == "password":
+        values["password"] = environ.get("PGPASSWORD") or None
+    values.setdefault("run_id", default_run_id(now or dt.datetime.now(dt.UTC)))
+    return Settings(**values)

@@ -1,0 +1,166 @@
+"""PostgreSQL values to JSON bytes, and JSON Lines / JSON array framing.
+
+Pure: no database or filesystem code here. Every row must come out
+semantically equal to PostgreSQL's own `to_json(row)` (session TimeZone=UTC).
+
+Each column is read in the cheapest form that is still exact (its *kind*):
+
+- NATIVE: asyncpg's binary codec already yields an exact JSON value
+  (integers, bool, text types, and arrays of those).
+- NUMBER: numeric/float text from the server, embedded verbatim as a JSON
+  number; `NaN`/`Infinity` become strings, as `to_json` writes them.
+- JSON: json/jsonb text embedded verbatim (never re-parsed, so 40-digit
+  numbers survive). Also used for every value the server serialised with
+  `to_json(column)` (the exact fallback for composites, ranges, intervals...).
+- STRING: text output used as a JSON string (uuid, date).
+- TIMESTAMP / TIMESTAMPTZ: ISO text reshaped into `to_json`'s XSD form.
+- BYTEA: bytes as `to_json`'s `"\\x..."` hex string.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from functools import partial
+from itertools import repeat
+from typing import Any
+
+import orjson
+
+
+class Kind(enum.Enum):
+    NATIVE = "native"
+    NUMBER = "number"
+    JSON = "json"
+    STRING = "string"
+    TIMESTAMP = "timestamp"
+    TIMESTAMPTZ = "timestamptz"
+    BYTEA = "bytea"
+    TO_JSON = "to_json"  # selected as to_json(column): arrives as JSON
+
+
+# Built-in type OIDs (stable across PostgreSQL versions) and how to read them.
+KIND_BY_OID: dict[int, Kind] = {
+    16: Kind.NATIVE,  # bool
+    19: Kind.NATIVE,  # name
+    20: Kind.NATIVE,  # int8
+    21: Kind.NATIVE,  # int2
+    23: Kind.NATIVE,  # int4
+    25: Kind.NATIVE,  # text
+    1042: Kind.NATIVE,  # bpchar
+    1043: Kind.NATIVE,  # varchar
+    1000: Kind.NATIVE,  # bool[]
+    1005: Kind.NATIVE,  # int2[]
+    1007: Kind.NATIVE,  # int4[]
+    1016: Kind.NATIVE,  # int8[]
+    1009: Kind.NATIVE,  # text[]
+    1015: Kind.NATIVE,  # varchar[]
+    700: Kind.NUMBER,  # float4
+    701: Kind.NUMBER,  # float8
+    1700: Kind.NUMBER,  # numeric
+    114: Kind.JSON,  # json
+    3802: Kind.JSON,  # jsonb
+    2950: Kind.STRING,  # uuid
+    1082: Kind.STRING,  # date
+    1114: Kind.TIMESTAMP,
+    1184: Kind.TIMESTAMPTZ,
+    17: Kind.BYTEA,
+}
+
+
+def kind_for(base_type_oid: int) -> Kind:
+    """How to read a column whose (domain-resolved) type has this OID."""
+    return KIND_BY_OID.get(base_type_oid, Kind.TO_JSON)
+
+
+# --- value decoders (called by the database driver, one call per value) ----
+
+
+def number(text: str) -> orjson.Fragment | str:
+    """numeric/float text: a JSON number when finite, else the string to_json writes."""
+    return orjson.Fragment(text) if text[-1].isdigit() else text
+
+
+def json_text(text: str) -> orjson.Fragment:
+    """json/jsonb text, embedded as is. Raw CR/LF in valid JSON text can only be
+    whitespace between tokens (inside strings they must be escaped), so turning
+    them into spaces keeps the value and keeps one row per line."""
+    if "\n" in text or "\r" in text:
+        text = text.replace("\n", " ").replace("\r", " ")
+    return orjson.Fragment(text)
+
+
+def _split_bc(text: str) -> tuple[str, str]:
+    return (text[:-3], " BC") if text.endswith(" BC") else (text, "")
+
+
+def timestamp(text: str) -> str:
+    """'2024-01-02 03:04:05.5' -> '2024-01-02T03:04:05.5' (also BC, infinity)."""
+    if text[-1] == "y":  # infinity, -infinity
+        return text
+    return text.replace(" ", "T", 1)
+
+
+def timestamptz(text: str) -> str:
+    """ISO '2024-01-02 03:04:05+00' -> XSD '2024-01-02T03:04:05+00:00'."""
+    if text[-1] == "y":
+        return text
+    core, bc = _split_bc(text)
+    core = core.replace(" ", "T", 1)
+    sign_at = max(core.rfind("+"), core.rfind("-"), core.find("T"))
+    offset = core[sign_at + 1 :]
+    if sign_at > core.find("T") and ":" not in offset:
+        core += ":00"  # XSD offsets always carry minutes
+    return core + bc
+
+
+def bytea(data: bytes) -> str:
+    return "\\x" + data.hex()
+
+
+# --- rows and framing -------------------------------------------------------
+
+_dumps_line = partial(orjson.dumps, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def encode_rows(names: Sequence[str], records: Iterable[Iterable[Any]]) -> list[bytes]:
+    """One JSON object per record, keys in column order, each ending in '\\n'.
+
+    map/zip keep the per-row work in C: this is the hot loop of the product.
+    """
+    return list(map(_dumps_line, map(dict, map(zip, repeat(names), records))))
+
+
+class Framer:
+    """Turns encoded rows into a JSON Lines or a streamed JSON array file.
+
+    JSON array layout, one row per line so files can be counted by lines:
+    '[\\n' row ',\\n' row ... '\\n]\\n' (empty table: '[\\n]\\n').
+    """
+
+    def __init__(self, fmt: str) -> None:
+        self.array = fmt == "json"
+        self.rows = 0
+
+    def header(self) -> bytes:
+        return b"[\n" if self.array else b""
+
+    def frame(self, lines: list[bytes]) -> bytes:
+        if not lines:
+            return b""
+        first = self.rows == 0
+        self.rows += len(lines)
+        if not self.array:
+            return b"".join(lines)
+        body = b",\n".join(line[:-1] for line in lines)
+        return body if first else b",\n" + body
+
+    def footer(self) -> bytes:
+        if not self.array:
+            return b""
+        return b"\n]\n" if self.rows else b"]\n"
+
+
+def rows_in(newlines: int, fmt: str) -> int:
+    """Row count of a file written by Framer, from its number of '\\n' bytes."""
+    return newlines - 2 if fmt == "json" else newlines

@@ -1,0 +1,48 @@
+"""Errors an operator can act on, each with its own process exit code.
+
+    DumperError                 1  (base; an unexpected failure is a bug)
+    ├── ConfigError             2  bad option or environment value
+    ├── ConnectError            3  cannot reach or log in to PostgreSQL (network, TLS, auth)
+    ├── PermissionDenied        4  a table cannot be read (missing GRANT, row-level security)
+    ├── DumpError               5  the server failed while the dump was reading
+    ├── OutputError             6  the output location could not be written
+    ├── VerifyError             7  `dumper verify` found a mismatch
+    └── Interrupted           130  stopped by SIGINT/SIGTERM before the dump finished
+
+Messages say what failed, which table or setting, and what to do next. They
+never contain a password or token: callers pass only names and server text.
+"""
+
+from __future__ import annotations
+
+
+class DumperError(Exception):
+    exit_code = 1
+
+
+class ConfigError(DumperError):
+    exit_code = 2
+
+
+class ConnectError(DumperError):
+    exit_code = 3
+
+
+class PermissionDenied(DumperError):
+    exit_code = 4
+
+
+class DumpError(DumperError):
+    exit_code = 5
+
+
+class OutputError(DumperError):
+    exit_code = 6
+
+
+class VerifyError(DumperError):
+    exit_code = 7
+
+
+class Interrupted(DumperError):
+    exit_code = 130

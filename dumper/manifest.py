@@ -1,0 +1,131 @@
+"""The manifest: what a complete run wrote, and how to check it later.
+
+Pure: plain data in, JSON bytes out; verification takes a file reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from .encode import rows_in
+from .errors import VerifyError
+from .stored import read_stats
+
+MANIFEST_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+LATEST_NAME = "LATEST"
+
+_SAFE = frozenset(string.ascii_letters + string.digits + "_-")
+_MAX_NAME = 200  # bytes; file systems allow 255, leave room for suffixes
+
+
+def _escape(name: str) -> str:
+    """Percent-encode every byte but [A-Za-z0-9_-]: injective, ASCII, no dots."""
+    return "".join(ch if ch in _SAFE else "".join(f"%{b:02X}" for b in ch.encode()) for ch in name)
+
+
+def table_file_name(schema: str, table: str, fmt: str, compression: str) -> str:
+    """'<schema>.<table>.jsonl[.gz]', safe for any identifier on any file system."""
+    stem = f"{_escape(schema)}.{_escape(table)}"
+    if len(stem) > _MAX_NAME:
+        digest = hashlib.sha256(f"{schema}\0{table}".encode()).hexdigest()[:16]
+        stem = f"{stem[:_MAX_NAME - 17]}~{digest}"
+    return stem + "." + fmt + (".gz" if compression == "gzip" else "")
+
+
+def unique_file_names(names: Sequence[str]) -> list[str]:
+    """Disambiguate names that differ only in case (case-insensitive file systems):
+    the second 'a.T.jsonl' becomes 'a~1.T.jsonl'. '~' is never produced by escaping."""
+    seen: dict[str, int] = {}
+    result = []
+    for name in names:
+        count = seen.get(name.lower(), 0)
+        seen[name.lower()] = count + 1
+        if count:
+            head, dot, tail = name.partition(".")
+            name = f"{head}~{count}{dot}{tail}"
+        result.append(name)
+    return result
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    schema: str
+    table: str
+    path: str
+    rows: int
+    bytes: int
+    sha256: str
+    columns: list[dict[str, str]]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Manifest:
+    tool: dict[str, str]
+    run_id: str
+    started_at: str
+    finished_at: str
+    database: dict[str, Any]
+    snapshot_id: str
+    format: str
+    compression: str
+    tables: list[TableEntry]
+    manifest_version: int = MANIFEST_VERSION
+    totals: dict[str, int] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        data = asdict(self)
+        data["totals"] = {
+            "tables": len(self.tables),
+            "rows": sum(t.rows for t in self.tables),
+            "bytes": sum(t.bytes for t in self.tables),
+        }
+        order = ["manifest_version", "tool", "run_id", "started_at", "finished_at", "database",
+                 "snapshot_id", "format", "compression", "tables", "totals"]
+        return orjson.dumps({k: data[k] for k in order}, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def parse(data: bytes) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise VerifyError(f"{MANIFEST_NAME} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("manifest_version") != MANIFEST_VERSION:
+        raise VerifyError(f"{MANIFEST_NAME}: unsupported manifest_version {doc.get('manifest_version')!r}"
+                          if isinstance(doc, dict) else f"{MANIFEST_NAME} is not a JSON object")
+    return doc
+
+
+def verify(doc: dict[str, Any], open_chunks: Callable[[str], Iterable[bytes] | None]) -> list[str]:
+    """Check every listed file; returns one message per mismatch (empty = all good).
+
+    `open_chunks(path)` yields the stored bytes of a file, or None if it is missing.
+    """
+    problems = []
+    for entry in doc["tables"]:
+        name = f"{entry['schema']}.{entry['table']} ({entry['path']})"
+        chunks = open_chunks(entry["path"])
+        if chunks is None:
+            problems.append(f"{name}: file is missing")
+            continue
+        try:
+            stats = read_stats(chunks, doc["compression"])
+        except zlib.error as exc:
+            problems.append(f"{name}: not a valid gzip file: {exc}")
+            continue
+        if stats.bytes != entry["bytes"]:
+            problems.append(f"{name}: {stats.bytes} bytes, manifest says {entry['bytes']}")
+        if stats.sha256 != entry["sha256"]:
+            problems.append(f"{name}: sha256 {stats.sha256}, manifest says {entry['sha256']}")
+        rows = rows_in(stats.newlines, doc["format"])
+        if rows != entry["rows"]:
+            problems.append(f"{name}: {rows} rows, manifest says {entry['rows']}")
+    return problems
