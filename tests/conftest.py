@@ -1,0 +1,136 @@
+"""Shared fixtures: one real PostgreSQL 15 cluster with TLS per test session,
+a fresh database per test, and a helper that runs the real `dumper` CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import io
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from devtools.pgcluster import SUPERUSER, SUPERUSER_PASSWORD, Cluster
+from dumper import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_json(text: str | bytes) -> Any:
+    """JSON with exact numbers: decimals stay Decimal, never float."""
+    return json.loads(text, parse_float=Decimal, parse_constant=lambda c: pytest.fail(f"bare {c}"))
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+    output: Path
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output / (self.output / "LATEST").read_text().strip()
+
+    def manifest(self) -> dict[str, Any]:
+        return dict(parse_json((self.run_dir / "manifest.json").read_bytes()))
+
+    def entry(self, schema: str, table: str) -> dict[str, Any]:
+        found = [t for t in self.manifest()["tables"] if (t["schema"], t["table"]) == (schema, table)]
+        assert len(found) == 1, f"{schema}.{table} listed {len(found)} times"
+        return found[0]
+
+    def rows(self, schema: str, table: str) -> list[Any]:
+        """The rows of one table's file, parsed exactly."""
+        entry = self.entry(schema, table)
+        return read_rows(self.run_dir / entry["path"])
+
+    def files(self) -> list[str]:
+        """Every file under the output folder, relative, sorted (hidden ones too)."""
+        if not self.output.exists():
+            return []
+        return sorted(str(p.relative_to(self.output)) for p in self.output.rglob("*") if p.is_file())
+
+
+def read_rows(path: Path) -> list[Any]:
+    data = path.read_bytes()
+    if path.name.endswith(".gz"):
+        data = gzip.decompress(data)
+    text = data.decode("utf-8")
+    if ".json." in path.name or path.name.endswith(".json"):
+        rows = parse_json(text)
+        assert isinstance(rows, list)
+        return rows
+    assert text == "" or text.endswith("\n"), "JSON Lines must end each row with a newline"
+    # Split on '\n' only: str.splitlines() would also split inside strings at U+2028 etc.
+    return [parse_json(line) for line in text.split("\n")[:-1]]
+
+
+@dataclass
+class Database:
+    cluster: Cluster
+    name: str
+    tmp: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def sql(self, text: str, *, user: str = SUPERUSER) -> str:
+        return self.cluster.psql(text, self.name, user=user)
+
+    def fetch(self, query: str, *args: Any) -> list[Any]:
+        async def go() -> list[Any]:
+            conn = await asyncpg.connect(host=str(self.cluster.socket_dir), port=self.cluster.port,
+                                         user=SUPERUSER, database=self.name,
+                                         server_settings={"TimeZone": "UTC"})
+            try:
+                return list(await conn.fetch(query, *args))
+            finally:
+                await conn.close()
+        return asyncio.run(go())
+
+    def base_env(self, user: str = SUPERUSER, password: str = SUPERUSER_PASSWORD) -> dict[str, str]:
+        return {**self.cluster.env(self.name, user, password), "DUMPER_LOG_FORMAT": "json",
+                "DUMPER_OUTPUT": str(self.tmp / "out"), **self.env}
+
+    def dump(self, *args: str, env: Mapping[str, str] | None = None, user: str = SUPERUSER,
+             password: str = SUPERUSER_PASSWORD) -> Result:
+        """Run `dumper run ARGS` in this process, as the CLI would."""
+        environ = {**self.base_env(user, password), **(env or {})}
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = cli.main(["run", *args], environ, stdout=out)
+        return Result(code, out.getvalue(), err.getvalue(), Path(environ["DUMPER_OUTPUT"]))
+
+    def dump_subprocess(self, *args: str, env: Mapping[str, str] | None = None,
+                        **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        environ = {"PATH": "/usr/bin:/bin", **self.base_env(), **(env or {})}
+        return subprocess.run([sys.executable, "-m", "dumper", "run", *args], env=environ, text=True,
+                              capture_output=True, cwd=self.tmp, check=False, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    c = Cluster().start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def db(cluster: Cluster, tmp_path: Path) -> Iterator[Database]:
+    name = "t_" + uuid.uuid4().hex[:12]
+    cluster.psql(f"CREATE DATABASE {name}")
+    try:
+        yield Database(cluster, name, tmp_path)
+    finally:
+        cluster.psql(f"DROP DATABASE {name} WITH (FORCE)")
