@@ -1,0 +1,158 @@
+"""Output layout, the manifest, LATEST and `dumper verify`."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from dumper import cli
+
+from .conftest import Database, parse_json
+
+
+def _verify(path: Path) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(["verify", str(path)], {}, stdout=out)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def sample(db: Database) -> Database:
+    db.sql("CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric(12,2), note text);"
+           "INSERT INTO orders SELECT g, g * 1.25, 'n' || g FROM generate_series(1, 5000) g;"
+           "CREATE TABLE customers (id int, name text); INSERT INTO customers VALUES (1, 'Ada'), (2, 'Bob');")
+    return db
+
+
+def test_manifest_lists_every_file_with_counts_and_checksums(sample: Database) -> None:
+    result = sample.dump("--run-id", "r1", "--compression", "gzip")
+    assert result.code == 0, result.stderr
+    m = result.manifest()
+    assert m["manifest_version"] == 1
+    assert list(m) == ["manifest_version", "tool", "run_id", "started_at", "finished_at", "database",
+                       "snapshot_id", "format", "compression", "tables", "totals"]
+    assert m["tool"]["name"] == "dumper" and m["run_id"] == "r1"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", m["started_at"])
+    assert m["database"] == {"host": "localhost", "port": sample.cluster.port, "dbname": sample.name,
+                             "user": "postgres", "server_version": m["database"]["server_version"]}
+    assert m["database"]["server_version"].startswith("15.")
+    assert re.fullmatch(r"[0-9A-F]+-[0-9A-F]+-\d+", m["snapshot_id"])
+    assert (m["format"], m["compression"]) == ("jsonl", "gzip")
+    assert [t["table"] for t in m["tables"]] == ["customers", "orders"]
+    for t in m["tables"]:
+        data = (result.run_dir / t["path"]).read_bytes()
+        assert t["bytes"] == len(data)
+        assert t["sha256"] == hashlib.sha256(data).hexdigest()
+        assert t["rows"] == gzip.decompress(data).count(b"\n")
+        assert t["path"].endswith(".jsonl.gz")
+    assert m["tables"][1]["columns"] == [{"name": "id", "type": "bigint"},
+                                         {"name": "amount", "type": "numeric(12,2)"},
+                                         {"name": "note", "type": "text"}]
+    assert m["totals"] == {"tables": 2, "rows": 5002, "bytes": sum(t["bytes"] for t in m["tables"])}
+    assert (result.output / "LATEST").read_text() == "r1\n"
+    assert result.files() == ["LATEST", "r1/manifest.json", "r1/public.customers.jsonl.gz",
+                              "r1/public.orders.jsonl.gz"]
+    assert "postgres-superuser-local-only" not in (result.run_dir / "manifest.json").read_text()
+
+
+def test_json_format_is_one_array_per_file(sample: Database) -> None:
+    result = sample.dump("--format", "json")
+    data = (result.run_dir / "public.customers.json").read_bytes()
+    assert data == b'[\n{"id":1,"name":"Ada"},\n{"id":2,"name":"Bob"}\n]\n'
+    assert len(parse_json((result.run_dir / "public.orders.json").read_bytes())) == 5000
+
+
+def test_verify_accepts_a_good_dump_and_names_each_mismatch(sample: Database) -> None:
+    result = sample.dump("--run-id", "r1")
+    code, out, _ = _verify(result.run_dir)
+    assert code == 0 and "OK" in out and "2 tables, 5,002 rows" in out
+
+    orders = result.run_dir / "public.orders.jsonl"
+    data = bytearray(orders.read_bytes())
+    data[100] ^= 0x01  # one changed bit, same size
+    orders.write_bytes(bytes(data))
+    (result.run_dir / "public.customers.jsonl").unlink()
+    code, out, err = _verify(result.run_dir)
+    assert code == 7
+    assert "MISMATCH public.orders (public.orders.jsonl): sha256" in out
+    assert "MISMATCH public.customers (public.customers.jsonl): file is missing" in out
+    assert "2 mismatch(es)" in err
+
+
+def test_verify_counts_rows(sample: Database) -> None:
+    result = sample.dump("--run-id", "r1", "--format", "json")
+    manifest_path = result.run_dir / "manifest.json"
+    manifest_path.write_text(manifest_path.read_text().replace('"rows": 2,', '"rows": 3,'))
+    code, out, _ = _verify(result.run_dir)
+    assert code == 7 and "public.customers (public.customers.json): 2 rows, manifest says 3" in out
+
+
+def test_verify_without_manifest_fails(tmp_path: Path) -> None:
+    code, _, err = _verify(tmp_path)
+    assert code == 7 and "manifest.json does not exist: not a complete dump" in err
+
+
+def test_reusing_a_complete_run_id_is_refused(sample: Database) -> None:
+    assert sample.dump("--run-id", "same").code == 0
+    before = (sample.tmp / "out" / "same" / "manifest.json").read_bytes()
+    again = sample.dump("--run-id", "same")
+    assert again.code == 2 and "already holds a complete dump" in again.stderr
+    assert (sample.tmp / "out" / "same" / "manifest.json").read_bytes() == before
+
+
+def test_default_run_id_is_utc_start_time(sample: Database) -> None:
+    result = sample.dump()
+    assert re.fullmatch(r"\d{8}T\d{6}Z", result.manifest()["run_id"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--format", "xml"], "--format: 'xml' is not one of jsonl, json"),
+    (["--compression", "zstd"], "--compression: 'zstd' is not one of none, gzip"),
+    (["--sslmode", "prefer"], "--sslmode: 'prefer' is not one of verify-full, verify-ca, require, disable"),
+    (["--jobs", "0"], "--jobs: '0' must be a whole number >= 1"),
+    (["--batch-rows", "many"], "--batch-rows: 'many' must be a number"),
+    (["--run-id", "../escape"], "--run-id: '../escape' must be letters, digits"),
+    (["--auth", "kerberos"], "--auth: 'kerberos' is not one of iam, password"),
+    (["--nope"], "unrecognized arguments: --nope"),
+])
+def test_bad_options_exit_2_with_one_line_and_write_nothing(sample: Database, args: list[str],
+                                                            message: str) -> None:
+    result = sample.dump(*args)
+    assert result.code == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert result.files() == []
+
+
+def test_bad_environment_value_names_the_variable(sample: Database) -> None:
+    result = sample.dump(env={"DUMPER_FORMAT": "csv"})
+    assert result.code == 2 and "(from DUMPER_FORMAT)" in result.stderr
+    assert result.files() == []
+
+
+def test_terminal_report_is_a_table(sample: Database) -> None:
+    result = sample.dump("--log-format", "text")
+    assert result.code == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["table", "rows", "bytes", "seconds"]
+    assert lines[1].split()[:2] == ["public.customers", "2"]
+    assert lines[2].split()[:2] == ["public.orders", "5,000"]
+    assert lines[3].startswith("total (2 tables)") and "5,002" in lines[3]
+    assert "dump complete:" in result.stdout
+
+
+def test_pod_report_is_json_lines(sample: Database) -> None:
+    result = sample.dump()
+    events = [parse_json(line) for line in result.stdout.splitlines()]
+    dumped = [e for e in events if e["event"] == "table dumped"]
+    assert [(e["table"], e["rows"]) for e in dumped] == [("public.customers", 2), ("public.orders", 5000)]
+    summary = events[-1]
+    assert summary["event"] == "run finished" and summary["status"] == "success"
+    assert summary["rows"] == 5002 and summary["tables"] == 2
+    assert all(e["table"] == "public.orders" for e in events if e["event"] == "done" and e["rows"] == 5000)

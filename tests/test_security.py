@@ -1,0 +1,117 @@
+"""Permissions and TLS: a dump that cannot see everything fails loudly, and
+connections are verified. Real server, real certificates (trustme CA)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trustme
+
+from .conftest import Database
+
+ROLE_SQL = """
+CREATE ROLE reader LOGIN PASSWORD 'reader-pw';
+GRANT CONNECT ON DATABASE {db} TO reader;
+CREATE TABLE open_data (id int); INSERT INTO open_data SELECT generate_series(1, 3000);
+CREATE TABLE secret (id int); INSERT INTO secret VALUES (1);
+GRANT SELECT ON open_data TO reader;
+"""
+
+
+def _reader(db: Database) -> None:
+    db.sql(ROLE_SQL.format(db=db.name))
+
+
+def test_missing_grant_fails_naming_the_table_and_the_grant(db: Database) -> None:
+    _reader(db)
+    try:
+        result = db.dump(user="reader", password="reader-pw")
+        assert result.code == 4
+        assert "table public.secret: permission denied for table secret" in result.stderr
+        assert "GRANT pg_read_all_data TO <user>" in result.stderr
+        assert "GRANT SELECT ON public.secret" in result.stderr
+        assert result.files() == [], "a failed run leaves nothing behind"
+    finally:
+        db.sql("DROP OWNED BY reader; DROP ROLE reader;")
+
+
+def test_row_level_security_refuses_instead_of_a_short_file(db: Database) -> None:
+    _reader(db)
+    db.sql("GRANT SELECT ON secret TO reader; ALTER TABLE secret ENABLE ROW LEVEL SECURITY;"
+           "CREATE POLICY none_for_you ON secret USING (false);")
+    try:
+        result = db.dump(user="reader", password="reader-pw")
+        assert result.code == 4
+        assert "table public.secret: row-level security would hide rows" in result.stderr
+        assert "BYPASSRLS" in result.stderr
+        assert result.files() == []
+        db.sql("ALTER ROLE reader BYPASSRLS;")
+        result = db.dump(user="reader", password="reader-pw")
+        assert result.code == 0, result.stderr
+        assert result.rows("public", "secret") == [{"id": 1}]
+    finally:
+        db.sql("DROP OWNED BY reader; DROP ROLE reader;")
+
+
+def test_failure_in_one_table_removes_the_files_of_finished_ones(db: Database) -> None:
+    """--jobs 1: open_data (larger, dumped first) completes, then secret fails (RLS)."""
+    _reader(db)
+    try:
+        db.sql("ANALYZE open_data; GRANT SELECT ON secret TO reader;"
+               "ALTER TABLE secret ENABLE ROW LEVEL SECURITY;")
+        result = db.dump("--jobs", "1", user="reader", password="reader-pw")
+        assert result.code == 4
+        assert '"event":"done"' in result.stdout and "public.open_data" in result.stdout
+        assert result.files() == []
+    finally:
+        db.sql("DROP OWNED BY reader; DROP ROLE reader;")
+
+
+def test_wrong_password_is_an_auth_error(db: Database) -> None:
+    result = db.dump(password="wrong")
+    assert result.code == 3
+    assert "authentication failed" in result.stderr and "check PGPASSWORD" in result.stderr
+    assert "wrong" not in result.stderr.replace("wrong password", "")
+
+
+def test_verify_full_rejects_an_unknown_ca(db: Database, tmp_path: Path) -> None:
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    result = db.dump("--sslrootcert", str(other_ca))
+    assert result.code == 3
+    assert "TLS: the server certificate of localhost was not accepted" in result.stderr
+    assert "--sslrootcert" in result.stderr
+    assert result.files() == []
+
+
+def test_verify_full_rejects_a_host_name_mismatch(db: Database) -> None:
+    result = db.dump("--host", "127.0.0.1")  # the certificate names only 'localhost'
+    assert result.code == 3
+    assert "not accepted" in result.stderr and "IP address mismatch" in result.stderr
+
+
+def test_verify_ca_accepts_the_same_mismatch(db: Database) -> None:
+    db.sql("CREATE TABLE t (i int); INSERT INTO t VALUES (1);")
+    result = db.dump("--host", "127.0.0.1", "--sslmode", "verify-ca")
+    assert result.code == 0, result.stderr
+    assert result.rows("public", "t") == [{"i": 1}]
+
+
+def test_plaintext_is_refused_by_a_tls_only_server(db: Database) -> None:
+    result = db.dump("--sslmode", "disable")
+    assert result.code == 3
+    assert "the server requires TLS" in result.stderr
+    assert "NOT encrypted" in result.stdout  # the loud warning
+
+
+def test_missing_ca_file_is_a_usage_error(db: Database) -> None:
+    result = db.dump("--sslrootcert", "/nonexistent/ca.pem")
+    assert result.code == 2
+    assert "--sslrootcert: cannot load CA bundle '/nonexistent/ca.pem'" in result.stderr
+
+
+def test_nothing_listening_is_a_connection_error(db: Database) -> None:
+    from devtools.pgcluster import free_port
+    result = db.dump("--port", str(free_port()))
+    assert result.code == 3
+    assert "cannot connect to localhost" in result.stderr
