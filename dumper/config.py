@@ -83,8 +83,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("port", "database port", 5432, _port, pg_env="PGPORT"),
     Option("dbname", "database name (default: the user name)", pg_env="PGDATABASE"),
     Option("user", "database user (default: the OS user)", pg_env="PGUSER"),
-    Option("auth", "how to authenticate: iam (RDS IAM token) or password (PGPASSWORD, local development only)",
-           "iam", choices=AUTHS),
+    Option("auth", "how to authenticate: iam (RDS IAM token) or password (PGPASSWORD, local development "
+           "only)", "iam", choices=AUTHS),
     Option("region", "AWS region of the database, for IAM tokens (default: AWS_REGION / AWS_DEFAULT_REGION)"),
     Option("sslmode", "TLS mode", "verify-full", choices=SSLMODES, pg_env="PGSSLMODE"),
     Option("sslrootcert", "CA bundle to verify the server certificate (default: the system trust store)",
@@ -97,7 +97,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("compression", "file compression", "none", choices=COMPRESSIONS),
     Option("gzip_level", "gzip level, 1 (fastest) to 9 (smallest)", 3, _level),
     Option("jobs", "tables dumped concurrently, one connection each", 2, _positive_int),
-    Option("batch_rows", "maximum rows per cursor fetch (batches also stay under ~8 MB)", 2000,
+    Option("batch_rows", "maximum rows per cursor fetch (batches also stay near 4 MB)", 1000,
            _positive_int),
     Option("lock_timeout", "seconds to wait for a table lock before failing (0 = wait forever)", 60.0,
            _seconds),
@@ -125,7 +125,7 @@ class Settings:
     compression: str = "none"
     gzip_level: int = 3
     jobs: int = 2
-    batch_rows: int = 2000
+    batch_rows: int = 1000
     lock_timeout: float = 60.0
     run_id: str = ""
     log_format: str = "auto"

@@ -23,8 +23,8 @@ from .manifest import LATEST_NAME, MANIFEST_NAME, Manifest, TableEntry, table_fi
 from .sinks import Output
 from .stored import StoredWriter
 
-BATCH_BYTES = 8 << 20  # aim for ~8 MB of JSON per fetch: bounds memory for wide rows
-FIRST_BATCH = 64  # rows, before the row width is known
+BATCH_BYTES = 4 << 20  # aim for ~4 MB of JSON per fetch: bounds memory for wide rows
+FIRST_BATCH = 8  # rows, before the row width is known
 PROGRESS_EVERY = 10.0  # seconds between progress lines for a long table
 
 

@@ -167,7 +167,8 @@ def test_contract_holds_with_one_row_per_fetch(db: Database) -> None:
 
 def test_long_numbers_are_not_rounded(db: Database) -> None:
     db.sql("CREATE TABLE n (v numeric, j jsonb); INSERT INTO n VALUES "
-           "(123456789012345678901234567890123456789.987654321, '{\"x\": 0.1000000000000000055511151231257827}')")
+           "(123456789012345678901234567890123456789.987654321, "
+           "'{\"x\": 0.1000000000000000055511151231257827}')")
     result = db.dump()
     line = (result.run_dir / "public.n.jsonl").read_text()
     assert '"v":123456789012345678901234567890123456789.987654321' in line

@@ -1,0 +1,41 @@
+# The README's two commands: `make demo` and `make test`. .ci/run calls `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PG_BIN ?= /usr/lib/postgresql/15/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint unit bench postgres constraints clean
+
+# The virtualenv, with the package (editable) and everything tests need, from pinned versions.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+# PostgreSQL 15 server binaries and psql; installed from Debian when missing (needs root).
+postgres:
+	@if [ ! -x $(PG_BIN)/initdb ] || ! command -v psql >/dev/null; then \
+		echo "installing PostgreSQL 15 from Debian's packages"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15 postgresql-client-15; \
+	fi
+
+demo: $(STAMP) postgres
+	$(BIN)/python -m devtools.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check dumper tests devtools bench
+	$(BIN)/mypy
+
+test: $(STAMP) postgres lint
+	$(BIN)/pytest
+
+bench: $(STAMP) postgres
+	$(BIN)/python -m bench.run
+
+constraints: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^dumper' > constraints.txt
+
+clean:
+	rm -rf $(VENV) dumps .demo .pytest_cache .mypy_cache .ruff_cache

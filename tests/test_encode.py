@@ -1,0 +1,100 @@
+"""Pure encoding pieces: value converters, framing, file names."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import string
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dumper import encode
+from dumper.manifest import table_file_name, unique_file_names
+from dumper.stored import StoredWriter, read_stats
+
+
+def test_timestamptz_to_xsd() -> None:
+    assert encode.timestamptz("2024-01-02 03:04:05+00") == "2024-01-02T03:04:05+00:00"
+    assert encode.timestamptz("2024-01-02 03:04:05.5-08") == "2024-01-02T03:04:05.5-08:00"
+    assert encode.timestamptz("2024-01-02 03:04:05+05:30") == "2024-01-02T03:04:05+05:30"
+    assert encode.timestamptz("1900-01-01 00:00:00+00:53:28") == "1900-01-01T00:00:00+00:53:28"
+    assert encode.timestamptz("0044-03-15 12:00:00+00 BC") == "0044-03-15T12:00:00+00:00 BC"
+    assert encode.timestamptz("10000-01-01 00:00:00+00") == "10000-01-01T00:00:00+00:00"
+    assert encode.timestamptz("infinity") == "infinity"
+    assert encode.timestamptz("-infinity") == "-infinity"
+
+
+def test_timestamp_to_xsd() -> None:
+    assert encode.timestamp("2024-01-02 03:04:05.123") == "2024-01-02T03:04:05.123"
+    assert encode.timestamp("0044-03-15 12:00:00 BC") == "0044-03-15T12:00:00 BC"
+    assert encode.timestamp("-infinity") == "-infinity"
+
+
+def test_numbers_are_verbatim_unless_not_finite() -> None:
+    row = {"a": encode.number("12345678901234567890.000000000000000000001"), "b": encode.number("NaN"),
+           "c": encode.number("-Infinity"), "d": encode.number("1e+100")}
+    assert orjson.dumps(row) == \
+        b'{"a":12345678901234567890.000000000000000000001,"b":"NaN","c":"-Infinity","d":1e+100}'
+
+
+def test_json_text_keeps_one_row_per_line() -> None:
+    text = '{\r\n  "a": "x\\ny",\n  "b": [1,\n2]\n}'
+    out = orjson.dumps({"j": encode.json_text(text)})
+    assert b"\n" not in out and b"\r" not in out
+    assert json.loads(out) == {"j": json.loads(text)}
+
+
+def test_bytea_is_hex_like_to_json() -> None:
+    assert encode.bytea(b"\x00\x01\xff") == "\\x0001ff"
+    assert encode.bytea(b"") == "\\x"
+
+
+@given(st.lists(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=2, max_size=2), max_size=30),
+       st.integers(1, 7), st.sampled_from(["jsonl", "json"]))
+def test_framing_in_any_batches_is_valid_and_countable(rows: list[list[int]], step: int, fmt: str) -> None:
+    framer = encode.Framer(fmt)
+    out = framer.header()
+    for i in range(0, len(rows), step):
+        out += framer.frame(encode.encode_rows(["a", "b"], rows[i:i + step]))
+    out += framer.footer()
+    expected = [{"a": a, "b": b} for a, b in rows]
+    if fmt == "json":
+        assert json.loads(out) == expected
+    else:
+        assert [json.loads(line) for line in out.splitlines()] == expected
+    assert encode.rows_in(out.count(b"\n"), fmt) == len(rows)
+
+
+identifiers = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                      min_size=1, max_size=63).filter(lambda s: len(s.encode()) <= 63)
+
+
+@given(st.lists(st.tuples(identifiers, identifiers), min_size=1, max_size=20, unique=True))
+def test_file_names_are_safe_and_unique(pairs: list[tuple[str, str]]) -> None:
+    names = unique_file_names([table_file_name(s, t, "jsonl", "gzip") for s, t in pairs])
+    assert len({n.lower() for n in names}) == len(names)
+    allowed = set(string.ascii_letters + string.digits + "_-.%~")
+    for name in names:
+        assert set(name) <= allowed and not name.startswith(".") and len(name) <= 255
+        assert name.endswith(".jsonl.gz")
+
+
+def test_file_names_are_readable_for_plain_names() -> None:
+    assert table_file_name("public", "orders", "jsonl", "none") == "public.orders.jsonl"
+    assert table_file_name("public", "Dot.ted", "json", "gzip") == "public.Dot%2Eted.json.gz"
+
+
+@given(st.lists(st.binary(max_size=2000), max_size=10), st.sampled_from(["none", "gzip"]))
+def test_stored_writer_and_reader_agree(chunks: list[bytes], compression: str) -> None:
+    written: list[bytes] = []
+    writer = StoredWriter(written.append, compression, 1)
+    for chunk in chunks:
+        writer.write(chunk)
+    sha = writer.close()
+    data = b"".join(written)
+    content = gzip.decompress(data) if compression == "gzip" else data
+    assert content == b"".join(chunks)
+    stats = read_stats([data[i:i + 7] for i in range(0, len(data), 7)], compression)
+    assert (stats.bytes, stats.sha256, stats.newlines) == (len(data), sha, content.count(b"\n"))

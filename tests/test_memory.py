@@ -1,0 +1,42 @@
+"""Bounded memory: peak RSS of `dumper run` does not grow with the row count,
+and wide rows are batched by bytes, not only by rows."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import Database
+
+
+def peak_rss_mb(db: Database, *args: str) -> float:
+    env = {"PATH": "/usr/bin:/bin", **db.base_env()}
+    proc = subprocess.Popen([sys.executable, "-m", "dumper", "run", *args], env=env, cwd=db.tmp,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0
+    return usage.ru_maxrss / 1024
+
+
+@pytest.mark.slow
+def test_peak_rss_is_flat_from_100k_to_1m_rows(db: Database) -> None:
+    db.sql("CREATE TABLE small AS SELECT g AS id, md5(g::text) AS h, g * 1.5 AS n, now() AS at "
+           "FROM generate_series(1, 100000) g;"
+           "CREATE TABLE large AS SELECT * FROM small, generate_series(1, 10) r;")
+    small = peak_rss_mb(db, "--include", "public.small", "--run-id", "small")
+    large = peak_rss_mb(db, "--include", "public.large", "--run-id", "large")
+    assert large < small * 1.25 + 10, f"peak RSS grew with rows: {small:.0f} MB -> {large:.0f} MB"
+    assert large < 150
+
+
+@pytest.mark.slow
+def test_wide_rows_are_batched_by_bytes(db: Database) -> None:
+    # 400 rows of ~1 MB: 2000 rows per fetch would hold ~400 MB at once.
+    db.sql("CREATE TABLE wide AS SELECT g AS id, repeat(md5(g::text), 32768) AS blob "
+           "FROM generate_series(1, 400) g;")
+    peak = peak_rss_mb(db, "--batch-rows", "2000")
+    assert peak < 150, f"wide rows took {peak:.0f} MB"
