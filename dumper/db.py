@@ -172,16 +172,8 @@ async def lock_table(conn: Any, relation_sql: str, table: str) -> None:
 
 async def register_codecs(conn: Any) -> None:
     """Read the types whose exact form is their text (see encode.Kind)."""
-    text_codecs: dict[str, Callable[[str], Any]] = {
-        "numeric": encode.number, "float4": encode.number, "float8": encode.number,
-        "json": encode.json_text, "jsonb": encode.json_text,
-        "uuid": str, "date": str,
-        "timestamp": encode.timestamp, "timestamptz": encode.timestamptz,
-    }
-    for name, decoder in text_codecs.items():
+    for name, decoder in encode.TEXT_DECODERS.items():
         await conn.set_type_codec(name, schema="pg_catalog", encoder=str, decoder=decoder, format="text")
-    await conn.set_type_codec("bytea", schema="pg_catalog", encoder=bytes, decoder=encode.bytea,
-                              format="binary")
 
 
 async def server_version(conn: Any) -> str:

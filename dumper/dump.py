@@ -7,9 +7,11 @@ place, or raises and leaves nothing behind that could pass for a dump.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +46,20 @@ class _Batcher:
     def seen(self, rows: int, nbytes: int) -> None:
         per_row = max(1, nbytes // max(1, rows))
         self.rows = max(1, min(self.max_rows, BATCH_BYTES // per_row))
+
+
+@contextlib.contextmanager
+def _young_gc_only() -> Iterator[None]:
+    """Rows are short-lived and acyclic: collecting every 700 allocations cost
+    ~20% of a dump. Freeze what exists and collect rarely; restore afterwards."""
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 def _now() -> dt.datetime:
@@ -160,7 +176,8 @@ async def run(settings: Settings, password: db.PasswordProvider, output: Output,
                 table_file_name(t.schema, t.name, settings.format, settings.compression) for t in tables])
             work = [(t, f"{run_dir}/{name}") for t, name in zip(tables, names, strict=True)]
             output.make_dir(run_dir)
-            entries = await _dump_tables(settings, password, output, work, snapshot_id, committed)
+            with _young_gc_only():
+                entries = await _dump_tables(settings, password, output, work, snapshot_id, committed)
         finally:
             await db.close(coordinator)
         manifest = Manifest(

@@ -46,11 +46,6 @@ def test_json_text_keeps_one_row_per_line() -> None:
     assert json.loads(out) == {"j": json.loads(text)}
 
 
-def test_bytea_is_hex_like_to_json() -> None:
-    assert encode.bytea(b"\x00\x01\xff") == "\\x0001ff"
-    assert encode.bytea(b"") == "\\x"
-
-
 @given(st.lists(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=2, max_size=2), max_size=30),
        st.integers(1, 7), st.sampled_from(["jsonl", "json"]))
 def test_framing_in_any_batches_is_valid_and_countable(rows: list[list[int]], step: int, fmt: str) -> None:

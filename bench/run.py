@@ -1,0 +1,224 @@
+"""`make bench`: dumper against PostgreSQL's own JSON (to_json + \\copy), same run.
+
+Starts its own PostgreSQL, builds reproducible tables, then runs the methods
+alternating (A B C ... A B C ...) and reports medians: wall seconds, rows/s,
+output MB/s, client CPU, database server CPU and peak client RSS, plus the
+ratios dumper/baseline. Server CPU is the postmaster's reaped-children CPU
+(cutime+cstime in /proc/<pid>/stat) across a method's run: exactly the CPU of
+the backends that served it, read after they have exited (autovacuum is off).
+
+    python -m bench.run [--rows 2000000] [--narrow-rows 5000000] [--repeat 3] [--only a,b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from devtools.pgcluster import SUPERUSER, SUPERUSER_PASSWORD, Cluster
+
+ROOT = Path(__file__).resolve().parent.parent
+TICK = os.sysconf("SC_CLK_TCK")
+
+MIXED_SQL = """
+SELECT setseed(0.5);
+CREATE TABLE {name} (
+    id bigint PRIMARY KEY, uid uuid, title text, code varchar(32), qty integer,
+    score double precision, price numeric(12,2), active boolean, created_at timestamptz,
+    day date, attrs jsonb, tags text[], digest bytea);
+INSERT INTO {name}
+SELECT g,
+  CASE WHEN g % 20 <> 0 THEN md5(g::text)::uuid END,
+  CASE WHEN g % 20 <> 1 THEN substr(repeat(md5(g::text) || ' lorem ipsum ', 4), 1, 30 + g % 51) END,
+  CASE WHEN g % 20 <> 2 THEN 'C-' || (g % 100000) END,
+  CASE WHEN g % 20 <> 3 THEN (g * 7) % 10000 END,
+  CASE WHEN g % 20 <> 4 THEN random() * 1000 END,
+  CASE WHEN g % 20 <> 5 THEN round((random() * 10000)::numeric, 2) END,
+  CASE WHEN g % 20 <> 6 THEN g % 2 = 0 END,
+  CASE WHEN g % 20 <> 7 THEN timestamptz '2020-01-01 00:00:00+00' + g * interval '17 seconds' END,
+  CASE WHEN g % 20 <> 8 THEN date '2020-01-01' + g % 2000 END,
+  CASE WHEN g % 20 <> 9 THEN jsonb_build_object('k', g % 10, 'flag', g % 3 = 0) END,
+  CASE WHEN g % 20 <> 10 THEN ARRAY['t' || g % 7, 't' || g % 11] END,
+  CASE WHEN g % 20 <> 11 THEN decode(md5(g::text), 'hex') END
+FROM generate_series(1, {rows}) g;
+VACUUM ANALYZE {name};
+"""
+
+NARROW_SQL = """
+CREATE TABLE {name} (id bigint, n int);
+INSERT INTO {name} SELECT g, (g * 31) % 1000003 FROM generate_series(1, {rows}) g;
+VACUUM ANALYZE {name};
+"""
+
+
+@dataclass
+class Sample:
+    wall: float
+    client_cpu: float
+    server_cpu: float
+    peak_rss_mb: float
+    out_bytes: int
+
+
+def postmaster_children_cpu(cluster: Cluster) -> float:
+    pid = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / TICK  # cutime, cstime
+
+
+def wait_for_backends_gone(cluster: Cluster, dbname: str) -> None:
+    for _ in range(200):
+        n = cluster.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                         "AND pid <> pg_backend_pid()", dbname).strip()
+        if n == "0":
+            return
+        time.sleep(0.05)
+
+
+def measure(cluster: Cluster, dbname: str, cmd: list[str], env: dict[str, str], out: Path) -> Sample:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    wait_for_backends_gone(cluster, dbname)
+    cpu0 = postmaster_children_cpu(cluster)
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd[0]} failed: {err}")
+    wait_for_backends_gone(cluster, dbname)
+    server = postmaster_children_cpu(cluster) - cpu0
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and p.name.endswith(("l", "n", "z")))
+    return Sample(wall, usage.ru_utime + usage.ru_stime, server, usage.ru_maxrss / 1024, size)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=2_000_000)
+    ap.add_argument("--narrow-rows", type=int, default=5_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", default="", help="comma-separated method names to run")
+    ap.add_argument("--result", default=str(ROOT / "bench" / "results" / "latest.json"))
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="dumper-bench-"))
+    cluster = Cluster()
+    cluster.start()
+    try:
+        cluster.psql("ALTER SYSTEM SET autovacuum = off; SELECT pg_reload_conf();")
+        cluster.psql("CREATE DATABASE bench;")
+        print(f"building tables: mixed {args.rows:,} rows, narrow {args.narrow_rows:,} rows ...", flush=True)
+        cluster.psql(MIXED_SQL.format(name="mixed", rows=args.rows), "bench")
+        cluster.psql(MIXED_SQL.format(name="mixed2", rows=args.rows // 2), "bench")
+        cluster.psql("CREATE TABLE mixed_b AS SELECT * FROM mixed WHERE id > " + str(args.rows // 2)
+                     + "; DELETE FROM mixed2; INSERT INTO mixed2 SELECT * FROM mixed WHERE id <= "
+                     + str(args.rows // 2) + "; VACUUM ANALYZE mixed2, mixed_b;", "bench")
+        cluster.psql(NARROW_SQL.format(name="narrow", rows=args.narrow_rows), "bench")
+        cluster.psql(NARROW_SQL.format(name="narrow_small", rows=args.narrow_rows // 10), "bench")
+
+        env = {**os.environ, **cluster.env("bench", SUPERUSER, SUPERUSER_PASSWORD),
+               "DUMPER_LOG_FORMAT": "json", "PGSSLMODE": "verify-full"}
+        dumper = [str(Path(sys.executable).parent / "dumper"), "run"]
+
+        def psql_copy(table: str) -> Callable[[Path], list[str]]:
+            return lambda out: [
+                "psql", "-X", "-q", "-h", "localhost", "-p", str(cluster.port), "-U", SUPERUSER, "bench",
+                "-c", f"\\copy (SELECT to_json(t) FROM {table} t) TO '{out}/{table}.jsonl' "
+                      "WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"]
+
+        def dump(*extra: str) -> Callable[[Path], list[str]]:
+            return lambda out: [*dumper, "--output", str(out), "--run-id", "r", *extra]
+
+        half = args.rows // 2
+        methods: dict[str, tuple[Callable[[Path], list[str]], int]] = {
+            "a_baseline_to_json_copy": (psql_copy("mixed"), args.rows),
+            "b_dumper_jsonl": (dump("--include", "public.mixed"), args.rows),
+            "c_dumper_gzip": (dump("--include", "public.mixed", "--compression", "gzip"), args.rows),
+            "d_dumper_jobs2_two_tables": (dump("--include", "public.mixed2", "--include", "public.mixed_b",
+                                               "--jobs", "2"), half + (args.rows - half)),
+            "n1_narrow_small": (dump("--include", "public.narrow_small"), args.narrow_rows // 10),
+            "n2_narrow": (dump("--include", "public.narrow"), args.narrow_rows),
+        }
+        if args.only:
+            wanted = set(args.only.split(","))
+            methods = {k: v for k, v in methods.items() if k in wanted or k[0] in wanted}
+        samples: dict[str, list[Sample]] = {k: [] for k in methods}
+        for round_no in range(args.repeat):
+            for name, (cmd, _) in methods.items():
+                out = work / name
+                s = measure(cluster, "bench", cmd(out), env, out)
+                samples[name].append(s)
+                print(f"round {round_no + 1} {name}: {s.wall:.2f}s server {s.server_cpu:.2f}s "
+                      f"client {s.client_cpu:.2f}s rss {s.peak_rss_mb:.0f}MB", flush=True)
+
+        report = summarize(methods, samples)
+        print_table(report)
+        machine = {"cores": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
+                   "postgres": cluster.psql("SHOW server_version", "bench").strip()}
+        result = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                  "machine": machine, "rows": args.rows, "narrow_rows": args.narrow_rows,
+                  "repeat": args.repeat, "methods": report}
+        Path(args.result).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.result).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nmachine: {machine}\nresult written to {args.result}")
+    finally:
+        cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def summarize(methods: dict[str, tuple[Callable[[Path], list[str]], int]],
+              samples: dict[str, list[Sample]]) -> dict[str, dict[str, float]]:
+    report: dict[str, dict[str, float]] = {}
+    for name, runs in samples.items():
+        rows = methods[name][1]
+        wall = statistics.median(s.wall for s in runs)
+        report[name] = {
+            "rows": rows, "wall_s": round(wall, 3), "rows_per_s": round(rows / wall),
+            "mb_per_s": round(statistics.median(s.out_bytes for s in runs) / 1e6 / wall, 1),
+            "client_cpu_s": round(statistics.median(s.client_cpu for s in runs), 2),
+            "server_cpu_s": round(statistics.median(s.server_cpu for s in runs), 2),
+            "peak_rss_mb": round(max(s.peak_rss_mb for s in runs), 1),
+        }
+    base = report.get("a_baseline_to_json_copy")
+    if base:
+        for entry in report.values():
+            entry["rows_per_s_vs_baseline"] = round(entry["rows_per_s"] / base["rows_per_s"], 2)
+            entry["server_cpu_vs_baseline"] = round(entry["server_cpu_s"] / max(base["server_cpu_s"], 0.01), 2)
+    return report
+
+
+def print_table(report: dict[str, dict[str, float]]) -> None:
+    cols = ["wall_s", "rows_per_s", "mb_per_s", "client_cpu_s", "server_cpu_s", "peak_rss_mb",
+            "rows_per_s_vs_baseline", "server_cpu_vs_baseline"]
+    print("\n" + "method".ljust(28) + "".join(c.rjust(14) for c in ["wall s", "rows/s", "MB/s", "client cpu",
+                                                                   "server cpu", "peak RSS MB",
+                                                                   "rows/s ratio", "srv cpu ratio"]))
+    for name, entry in report.items():
+        print(name.ljust(28) + "".join(str(entry.get(c, "")).rjust(14) for c in cols))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
