@@ -170,7 +170,7 @@ def main() -> int:
         print_table(report)
         machine = {"cores": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
                    "postgres": cluster.psql("SHOW server_version", "bench").strip()}
-        result = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        result = {"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                   "machine": machine, "rows": args.rows, "narrow_rows": args.narrow_rows,
                   "repeat": args.repeat, "methods": report}
         Path(args.result).parent.mkdir(parents=True, exist_ok=True)
@@ -206,7 +206,8 @@ def summarize(methods: dict[str, tuple[Callable[[Path], list[str]], int]],
     if base:
         for entry in report.values():
             entry["rows_per_s_vs_baseline"] = round(entry["rows_per_s"] / base["rows_per_s"], 2)
-            entry["server_cpu_vs_baseline"] = round(entry["server_cpu_s"] / max(base["server_cpu_s"], 0.01), 2)
+            base_cpu = max(base["server_cpu_s"], 0.01)
+            entry["server_cpu_vs_baseline"] = round(entry["server_cpu_s"] / base_cpu, 2)
     return report
 
 

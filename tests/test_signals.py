@@ -32,7 +32,7 @@ def test_signal_mid_table_leaves_nothing(db: Database, sig: signal.Signals, code
         assert time.monotonic() < deadline, "no partial file appeared"
         time.sleep(0.05)
     proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr
     assert f"stopped by {sig.name}; no manifest was written" in stderr
     assert sorted(p.name for p in out.rglob("*")) == ["LATEST"]
