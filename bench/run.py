@@ -92,19 +92,19 @@ def measure(cluster: Cluster, dbname: str, cmd: list[str], env: dict[str, str], 
     out.mkdir(parents=True)
     wait_for_backends_gone(cluster, dbname)
     cpu0 = postmaster_children_cpu(cluster)
+    report = out.parent / (out.name + ".rss")
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    # devtools.peak_rss forks the client itself, so this process's memory is not counted.
+    proc = subprocess.run([sys.executable, "-m", "devtools.peak_rss", str(report), *cmd], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
     wall = time.perf_counter() - start
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if proc.stderr:
-        proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{cmd[0]} failed: {err}")
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed: {proc.stderr.decode()}")
+    fields = dict(item.split("=") for item in report.read_text().split())
     wait_for_backends_gone(cluster, dbname)
     server = postmaster_children_cpu(cluster) - cpu0
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and p.name.endswith(("l", "n", "z")))
-    return Sample(wall, usage.ru_utime + usage.ru_stime, server, usage.ru_maxrss / 1024, size)
+    return Sample(wall, float(fields["cpu_s"]), server, int(fields["peak_rss_kb"]) / 1024, size)
 
 
 def main() -> int:
@@ -132,7 +132,7 @@ def main() -> int:
         cluster.psql(NARROW_SQL.format(name="narrow_small", rows=args.narrow_rows // 10), "bench")
 
         env = {**os.environ, **cluster.env("bench", SUPERUSER, SUPERUSER_PASSWORD),
-               "DUMPER_LOG_FORMAT": "json", "PGSSLMODE": "verify-full"}
+               "DUMPER_LOG_FORMAT": "json", "PGSSLMODE": "verify-full", "PYTHONPATH": str(ROOT)}
         dumper = [str(Path(sys.executable).parent / "dumper"), "run"]
 
         def psql_copy(table: str) -> Callable[[Path], list[str]]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import trustme
 
+ROOT_DIR = Path(__file__).resolve().parent.parent
 PG_BIN = Path(os.environ.get("DUMPER_PG_BIN", "/usr/lib/postgresql/15/bin"))
 SUPERUSER = "postgres"
 SUPERUSER_PASSWORD = "postgres-superuser-local-only"
@@ -94,6 +95,12 @@ class Cluster:
             "hostssl all all ::1/128 scram-sha-256\n")
         self.pg_ctl("start", "-w", "-t", "60", "-l", str(self.data / "server.log"))
         return self
+
+    def allow(self, hba_line: str) -> None:
+        """Put an authentication rule before the default ones and reload."""
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(hba_line + "\n" + hba.read_text())
+        self.pg_ctl("reload")
 
     def pg_ctl(self, *args: str) -> None:
         subprocess.run(_as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(self.data), *args]),

@@ -9,8 +9,9 @@ and stays far below RDS's ~200 new IAM connections/second throttle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from .config import Settings
@@ -43,8 +44,12 @@ class IamToken:
         if not settings.region:
             raise ConfigError("--region: IAM auth needs the database's AWS region "
                               "(set --region, DUMPER_REGION, AWS_REGION or AWS_DEFAULT_REGION)")
+        import aioboto3  # deferred: only IAM auth needs the AWS SDK
+
         self._settings = settings
-        self._session = session
+        # One session for the whole run: it caches and refreshes the credentials
+        # (one STS call under IRSA, not one per token).
+        self._session = session or aioboto3.Session()
         self._clock = clock
         self._reuse_for = lifetime - margin
         self._token: str | None = None
@@ -65,23 +70,50 @@ class IamToken:
             return self._token
 
     async def _sign(self) -> str:
-        import aioboto3
-        import botocore.exceptions
-
         s = self._settings
-        session = self._session or aioboto3.Session()
-        try:
-            async with session.client("rds", region_name=s.region) as rds:
-                token: str = await rds.generate_db_auth_token(
-                    DBHostname=s.host, Port=s.port, DBUsername=s.user, Region=s.region)
-                return token
-        except botocore.exceptions.NoCredentialsError:
+        async with aws_errors(self._settings), self._session.client("rds", region_name=s.region) as rds:
+            token: str = await rds.generate_db_auth_token(
+                DBHostname=s.host, Port=s.port, DBUsername=s.user, Region=s.region)
+            return token
+
+    async def identity(self) -> tuple[str, str]:
+        """(credential source, caller ARN): which link of the chain answered, and as whom."""
+        async with aws_errors(self._settings):
+            credentials = await self._session.get_credentials()
+            if credentials is None:
+                raise _no_credentials()
+            async with self._session.client("sts", region_name=self._settings.region) as sts:
+                who = await sts.get_caller_identity()
+            return str(credentials.method), str(who["Arn"])
+
+
+def _no_credentials() -> ConnectError:
+    return ConnectError(
+        "no AWS credentials found for the IAM token: on EKS, annotate the service account with "
+        "eks.amazonaws.com/role-arn (IRSA) or use EKS Pod Identity; elsewhere set AWS_PROFILE or "
+        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or use --auth password against a dev server)")
+
+
+@contextlib.asynccontextmanager
+async def aws_errors(settings: Settings) -> AsyncIterator[None]:
+    """Turn AWS SDK failures into errors that say what to fix (never a secret)."""
+    import botocore.exceptions as bx
+
+    try:
+        yield
+    except bx.NoCredentialsError:
+        raise _no_credentials() from None
+    except bx.ClientError as exc:
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", "?"), error.get("Message", "")
+        if exc.operation_name == "AssumeRoleWithWebIdentity":
             raise ConnectError(
-                "no AWS credentials found for the IAM token: on EKS, annotate the service account "
-                "with eks.amazonaws.com/role-arn (IRSA) or use Pod Identity; locally, set AWS_PROFILE "
-                "or AWS keys") from None
-        except botocore.exceptions.ClientError as exc:
-            raise ConnectError(f"AWS refused credentials for the IAM token: {exc}") from None
+                f"STS AssumeRoleWithWebIdentity was denied for role {settings.aws_role_arn or '?'} "
+                f"({code}: {message}); check the role's trust policy names this cluster's OIDC "
+                "provider and system:serviceaccount:<namespace>:<service account>") from None
+        raise ConnectError(f"AWS {exc.operation_name} failed ({code}: {message})") from None
+    except (bx.BotoCoreError, OSError) as exc:
+        raise ConnectError(f"AWS credentials could not be resolved: {exc}") from None
 
 
 def password_provider(settings: Settings) -> StaticPassword | IamToken:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, NoReturn, TextIO
 
-from . import __version__, auth, dump
+from . import __version__, auth, dump, preflight
 from .config import OPTIONS, Settings, resolve
 from .errors import ConfigError, DumperError, Interrupted, VerifyError
 from .logs import log, setup
@@ -36,6 +36,17 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+def _add_options(command: argparse.ArgumentParser) -> None:
+    for option in OPTIONS:
+        env = option.env + (f", {option.pg_env}" if option.pg_env else "")
+        default = option.default if not option.repeatable else ",".join(option.default) or None
+        shown = f"; default: {default}" if default not in (None, "") else ""
+        choices = f" [{'|'.join(option.choices)}]" if option.choices else ""
+        command.add_argument(option.flag, dest=option.name, metavar=option.name.upper(),
+                             action="append" if option.repeatable else "store",
+                             help=f"{option.help}{choices} (env {env}{shown})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dumper", description=(
         "Dump every table of a PostgreSQL database, from one consistent snapshot, to per-table "
@@ -43,19 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"dumper {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = commands.add_parser("run", help="dump the database", epilog=EXIT_CODES,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    for option in OPTIONS:
-        env = option.env + (f", {option.pg_env}" if option.pg_env else "")
-        default = option.default if not option.repeatable else ",".join(option.default) or None
-        shown = f"; default: {default}" if default not in (None, "") else ""
-        choices = f" [{'|'.join(option.choices)}]" if option.choices else ""
-        run.add_argument(option.flag, dest=option.name, metavar=option.name.upper(),
-                         action="append" if option.repeatable else "store",
-                         help=f"{option.help}{choices} (env {env}{shown})")
-    check = commands.add_parser("verify", help="check a dump against its manifest", epilog=EXIT_CODES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    check.add_argument("path", help="the run's folder or URL: <output>/<run_id>")
+    for name, summary in (("run", "dump the database"),
+                          ("check", "preflight: credentials, token, TLS connection, readable tables"),
+                          ("token", "print an RDS IAM auth token (for psql while debugging)")):
+        command = commands.add_parser(name, help=summary, description=summary, epilog=EXIT_CODES,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_options(command)
+    verify_cmd = commands.add_parser("verify", help="check a dump against its manifest", epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    verify_cmd.add_argument("path", help="the run's folder or URL: <output>/<run_id>")
     return parser
 
 
@@ -138,6 +145,21 @@ def cmd_run(settings: Settings, stdout: TextIO) -> int:
     return 0
 
 
+def cmd_check(settings: Settings, stdout: TextIO) -> int:
+    setup(False, sys.stderr)
+    password = auth.password_provider(settings)
+    _run_main(preflight.check(settings, password, lambda line: print(line, file=stdout, flush=True)))
+    return 0
+
+
+def cmd_token(settings: Settings, stdout: TextIO) -> int:
+    if settings.auth != "iam":
+        raise ConfigError("--auth: `dumper token` signs RDS IAM tokens; it needs --auth iam")
+    provider = auth.IamToken(settings)
+    print(_run_main(provider()), file=stdout)
+    return 0
+
+
 def cmd_verify(path: str, stdout: TextIO) -> int:
     output = Output(path)
     try:
@@ -163,7 +185,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.command == "verify":
             return cmd_verify(args.path, stdout)
         settings = resolve(vars(args), environ)
-        return cmd_run(settings, stdout)
+        command = {"run": cmd_run, "check": cmd_check, "token": cmd_token}[args.command]
+        return command(settings, stdout)
     except DumperError as exc:
         print(f"dumper: error: {exc}", file=sys.stderr)
         if log.handlers and not isinstance(exc, ConfigError):

@@ -131,6 +131,8 @@ class Settings:
     log_format: str = "auto"
     # Read from PGPASSWORD only with --auth password; never printed.
     password: str | None = field(default=None, repr=False)
+    # AWS_ROLE_ARN, to name the role in an IRSA error (not a secret, not an option).
+    aws_role_arn: str | None = None
 
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to log: everything but the password."""
@@ -203,5 +205,6 @@ def resolve(
             values["region"] = region
     if values["auth"] == "password":
         values["password"] = environ.get("PGPASSWORD") or None
+    values["aws_role_arn"] = environ.get("AWS_ROLE_ARN") or None
     values.setdefault("run_id", default_run_id(now or dt.datetime.now(dt.UTC)))
     return Settings(**values)

@@ -84,8 +84,14 @@ def connect_error(exc: BaseException, settings: Settings) -> DumperError:
         return ConnectError(f"{settings.host}:{settings.port} does not accept TLS; "
                             f"--sslmode {settings.sslmode} requires it")
     if isinstance(exc, asyncpg.InvalidPasswordError) or "authentication failed" in text:
-        hint = ("check the IAM token's region (--region), the rds-db:connect policy and GRANT rds_iam"
-                if settings.auth == "iam" else "check PGPASSWORD")
+        if settings.auth == "iam":
+            hint = (f"the IAM token was refused: check that the database user has GRANT rds_iam TO "
+                    f"{settings.user}; that the role's policy allows rds-db:connect on "
+                    f"arn:aws:rds-db:{settings.region}:ACCOUNT:dbuser:DBI_RESOURCE_ID/{settings.user}; "
+                    f"that --region {settings.region} is the database's region; and that --host is the "
+                    "real instance or cluster endpoint, not a CNAME or IP")
+        else:
+            hint = "check PGPASSWORD"
         return ConnectError(f"authentication failed for {where}: {text}; {hint}")
     if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
         if "no encryption" in text and settings.sslmode == "disable":

@@ -134,3 +134,37 @@ def db(cluster: Cluster, tmp_path: Path) -> Iterator[Database]:
         yield Database(cluster, name, tmp_path)
     finally:
         cluster.psql(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@dataclass
+class Moto:
+    """moto's real HTTP server (STS, S3, ...) on 127.0.0.1."""
+
+    endpoint: str
+
+    @staticmethod
+    def credentials_for(access_key: str) -> tuple[str, str] | None:
+        """(secret key, session token) that moto's STS issued for an access key."""
+        from moto.sts.models import sts_backends
+
+        for account in list(sts_backends):
+            for backend in sts_backends[account].values():
+                for role in backend.assumed_roles:
+                    if role.access_key_id == access_key:
+                        return role.secret_access_key, role.session_token
+        return None
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[Moto]:
+    from moto.server import ThreadedMotoServer
+
+    from devtools.pgcluster import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield Moto(f"http://127.0.0.1:{port}")
+    finally:
+        server.stop()

@@ -74,5 +74,5 @@ def test_no_user_anywhere_is_an_error() -> None:
 
 
 def test_settings_fields_match_options() -> None:
-    fields = set(Settings.__dataclass_fields__) - {"password"}
+    fields = set(Settings.__dataclass_fields__) - {"password", "aws_role_arn"}
     assert fields == {o.name for o in OPTIONS}

@@ -1,0 +1,69 @@
+"""`dumper check`: everything a run needs, checked before a run, step by step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import db
+from .auth import IamToken, StaticPassword
+from .config import Settings
+from .discover import discover
+from .errors import PermissionDenied
+
+_READABLE_SQL = """
+SELECT c.oid,
+       pg_catalog.has_table_privilege(c.oid, 'SELECT') AS can_select,
+       c.relrowsecurity AND NOT (r.rolbypassrls OR r.rolsuper
+            OR pg_catalog.pg_has_role(c.relowner, 'USAGE')) AS rls_hides
+FROM pg_catalog.pg_class c, pg_catalog.pg_roles r
+WHERE c.oid = ANY($1::oid[]) AND r.rolname = current_user
+"""
+
+
+@dataclass
+class CheckReport:
+    lines: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+
+
+async def check(settings: Settings, password: StaticPassword | IamToken,
+                say: Callable[[str], None]) -> CheckReport:
+    """Resolve credentials, sign a token, connect over TLS, list what would be
+    dumped and whether each table is readable. Raises at the first blocker."""
+    report = CheckReport()
+    if isinstance(password, IamToken):
+        source, arn = await password.identity()
+        say(f"AWS credentials: {source} as {arn}")
+        await password()
+        say(f"IAM token: signed for {settings.user}@{settings.host}:{settings.port} in {settings.region}")
+    else:
+        say("auth: password from PGPASSWORD" if settings.password else "auth: no password (trust)")
+    conn = await db.connect(settings, password)
+    try:
+        tls = await conn.fetchrow(
+            "SELECT ssl, version FROM pg_catalog.pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid()")
+        say(f"connected: {settings.host}:{settings.port}/{settings.dbname} as {settings.user}, "
+            f"TLS {tls['version'] if tls and tls['ssl'] else 'OFF'} (--sslmode {settings.sslmode}), "
+            f"PostgreSQL {await db.server_version(conn)}")
+        tables = await discover(conn, settings.schema, settings.include, settings.exclude)
+        rows = {r["oid"]: r for r in await conn.fetch(_READABLE_SQL, [t.oid for t in tables])}
+    finally:
+        await db.close(conn)
+    say(f"tables to dump: {len(tables)}")
+    for table in tables:
+        row = rows[table.oid]
+        if not row["can_select"]:
+            status = f"NOT READABLE: missing SELECT (GRANT pg_read_all_data TO {settings.user})"
+        elif row["rls_hides"]:
+            status = "NOT READABLE: row-level security would hide rows (needs BYPASSRLS)"
+        else:
+            status = "readable"
+        if status != "readable":
+            report.unreadable.append(table.qualified)
+        say(f"  {table.qualified}: {status}")
+    if report.unreadable:
+        raise PermissionDenied(f"{len(report.unreadable)} table(s) cannot be read: "
+                               + ", ".join(report.unreadable))
+    say("ok: a run would start")
+    return report

@@ -1,0 +1,308 @@
+"""RDS IAM auth end to end: IRSA (web identity) credentials from moto's real
+STS endpoint, tokens signed by the AWS SDK, and a PostgreSQL role that can log
+in only with a valid token (pg_hba `ldap` -> devtools.iam_ldap checks it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.server
+import io
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devtools.iam_ldap import IamLdapServer, TokenCheck
+from devtools.pgcluster import Cluster, free_port
+from dumper import cli, dump
+from dumper import db as pg
+from dumper.auth import IamToken
+from dumper.config import resolve
+from dumper.errors import ConnectError
+from dumper.sinks import Output
+
+from .conftest import Database, Moto
+
+IAM_USER = "iam_dumper"
+REGION = "eu-central-1"
+ROLE_ARN = "arn:aws:iam::123456789012:role/dumper-irsa"
+
+
+@pytest.fixture(scope="session")
+def iam_server(cluster: Cluster, moto: Moto) -> Iterator[IamLdapServer]:
+    server = IamLdapServer(TokenCheck("localhost", cluster.port, REGION, Moto.credentials_for)).start()
+    for net in ("127.0.0.1/32", "::1/128"):
+        cluster.allow(f'hostssl all {IAM_USER} {net} ldap ldapserver=127.0.0.1 ldapport={server.port} '
+                      'ldapprefix="cn=" ldapsuffix=",dc=rds"')
+    cluster.psql(f"CREATE ROLE {IAM_USER} LOGIN; GRANT pg_read_all_data TO {IAM_USER};")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def irsa(iam_server: IamLdapServer, moto: Moto, tmp_path: Path,
+         monkeypatch: pytest.MonkeyPatch) -> IamLdapServer:
+    """The environment EKS injects for IRSA, pointed at moto's STS; no static keys."""
+    token_file = tmp_path / "web-identity-token"
+    token_file.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZHVtcGVyIn0.sig")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_DEFAULT_REGION", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ROLE_ARN", ROLE_ARN)
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", moto.endpoint)
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    iam_server.binds.clear()
+    iam_server.tokens.clear()
+    return iam_server
+
+
+def iam_env(**extra: str) -> dict[str, str]:
+    return {"DUMPER_AUTH": "iam", "PGUSER": IAM_USER, "PGPASSWORD": "", "AWS_REGION": REGION,
+            "AWS_ROLE_ARN": ROLE_ARN, **extra}
+
+
+def settings_for(db: Database, **flags: str) -> object:
+    return resolve(flags, {**db.base_env(), **iam_env()})
+
+
+def test_irsa_run_succeeds_over_verify_full(db: Database, irsa: IamLdapServer) -> None:
+    db.sql("CREATE TABLE t (id int, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b');")
+    result = db.dump(env=iam_env())
+    assert result.code == 0, result.stderr
+    assert result.rows("public", "t") == [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}]
+    assert result.manifest()["database"]["user"] == IAM_USER
+    assert irsa.binds and all(reason is None for _, reason in irsa.binds)
+    assert {user for user, _ in irsa.binds} == {IAM_USER}
+    token = irsa.tokens[0]
+    assert "X-Amz-Credential=ASIA" in token, "temporary credentials from AssumeRoleWithWebIdentity"
+    assert "X-Amz-Security-Token=" in token and len(token) > 500
+
+
+def test_jobs_8_reuses_one_token(db: Database, irsa: IamLdapServer) -> None:
+    for i in range(8):
+        db.sql(f"CREATE TABLE t{i} (i int); INSERT INTO t{i} VALUES ({i});")
+    settings = settings_for(db, jobs="8")
+    provider = IamToken(settings)  # type: ignore[arg-type]
+    manifest = asyncio.run(dump.run(settings, provider, Output(str(db.tmp / "out"))))  # type: ignore[arg-type]
+    assert len(manifest.tables) == 8
+    assert len(irsa.binds) >= 9, "the snapshot connection and eight workers logged in"
+    assert all(reason is None for _, reason in irsa.binds)
+    assert provider.signed == 1, "one signature served every new connection"
+
+
+def _connect_with(db: Database, token: str) -> str:
+    """Log in as the IAM user with `token`; returns dumper's error message."""
+    settings = settings_for(db)
+
+    async def password() -> str:
+        return token
+
+    async def go() -> None:
+        conn = await pg.connect(settings, password)
+        await conn.close()
+
+    with pytest.raises(ConnectError) as failure:
+        asyncio.run(go())
+    return str(failure.value)
+
+
+def _token(db: Database, *args: str) -> str:
+    out = io.StringIO()
+    environ = {**db.base_env(), **iam_env()}
+    with contextlib.redirect_stderr(io.StringIO()):
+        code = cli.main(["token", *args], environ, stdout=out)
+    assert code == 0
+    return out.getvalue().strip()
+
+
+HELP = ["GRANT rds_iam TO iam_dumper", "rds-db:connect",
+        f"arn:aws:rds-db:{REGION}:ACCOUNT:dbuser:DBI_RESOURCE_ID/iam_dumper", "not a CNAME"]
+
+
+@pytest.mark.parametrize("variant,reason", [
+    ("tampered", "signature does not match"),
+    ("other user", "token is for user 'someone_else'"),
+    ("other port", "not localhost:"),
+    ("other region", "credential scope us-west-2/rds-db"),
+])
+def test_bad_tokens_are_rejected_with_the_helpful_message(db: Database, irsa: IamLdapServer, variant: str,
+                                                          reason: str) -> None:
+    good = _token(db)
+    token = {
+        "tampered": good.replace("DBUser=iam_dumper", "DBUser=iam_dumper").replace(
+            "X-Amz-Signature=", "X-Amz-Signature=0") [:-1],
+        "other user": _token(db, "--user", "someone_else"),
+        "other port": _token(db, "--port", str(db.cluster.port + 1)),
+        "other region": _token(db, "--region", "us-west-2"),
+    }[variant]
+    irsa.binds.clear()
+    message = _connect_with(db, token)
+    assert irsa.binds[-1][1] is not None and reason in irsa.binds[-1][1]
+    assert "authentication failed for iam_dumper@localhost" in message
+    for hint in HELP:
+        assert hint in message
+    assert token not in message
+
+
+def test_the_good_token_from_dumper_token_logs_in(db: Database, irsa: IamLdapServer) -> None:
+    token = _token(db)
+    settings = settings_for(db)
+
+    async def go() -> str:
+        async def password() -> str:
+            return token
+        conn = await pg.connect(settings, password)
+        try:
+            return str(await conn.fetchval("SELECT current_user"))
+        finally:
+            await conn.close()
+
+    assert asyncio.run(go()) == IAM_USER
+
+
+def test_wrong_region_run_fails_with_exit_3_and_the_hints(db: Database, irsa: IamLdapServer) -> None:
+    result = db.dump("--region", "us-west-2", env=iam_env())
+    assert result.code == 3
+    for hint in HELP:
+        assert hint.replace(REGION, "us-west-2") in result.stderr
+    assert result.files() == []
+
+
+def test_expired_token_is_rejected_and_a_new_one_is_signed(db: Database, irsa: IamLdapServer) -> None:
+    """Short lifetimes stand in for RDS's 15 minutes on both sides."""
+    db.sql("CREATE TABLE t (i int); INSERT INTO t VALUES (1);")
+    settings = settings_for(db)
+    irsa.check.max_age = 3.0
+    try:
+        provider = IamToken(settings, lifetime=3.0, margin=1.0)  # type: ignore[arg-type]
+
+        async def login() -> None:
+            conn = await pg.connect(settings, provider)  # type: ignore[arg-type]
+            await conn.close()
+
+        asyncio.run(login())
+        first = irsa.tokens[-1]
+        time.sleep(3.5)
+        asyncio.run(login())  # the cached token is past its margin: a new one is signed
+        assert provider.signed == 2 and irsa.tokens[-1] != first
+        assert irsa.binds[-1][1] is None
+        message = _connect_with(db, first)
+        assert "authentication failed" in message and "expired" in (irsa.binds[-1][1] or "")
+        # A whole run long after the first token expired still opens its connections:
+        time.sleep(2.5)
+        manifest = asyncio.run(dump.run(settings, provider, Output(str(db.tmp / "late"))))  # type: ignore[arg-type]
+        assert manifest.tables[0].rows == 1 and provider.signed == 3
+    finally:
+        irsa.check.max_age = 900.0
+
+
+def test_no_secret_reaches_logs_manifest_or_repr(db: Database, irsa: IamLdapServer) -> None:
+    db.sql("CREATE TABLE t (i int); INSERT INTO t VALUES (1);")
+    result = db.dump("--log-format", "json", env=iam_env())
+    assert result.code == 0, result.stderr
+    failed = db.dump("--region", "us-west-2", "--run-id", "x", env=iam_env())
+    assert failed.code == 3
+    akid = irsa.tokens[0].split("X-Amz-Credential=")[1].split("%2F")[0]
+    secret, session_token = Moto.credentials_for(akid) or ("?", "?")
+    settings = settings_for(db)
+    texts = [result.stdout, result.stderr, failed.stdout, failed.stderr,
+             (result.run_dir / "manifest.json").read_text(), repr(settings),
+             repr(IamToken(settings))]  # type: ignore[arg-type]
+    for text in texts:
+        for secret_value in [secret, session_token, *irsa.tokens]:
+            assert secret_value not in text
+        assert "X-Amz-Signature" not in text
+
+
+def test_no_credentials_is_a_clear_error(db: Database, irsa: IamLdapServer,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ROLE_ARN")
+    monkeypatch.delenv("AWS_WEB_IDENTITY_TOKEN_FILE")
+    result = db.dump(env=iam_env())
+    assert result.code == 3
+    assert "no AWS credentials found for the IAM token" in result.stderr
+    assert "eks.amazonaws.com/role-arn" in result.stderr
+
+
+class _DenyingSts(http.server.BaseHTTPRequestHandler):
+    """STS's real error response for a refused AssumeRoleWithWebIdentity."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = (b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
+                b"<Code>AccessDenied</Code><Message>Not authorized to perform sts:AssumeRoleWithWebIdentity"
+                b"</Message></Error><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ErrorResponse>")
+        self.send_response(403)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_sts_denied_names_the_role(db: Database, irsa: IamLdapServer,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _DenyingSts)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", f"http://127.0.0.1:{server.server_address[1]}")
+        result = db.dump(env=iam_env())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.code == 3
+    assert f"STS AssumeRoleWithWebIdentity was denied for role {ROLE_ARN}" in result.stderr
+    assert "AccessDenied" in result.stderr and "trust policy" in result.stderr
+
+
+def test_missing_region_is_a_usage_error(db: Database, irsa: IamLdapServer,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_REGION")
+    env = iam_env()
+    del env["AWS_REGION"]
+    result = db.dump(env=env)
+    assert result.code == 2
+    assert "--region: IAM auth needs the database's AWS region" in result.stderr
+
+
+def _check(db: Database, *args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(["check", *args], {**db.base_env(), **iam_env()}, stdout=out)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_check_walks_through_every_step(db: Database, irsa: IamLdapServer) -> None:
+    db.sql('CREATE TABLE orders (i int); CREATE TABLE "Mixed Case" (i int);')
+    code, out, err = _check(db)
+    assert code == 0, err
+    assert "AWS credentials: assume-role-with-web-identity as arn:aws:sts::123456789012:assumed-role/" \
+        "dumper-irsa/" in out
+    assert f"IAM token: signed for {IAM_USER}@localhost:{db.cluster.port} in {REGION}" in out
+    assert "TLS TLSv1.3 (--sslmode verify-full)" in out and "PostgreSQL 15." in out
+    assert "tables to dump: 2" in out
+    assert "  public.Mixed Case: readable" in out and "  public.orders: readable" in out
+    assert out.rstrip().endswith("ok: a run would start")
+
+
+def test_check_fails_when_a_table_is_not_readable(db: Database, irsa: IamLdapServer) -> None:
+    db.sql("CREATE TABLE open (i int); CREATE TABLE hidden (i int); "
+           "ALTER TABLE hidden ENABLE ROW LEVEL SECURITY;")
+    code, out, err = _check(db)
+    assert code == 4
+    assert "  public.hidden: NOT READABLE: row-level security" in out
+    assert "  public.open: readable" in out
+    assert "1 table(s) cannot be read: public.hidden" in err
