@@ -31,13 +31,18 @@ EXIT_CODES = """exit codes:
   130  interrupted by SIGINT, 143 by SIGTERM (no manifest was written)"""
 
 
+VERIFY_OPTIONS = ("s3_endpoint_url", "s3_region")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise ConfigError(message)
 
 
-def _add_options(command: argparse.ArgumentParser) -> None:
+def _add_options(command: argparse.ArgumentParser, only: tuple[str, ...] = ()) -> None:
     for option in OPTIONS:
+        if only and option.name not in only:
+            continue
         env = option.env + (f", {option.pg_env}" if option.pg_env else "")
         default = option.default if not option.repeatable else ",".join(option.default) or None
         shown = f"; default: {default}" if default not in (None, "") else ""
@@ -63,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify_cmd = commands.add_parser("verify", help="check a dump against its manifest", epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     verify_cmd.add_argument("path", help="the run's folder or URL: <output>/<run_id>")
+    _add_options(verify_cmd, only=VERIFY_OPTIONS)
     return parser
 
 
@@ -136,12 +142,12 @@ def cmd_run(settings: Settings, stdout: TextIO) -> int:
     if settings.sslmode == "disable":
         log.warning("WARNING: --sslmode disable: the connection is NOT encrypted; "
                     "use it only against a local development server")
-    output = Output(settings.output)
+    output = Output.for_settings(settings)
     password = auth.password_provider(settings)
     log.info("run started", extra={"run_id": settings.run_id, "host": settings.host,
                                    "dbname": settings.dbname, "output": settings.output})
     manifest = _run_main(dump.run(settings, password, output))
-    print_report(manifest, output.path(settings.run_id), json_lines, stdout)
+    print_report(manifest, output.url_of(settings.run_id), json_lines, stdout)
     return 0
 
 
@@ -160,8 +166,9 @@ def cmd_token(settings: Settings, stdout: TextIO) -> int:
     return 0
 
 
-def cmd_verify(path: str, stdout: TextIO) -> int:
-    output = Output(path)
+def cmd_verify(settings: Settings, stdout: TextIO) -> int:
+    path = settings.output
+    output = Output.for_settings(settings)
     try:
         doc = parse(output.read(MANIFEST_NAME))
     except FileNotFoundError:
@@ -183,7 +190,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         args = build_parser().parse_args(argv)
         if args.command == "verify":
-            return cmd_verify(args.path, stdout)
+            flags = {**vars(args), "output": args.path}
+            return cmd_verify(resolve(flags, environ, database=False), stdout)
         settings = resolve(vars(args), environ)
         command = {"run": cmd_run, "check": cmd_check, "token": cmd_token}[args.command]
         return command(settings, stdout)

@@ -19,6 +19,9 @@ COMPRESSIONS = ("none", "gzip")
 SSLMODES = ("verify-full", "verify-ca", "require", "disable")
 AUTHS = ("iam", "password")
 LOG_FORMATS = ("auto", "text", "json")
+S3_SSE = ("none", "AES256", "aws:kms")
+S3_STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR",
+                      "GLACIER", "DEEP_ARCHIVE", "REDUCED_REDUNDANCY", "EXPRESS_ONEZONE")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,13 @@ def _level(text: str) -> int:
     return value
 
 
+def _part_size(text: str) -> int:
+    value = int(text)
+    if not 5 <= value <= 5120:
+        raise ValueError("must be MiB between 5 and 5120 (S3's part size limits)")
+    return value
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -96,6 +106,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("format", "jsonl (one object per line) or json (one array per file)", "jsonl", choices=FORMATS),
     Option("compression", "file compression", "none", choices=COMPRESSIONS),
     Option("gzip_level", "gzip level, 1 (fastest) to 9 (smallest)", 3, _level),
+    Option("part_size", "S3 multipart part size in MiB (memory holds one part; grows past 1000 parts)",
+           64, _part_size),
+    Option("s3_endpoint_url", "S3 endpoint for S3-compatible stores (default: AWS, or AWS_ENDPOINT_URL_S3)"),
+    Option("s3_region", "the bucket's region (default: discovered; independent of --region)"),
+    Option("s3_sse", "S3 server-side encryption", "none", choices=S3_SSE),
+    Option("s3_kms_key_id", "KMS key id or ARN for --s3-sse aws:kms (default: the AWS managed key)"),
+    Option("s3_storage_class", "S3 storage class of the objects (default: STANDARD)",
+           choices=S3_STORAGE_CLASSES),
     Option("jobs", "tables dumped concurrently, one connection each", 2, _positive_int),
     Option("batch_rows", "maximum rows per cursor fetch (batches also stay near 4 MB)", 1000,
            _positive_int),
@@ -124,6 +142,12 @@ class Settings:
     format: str = "jsonl"
     compression: str = "none"
     gzip_level: int = 3
+    part_size: int = 64
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_sse: str = "none"
+    s3_kms_key_id: str | None = None
+    s3_storage_class: str | None = None
     jobs: int = 2
     batch_rows: int = 1000
     lock_timeout: float = 60.0
@@ -170,8 +194,10 @@ def resolve(
     flags: Mapping[str, Any],
     environ: Mapping[str, str],
     now: dt.datetime | None = None,
+    database: bool = True,
 ) -> Settings:
-    """Build Settings; `flags` maps option names to raw strings (lists when repeatable)."""
+    """Build Settings; `flags` maps option names to raw strings (lists when repeatable).
+    `database=False` (for `verify`) needs no database user."""
     values: dict[str, Any] = {}
     for option in OPTIONS:
         given = flags.get(option.name)
@@ -193,6 +219,8 @@ def resolve(
             values[option.name] = option.default
 
     user = values.get("user") or environ.get("USER") or environ.get("LOGNAME")
+    if not database:
+        user = user or "-"  # verify reads files only
     if not user:
         raise ConfigError("--user: no database user given (set --user, DUMPER_USER or PGUSER)")
     values["user"] = user
@@ -206,5 +234,7 @@ def resolve(
     if values["auth"] == "password":
         values["password"] = environ.get("PGPASSWORD") or None
     values["aws_role_arn"] = environ.get("AWS_ROLE_ARN") or None
+    if values.get("s3_kms_key_id") and values["s3_sse"] != "aws:kms":
+        raise ConfigError("--s3-kms-key-id: only used with --s3-sse aws:kms")
     values.setdefault("run_id", default_run_id(now or dt.datetime.now(dt.UTC)))
     return Settings(**values)

@@ -122,7 +122,7 @@ def table_error(exc: BaseException, table: str) -> DumperError:
     if isinstance(exc, asyncpg.LockNotAvailableError):
         return DumpError(f"table {table}: could not lock it within --lock-timeout (another session holds "
                          f"a conflicting lock, e.g. ALTER TABLE): {text}")
-    if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+    if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)):
         return DumpError(f"table {table}: {type(exc).__name__}: {text}")
     raise exc
 
@@ -199,5 +199,9 @@ async def stream(conn: Any, sql: str, table: str,
                 yield records
             if len(records) < size:
                 return
+    except asyncpg.InternalClientError as exc:
+        # The server ended the session while it sat idle between fetches (terminated,
+        # restarted); the connection object is unusable now, so do not touch it.
+        raise DumpError(f"table {table}: the connection to the server was lost ({exc})") from exc
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         raise table_error(exc, table) from exc

@@ -80,26 +80,25 @@ async def _dump_table(conn: Any, table: Table, relpath: str, settings: Settings,
     log.info("started")
     out = output.open_table(relpath)
     try:
-        writer = StoredWriter(out.write, settings.compression, settings.gzip_level)
-        writer.write(framer.header())
+        writer = StoredWriter(settings.compression, settings.gzip_level)
+        await out.write(writer.add(framer.header()))
         async for records in db.stream(conn, table.select_sql(), table.qualified, batcher.size):
             data = framer.frame(encode_rows(names, records))
-            writer.write(data)
+            await out.write(writer.add(data))
             batcher.seen(len(records), len(data))
             if time.monotonic() >= next_progress:
                 next_progress = time.monotonic() + PROGRESS_EVERY
                 log.info("progress", extra={"rows": framer.rows, "bytes": writer.bytes})
-        writer.write(framer.footer())
-        sha256 = writer.close()
-        out.commit()
+        await out.write(writer.add(framer.footer()) + writer.finish())
+        await out.commit()
     except BaseException:
-        out.discard()
+        await out.discard()
         raise
     seconds = round(time.monotonic() - started, 3)
     log.info("done", extra={"rows": framer.rows, "bytes": writer.bytes, "seconds": seconds})
     return TableEntry(
         schema=table.schema, table=table.name, path=relpath.rpartition("/")[2], rows=framer.rows,
-        bytes=writer.bytes, sha256=sha256,
+        bytes=writer.bytes, sha256=writer.sha256,
         columns=[{"name": c.name, "type": c.type} for c in table.columns], seconds=seconds)
 
 
@@ -157,12 +156,13 @@ async def run(settings: Settings, password: db.PasswordProvider, output: Output,
     """Dump every selected table into <output>/<run_id>/; returns the manifest written."""
     started = clock()
     run_dir = settings.run_id
-    if output.exists(f"{run_dir}/{MANIFEST_NAME}"):
-        raise ConfigError(f"--run-id: {output.path(run_dir)} already holds a complete dump; "
+    if await asyncio.to_thread(output.exists, f"{run_dir}/{MANIFEST_NAME}"):
+        raise ConfigError(f"--run-id: {output.url_of(run_dir)} already holds a complete dump; "
                           "choose another run id")
     committed: list[str] = []
     done = False
     try:
+        await asyncio.to_thread(output.make_dir, run_dir)  # fail fast if the output is not writable
         coordinator = await db.connect(settings, password)
         try:
             snapshot_id = await db.export_snapshot(coordinator)
@@ -175,7 +175,6 @@ async def run(settings: Settings, password: db.PasswordProvider, output: Output,
             names = unique_file_names([
                 table_file_name(t.schema, t.name, settings.format, settings.compression) for t in tables])
             work = [(t, f"{run_dir}/{name}") for t, name in zip(tables, names, strict=True)]
-            output.make_dir(run_dir)
             with _young_gc_only():
                 entries = await _dump_tables(settings, password, output, work, snapshot_id, committed)
         finally:
@@ -187,12 +186,16 @@ async def run(settings: Settings, password: db.PasswordProvider, output: Output,
                       "user": settings.user, "server_version": version},
             snapshot_id=snapshot_id, format=settings.format, compression=settings.compression,
             tables=entries)
-        output.put(f"{run_dir}/{MANIFEST_NAME}", manifest.to_bytes())
+        await output.put(f"{run_dir}/{MANIFEST_NAME}", manifest.to_bytes())
         done = True
     finally:
         if not done:  # leave nothing that could pass for a (partial) dump
-            for relpath in committed:
-                output.remove(relpath)
-            output.remove_dir_if_empty(run_dir)
-    output.put(LATEST_NAME, settings.run_id.encode() + b"\n")
+            await asyncio.shield(asyncio.to_thread(_remove_all, output, committed, run_dir))
+    await output.put(LATEST_NAME, settings.run_id.encode() + b"\n")
     return manifest
+
+
+def _remove_all(output: Output, relpaths: list[str], run_dir: str) -> None:
+    for relpath in relpaths:
+        output.remove(relpath)
+    output.remove_dir_if_empty(run_dir)

@@ -7,32 +7,32 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
 class StoredWriter:
-    """Compress and checksum a stream of bytes on its way to `write`."""
+    """Compress and checksum a stream of bytes; returns what to store."""
 
-    def __init__(self, write: Callable[[bytes], object], compression: str, level: int = 3) -> None:
-        self._write = write
+    def __init__(self, compression: str, level: int = 3) -> None:
         self._zip = zlib.compressobj(level, zlib.DEFLATED, 31) if compression == "gzip" else None
         self._sha = hashlib.sha256()
         self.bytes = 0
 
-    def _out(self, data: bytes) -> None:
-        if data:
-            self._sha.update(data)
-            self.bytes += len(data)
-            self._write(data)
+    def _out(self, data: bytes) -> bytes:
+        self._sha.update(data)
+        self.bytes += len(data)
+        return data
 
-    def write(self, data: bytes) -> None:
-        self._out(self._zip.compress(data) if self._zip else data)
+    def add(self, data: bytes) -> bytes:
+        return self._out(self._zip.compress(data) if self._zip else data)
 
-    def close(self) -> str:
-        """Flush; returns the hex sha256 of everything written."""
-        if self._zip:
-            self._out(self._zip.flush())
+    def finish(self) -> bytes:
+        """The last stored bytes (gzip trailer); call once, at the end."""
+        return self._out(self._zip.flush()) if self._zip else b""
+
+    @property
+    def sha256(self) -> str:
         return self._sha.hexdigest()
 
 

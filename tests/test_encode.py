@@ -83,13 +83,9 @@ def test_file_names_are_readable_for_plain_names() -> None:
 
 @given(st.lists(st.binary(max_size=2000), max_size=10), st.sampled_from(["none", "gzip"]))
 def test_stored_writer_and_reader_agree(chunks: list[bytes], compression: str) -> None:
-    written: list[bytes] = []
-    writer = StoredWriter(written.append, compression, 1)
-    for chunk in chunks:
-        writer.write(chunk)
-    sha = writer.close()
-    data = b"".join(written)
+    writer = StoredWriter(compression, 1)
+    data = b"".join(writer.add(chunk) for chunk in chunks) + writer.finish()
     content = gzip.decompress(data) if compression == "gzip" else data
     assert content == b"".join(chunks)
     stats = read_stats([data[i:i + 7] for i in range(0, len(data), 7)], compression)
-    assert (stats.bytes, stats.sha256, stats.newlines) == (len(data), sha, content.count(b"\n"))
+    assert (stats.bytes, stats.sha256, stats.newlines) == (len(data), writer.sha256, content.count(b"\n"))
