@@ -7,7 +7,8 @@ Stands in for a network or S3 endpoint failing mid-upload: small requests
 from __future__ import annotations
 
 import asyncio
-import threading
+
+from devtools.background import BackgroundServer
 
 
 class CuttingProxy:
@@ -38,31 +39,9 @@ class CuttingProxy:
         await asyncio.gather(self._pipe(client_r, up_w, self.cut_after), self._pipe(up_r, client_w, None))
 
     def start(self) -> CuttingProxy:
-        ready = threading.Event()
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-
-        async def serve() -> None:
-            server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-            self.port = server.sockets[0].getsockname()[1]
-            ready.set()
-            async with server:
-                await server.serve_forever()
-
-        def run() -> None:
-            self._task = loop.create_task(serve())
-            try:
-                loop.run_until_complete(self._task)
-            except asyncio.CancelledError:
-                pass
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        ready.wait(10)
+        self._server = BackgroundServer(self._handle).start()
+        self.port = self._server.port
         return self
 
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._task.cancel)
-        self._thread.join(10)
+        self._server.stop()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import threading
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from dataclasses import dataclass, field
 from botocore.auth import SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+
+from devtools.background import BackgroundServer
 
 SUCCESS, INVALID_CREDENTIALS, PROTOCOL_ERROR = 0, 49, 2
 SIGV4_TIME = "%Y%m%dT%H%M%SZ"
@@ -149,32 +150,9 @@ class IamLdapServer:
             writer.close()
 
     def start(self) -> IamLdapServer:
-        """Serve on 127.0.0.1 from a background thread with its own event loop."""
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-
-        async def serve() -> None:
-            server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-            self.port = server.sockets[0].getsockname()[1]
-            ready.set()
-            async with server:
-                await server.serve_forever()
-
-        def run() -> None:
-            asyncio.set_event_loop(self._loop)
-            self._task = self._loop.create_task(serve())
-            try:
-                self._loop.run_until_complete(self._task)
-            except asyncio.CancelledError:
-                pass
-            finally:
-                self._loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        ready.wait(10)
+        self._server = BackgroundServer(self._handle).start()
+        self.port = self._server.port
         return self
 
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._task.cancel)
-        self._thread.join(10)
+        self._server.stop()

@@ -171,18 +171,26 @@ def test_s3_endpoint_failing_mid_upload_leaves_nothing(db: Database, s3: Any, mo
     _nothing_left(s3)
 
 
-def test_database_dying_mid_table_leaves_nothing_on_s3(db: Database, s3: Any, moto: Moto) -> None:
+def _dump_until_an_upload_is_pending(db: Database, s3: Any, moto: Moto) -> subprocess.Popen[str]:
+    """Start the real CLI in a subprocess; return once the big table's upload is under way."""
     big_table(db, 600_000)
     env = {"PATH": "/usr/bin:/bin", **db.base_env(), **s3_env(moto),
            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
     proc = subprocess.Popen([sys.executable, "-m", "dumper", "run"], env=env, cwd=db.tmp,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not pending_uploads(s3):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail(f"no upload started: {proc.communicate()}")
+        time.sleep(0.05)
+    return proc
+
+
+def test_database_dying_mid_table_leaves_nothing_on_s3(db: Database, s3: Any, moto: Moto) -> None:
+    proc = _dump_until_an_upload_is_pending(db, s3, moto)
     try:
-        deadline = time.monotonic() + 60
-        while not pending_uploads(s3):  # the big table is mid-upload
-            assert time.monotonic() < deadline and proc.poll() is None, "no upload started"
-            time.sleep(0.05)
         killed = db.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                           "WHERE application_name LIKE 'dumper/%' AND query LIKE '%big%'")
         assert killed, "the reading backend was found"
@@ -197,16 +205,7 @@ def test_database_dying_mid_table_leaves_nothing_on_s3(db: Database, s3: Any, mo
 
 
 def test_sigterm_aborts_the_upload(db: Database, s3: Any, moto: Moto) -> None:
-    big_table(db, 600_000)
-    env = {"PATH": "/usr/bin:/bin", **db.base_env(), **s3_env(moto),
-           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-    proc = subprocess.Popen([sys.executable, "-m", "dumper", "run"], env=env, cwd=db.tmp,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not pending_uploads(s3):
-        assert time.monotonic() < deadline and proc.poll() is None, "no upload started"
-        time.sleep(0.05)
+    proc = _dump_until_an_upload_is_pending(db, s3, moto)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
