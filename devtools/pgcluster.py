@@ -93,8 +93,17 @@ class Cluster:
             "local all all trust\n"
             "hostssl all all 127.0.0.1/32 scram-sha-256\n"
             "hostssl all all ::1/128 scram-sha-256\n")
-        self.pg_ctl("start", "-w", "-t", "60", "-l", str(self.data / "server.log"))
+        self.launch()
         return self
+
+    def launch(self) -> None:
+        """Start the server process (its output goes to a log file, never to our pipes)."""
+        self.pg_ctl("start", "-w", "-t", "60", "-l", str(self.data / "server.log"))
+
+    def restart(self) -> None:
+        """Stop (terminating every session, as a crash or failover would) and start again."""
+        self.pg_ctl("stop", "-m", "fast", "-w")
+        self.launch()
 
     def allow(self, hba_line: str) -> None:
         """Put an authentication rule before the default ones and reload."""

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine, Mapping, Sequence
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, TypeVar
 
 from . import __version__, auth, dump, preflight
 from .config import OPTIONS, Settings, resolve
@@ -32,6 +32,7 @@ EXIT_CODES = """exit codes:
 
 
 VERIFY_OPTIONS = ("s3_endpoint_url", "s3_region")
+T = TypeVar("T")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,16 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_main(coro: Coroutine[Any, Any, Any]) -> Any:
-    """asyncio.run, with SIGTERM/SIGINT cancelling the work (cleanup runs in finally blocks)."""
+def _run_main(coro: Coroutine[Any, Any, T], grace_seconds: float = 20.0) -> T:
+    """asyncio.run, with SIGTERM/SIGINT cancelling the work: clean-up (aborting
+    uploads, removing partial files) runs in finally blocks; if it takes longer
+    than `grace_seconds`, the process exits anyway with the signal's code."""
     received: list[int] = []
 
-    async def guarded() -> Any:
+    async def guarded() -> T:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
 
+        def give_up() -> None:
+            sys.stderr.write(f"dumper: error: clean-up took longer than --grace-seconds {grace_seconds:g}\n")
+            sys.stderr.flush()
+            os._exit(128 + received[0])
+
         def stop(sig: int) -> None:
+            if not received:
+                loop.call_later(grace_seconds, give_up)
             received.append(sig)
             task.cancel()
 
@@ -91,10 +101,9 @@ def _run_main(coro: Coroutine[Any, Any, Any]) -> Any:
             return await coro
         except asyncio.CancelledError:
             if received:
-                code = 128 + received[0]
                 error = Interrupted(f"stopped by {signal.Signals(received[0]).name}; "
                                     "no manifest was written")
-                error.exit_code = code
+                error.exit_code = 128 + received[0]
                 raise error from None
             raise
 
@@ -146,7 +155,7 @@ def cmd_run(settings: Settings, stdout: TextIO) -> int:
     password = auth.password_provider(settings)
     log.info("run started", extra={"run_id": settings.run_id, "host": settings.host,
                                    "dbname": settings.dbname, "output": settings.output})
-    manifest = _run_main(dump.run(settings, password, output))
+    manifest = _run_main(dump.run(settings, password, output), settings.grace_seconds)
     print_report(manifest, output.url_of(settings.run_id), json_lines, stdout)
     return 0
 

@@ -119,6 +119,14 @@ OPTIONS: tuple[Option, ...] = (
            _positive_int),
     Option("lock_timeout", "seconds to wait for a table lock before failing (0 = wait forever)", 60.0,
            _seconds),
+    Option("statement_timeout", "seconds one statement (one cursor fetch) may take (0 = no limit)", 0.0,
+           _seconds),
+    Option("connect_attempts", "attempts to connect when the server refuses or restarts (backoff ~0.5-8 s)",
+           6, _positive_int),
+    Option("run_attempts", "attempts at the whole run when its snapshot is lost (server restart)", 3,
+           _positive_int),
+    Option("grace_seconds", "on SIGTERM/SIGINT: seconds allowed to cancel and clean up before exiting", 20.0,
+           _seconds),
     Option("run_id", "name of this run's folder (default: UTC start time YYYYMMDDTHHMMSSZ)", parse=_run_id),
     Option("log_format", "log format: auto (text on a terminal, JSON otherwise), text or json", "auto",
            choices=LOG_FORMATS),
@@ -151,6 +159,10 @@ class Settings:
     jobs: int = 2
     batch_rows: int = 1000
     lock_timeout: float = 60.0
+    statement_timeout: float = 0.0
+    connect_attempts: int = 6
+    run_attempts: int = 3
+    grace_seconds: float = 20.0
     run_id: str = ""
     log_format: str = "auto"
     # Read from PGPASSWORD only with --auth password; never printed.

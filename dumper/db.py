@@ -9,18 +9,61 @@ cannot fully read fails instead of producing a silently short file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
+import tenacity
 
 from . import __version__, encode
 from .config import Settings
-from .errors import ConfigError, ConnectError, DumperError, DumpError, PermissionDenied
+from .errors import (
+    ConfigError,
+    ConnectError,
+    ConnectionLost,
+    DumperError,
+    DumpError,
+    PermissionDenied,
+    SnapshotLost,
+)
+from .logs import log
 
 PasswordProvider = Callable[[], Awaitable[str | None]]
+T = TypeVar("T")
+
+LOST = (asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+        asyncpg.CannotConnectNowError, asyncpg.InternalClientError, ConnectionError, TimeoutError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Failures that heal by trying again: refused/reset connections, a server
+    starting up or restarting, too many connections. Never auth, TLS or SQL errors."""
+    if isinstance(exc, (ssl.SSLError, socket.gaierror)) or "rejected SSL upgrade" in str(exc):
+        return False
+    return isinstance(exc, (*LOST, asyncpg.TooManyConnectionsError, OSError))
+
+
+async def with_retries(what: str, action: Callable[[], Awaitable[T]], attempts: int) -> T:
+    """Retry `action` on transient failures, with bounded exponential backoff and
+    jitter; one log line per failed attempt."""
+    def log_attempt(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(f"{what} failed, retrying", extra={
+            "attempt": state.attempt_number, "of": attempts, "error": f"{type(exc).__name__}: {exc}",
+            "retry_in_s": round(state.upcoming_sleep, 2)})
+
+    retrying = tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=8.0),
+        retry=tenacity.retry_if_exception(is_transient), before_sleep=log_attempt, reraise=True)
+
+    async def attempt() -> T:  # tenacity awaits only coroutine functions, not lambdas
+        return await action()
+
+    return await retrying(attempt)
 
 
 def ssl_context(sslmode: str, sslrootcert: str | None) -> ssl.SSLContext | bool:
@@ -51,7 +94,7 @@ def session_settings(settings: Settings) -> dict[str, str]:
         "row_security": "off",
         "lock_timeout": str(int(settings.lock_timeout * 1000)),
         "idle_in_transaction_session_timeout": "0",  # the snapshot holder idles for the whole run
-        "statement_timeout": "0",
+        "statement_timeout": "0",  # --statement-timeout applies to table reads only (join_snapshot)
     }
 
 
@@ -127,18 +170,33 @@ def table_error(exc: BaseException, table: str) -> DumperError:
     raise exc
 
 
+_CONNECT_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                     asyncpg.InternalClientError)
+
+
 async def connect(settings: Settings, password: PasswordProvider) -> Any:
     try:
-        return await asyncpg.connect(**connect_kwargs(settings, password))
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return await with_retries("connect", lambda: asyncpg.connect(**connect_kwargs(settings, password)),
+                                  settings.connect_attempts)
+    except _CONNECT_FAILURES as exc:
         raise connect_error(exc, settings) from exc
 
 
 async def create_pool(settings: Settings, password: PasswordProvider, size: int) -> Any:
+    """A pool of `size` connections; a broken one released to it is replaced on
+    the next acquire (with a fresh password from the provider)."""
     try:
-        return await asyncpg.create_pool(
-            **connect_kwargs(settings, password), min_size=size, max_size=size, init=register_codecs)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return await with_retries("connect", lambda: asyncpg.create_pool(
+            **connect_kwargs(settings, password), min_size=size, max_size=size, init=register_codecs),
+            settings.connect_attempts)
+    except _CONNECT_FAILURES as exc:
+        raise connect_error(exc, settings) from exc
+
+
+async def acquire(pool: Any, settings: Settings) -> Any:
+    try:
+        return await with_retries("connect", pool.acquire, settings.connect_attempts)
+    except _CONNECT_FAILURES as exc:
         raise connect_error(exc, settings) from exc
 
 
@@ -156,16 +214,33 @@ async def export_snapshot(conn: Any) -> str:
     return str(await conn.fetchval("SELECT pg_catalog.pg_export_snapshot()"))
 
 
-async def import_snapshot(conn: Any, snapshot_id: str) -> None:
-    await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+async def import_snapshot(conn: Any, snapshot_id: str, statement_timeout: float = 0.0) -> None:
+    """Join the run's snapshot; SnapshotLost once its exporting transaction is gone."""
     try:
+        await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         await conn.execute("SET TRANSACTION SNAPSHOT " + _quote_literal(snapshot_id))
+        await conn.execute(f"SET LOCAL statement_timeout = {int(statement_timeout * 1000)}")
+    except LOST as exc:
+        raise ConnectionLost(f"the connection was lost while joining snapshot {snapshot_id}: {exc}") from exc
     except asyncpg.PostgresError as exc:
-        raise DumpError(f"could not join the run's snapshot {snapshot_id}: {exc}") from exc
+        raise SnapshotLost(f"could not join the run's snapshot {snapshot_id} (its transaction has "
+                           f"ended, e.g. the server restarted): {exc}") from exc
 
 
 def _quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+@contextlib.asynccontextmanager
+async def preparing() -> AsyncIterator[None]:
+    """Errors while taking the snapshot and reading the catalog, said plainly."""
+    try:
+        yield
+    except LOST as exc:
+        raise ConnectionLost(f"the connection was lost while preparing the run: {exc}") from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DumpError(f"while taking the snapshot and reading the catalog: "
+                        f"{type(exc).__name__}: {exc}") from exc
 
 
 async def lock_table(conn: Any, relation_sql: str, table: str) -> None:
@@ -199,9 +274,14 @@ async def stream(conn: Any, sql: str, table: str,
                 yield records
             if len(records) < size:
                 return
-    except asyncpg.InternalClientError as exc:
-        # The server ended the session while it sat idle between fetches (terminated,
-        # restarted); the connection object is unusable now, so do not touch it.
-        raise DumpError(f"table {table}: the connection to the server was lost ({exc})") from exc
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+    except LOST as exc:
+        # Terminated backend, server restart, network: the connection object is
+        # unusable now (InternalClientError when the notice came between fetches).
+        raise ConnectionLost(f"table {table}: the connection to the server was lost "
+                             f"({type(exc).__name__}: {exc})") from exc
+    except asyncpg.InterfaceError as exc:
+        if "closed" not in str(exc):  # "the underlying connection is closed": lost, as above
+            raise table_error(exc, table) from exc
+        raise ConnectionLost(f"table {table}: the connection to the server was lost ({exc})") from exc
+    except (asyncpg.PostgresError, OSError) as exc:
         raise table_error(exc, table) from exc

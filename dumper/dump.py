@@ -19,7 +19,7 @@ from . import __version__, db
 from .config import Settings
 from .discover import Table, discover
 from .encode import Framer, encode_rows
-from .errors import ConfigError, DumperError
+from .errors import ConfigError, ConnectionLost, DumperError, SnapshotLost
 from .logs import current_table, log
 from .manifest import LATEST_NAME, MANIFEST_NAME, Manifest, TableEntry, table_file_name, unique_file_names
 from .sinks import Output
@@ -117,6 +117,9 @@ def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:
     return next((e for e in leaves if isinstance(e, DumperError)), leaves[0])
 
 
+TABLE_ATTEMPTS = 3  # a table whose connection dies is read again, in the same snapshot
+
+
 async def _dump_tables(settings: Settings, password: db.PasswordProvider, output: Output,
                        work: list[tuple[Table, str]], snapshot_id: str,
                        committed: list[str]) -> list[TableEntry]:
@@ -124,16 +127,44 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
     queue = sorted(work, key=lambda item: -item[0].pages)
     results: dict[str, TableEntry] = {}
 
+    async def joined(pool: Any) -> Any:
+        conn = await db.acquire(pool, settings)
+        try:
+            await db.import_snapshot(conn, snapshot_id, settings.statement_timeout)
+        except BaseException:
+            await pool.release(conn)
+            raise
+        return conn
+
+    async def dump_with_retries(pool: Any, conn: Any, table: Table, relpath: str) -> Any:
+        """Returns the connection to go on with (a new one after a lost connection)."""
+        for attempt in range(1, TABLE_ATTEMPTS + 1):
+            try:
+                results[relpath] = await _dump_table(conn, table, relpath, settings, output)
+                return conn
+            except ConnectionLost as exc:
+                await pool.release(conn)  # the pool replaces the broken connection
+                conn = None
+                if attempt == TABLE_ATTEMPTS:
+                    raise
+                log.warning("connection lost; reading the table again in the same snapshot",
+                            extra={"attempt": attempt + 1, "of": TABLE_ATTEMPTS, "error": str(exc)})
+                conn = await joined(pool)  # SnapshotLost if the server restarted
+        raise AssertionError("unreachable")
+
     async def worker(pool: Any) -> None:
-        async with pool.acquire() as conn:
-            await db.import_snapshot(conn, snapshot_id)
+        conn = await joined(pool)
+        try:
             while queue:
                 table, relpath = queue.pop(0)
                 current_table.set(table.qualified)
-                results[relpath] = await _dump_table(conn, table, relpath, settings, output)
+                conn = await dump_with_retries(pool, conn, table, relpath)
                 committed.append(relpath)
                 current_table.set(None)
             await conn.execute("ROLLBACK")  # read-only: nothing to keep
+        finally:
+            if conn is not None:
+                await pool.release(conn)
 
     jobs = max(1, min(settings.jobs, len(queue)))
     pool = await db.create_pool(settings, password, jobs)
@@ -153,7 +184,26 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
 
 async def run(settings: Settings, password: db.PasswordProvider, output: Output,
               clock: Callable[[], dt.datetime] = _now) -> Manifest:
-    """Dump every selected table into <output>/<run_id>/; returns the manifest written."""
+    """Dump every selected table into <output>/<run_id>/; returns the manifest written.
+
+    If the snapshot is lost (the server restarted, the snapshot's connection
+    died), the run starts again with a fresh snapshot, up to --run-attempts:
+    the result is exactly one complete dump, or an error.
+    """
+    for attempt in range(1, settings.run_attempts + 1):
+        try:
+            return await _run_once(settings, password, output, clock)
+        except (SnapshotLost, ConnectionLost) as exc:
+            if attempt == settings.run_attempts:
+                raise
+            log.warning("snapshot lost; starting the run again with a fresh snapshot",
+                        extra={"attempt": attempt + 1, "of": settings.run_attempts, "error": str(exc)})
+            await asyncio.sleep(min(2.0 ** attempt, 30.0))
+    raise AssertionError("unreachable")
+
+
+async def _run_once(settings: Settings, password: db.PasswordProvider, output: Output,
+                    clock: Callable[[], dt.datetime]) -> Manifest:
     started = clock()
     run_dir = settings.run_id
     if await asyncio.to_thread(output.exists, f"{run_dir}/{MANIFEST_NAME}"):
@@ -165,9 +215,10 @@ async def run(settings: Settings, password: db.PasswordProvider, output: Output,
         await asyncio.to_thread(output.make_dir, run_dir)  # fail fast if the output is not writable
         coordinator = await db.connect(settings, password)
         try:
-            snapshot_id = await db.export_snapshot(coordinator)
-            version = await db.server_version(coordinator)
-            tables = await discover(coordinator, settings.schema, settings.include, settings.exclude)
+            async with db.preparing():
+                snapshot_id = await db.export_snapshot(coordinator)
+                version = await db.server_version(coordinator)
+                tables = await discover(coordinator, settings.schema, settings.include, settings.exclude)
             log.info("snapshot taken", extra={"snapshot_id": snapshot_id, "tables": len(tables),
                                               "server_version": version})
             for table in tables:

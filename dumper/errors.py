@@ -5,6 +5,8 @@
     ├── ConnectError            3  cannot reach or log in to PostgreSQL (network, TLS, auth)
     ├── PermissionDenied        4  a table cannot be read (missing GRANT, row-level security)
     ├── DumpError               5  the server failed while the dump was reading
+    │   ├── ConnectionLost      5    a connection died mid-table (the table is retried)
+    │   └── SnapshotLost        5    the run's snapshot is gone (the run is retried)
     ├── OutputError             6  the output location could not be written
     ├── VerifyError             7  `dumper verify` found a mismatch
     └── Interrupted           130  stopped by SIGINT/SIGTERM before the dump finished
@@ -34,6 +36,14 @@ class PermissionDenied(DumperError):
 
 class DumpError(DumperError):
     exit_code = 5
+
+
+class ConnectionLost(DumpError):
+    """A connection died (server restart, terminated backend, network): can heal."""
+
+
+class SnapshotLost(DumpError):
+    """The exported snapshot cannot be joined any more: only a new run can heal."""
 
 
 class OutputError(DumperError):

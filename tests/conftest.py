@@ -168,3 +168,13 @@ def moto() -> Iterator[Moto]:
         yield Moto(f"http://127.0.0.1:{port}")
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Collect after every test, so a leaked socket or file is reported by the
+    test that leaked it (warnings are errors), not by whichever runs next."""
+    yield
+    import gc
+
+    gc.collect()

@@ -189,18 +189,21 @@ def _dump_until_an_upload_is_pending(db: Database, s3: Any, moto: Moto) -> subpr
 
 
 def test_database_dying_mid_table_leaves_nothing_on_s3(db: Database, s3: Any, moto: Moto) -> None:
+    """The database goes away for good (no new connections): retries cannot heal it."""
     proc = _dump_until_an_upload_is_pending(db, s3, moto)
     try:
-        killed = db.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE application_name LIKE 'dumper/%' AND query LIKE '%big%'")
-        assert killed, "the reading backend was found"
+        db.cluster.psql(f"ALTER DATABASE {db.name} ALLOW_CONNECTIONS false")
+        killed = db.cluster.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 f"WHERE datname = '{db.name}' AND application_name LIKE 'dumper/%'")
+        assert "t" in killed.split(), "the dumper's backends were found"
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.communicate()
-    assert proc.returncode == 5, stdout[-1500:] + stderr
-    assert "table public.big:" in stderr
+    assert proc.returncode == 3, stdout[-1500:] + stderr
+    assert "is not currently accepting connections" in stderr
+    assert "connection lost; reading the table again in the same snapshot" in stdout
     _nothing_left(s3)
 
 

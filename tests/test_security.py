@@ -110,8 +110,15 @@ def test_missing_ca_file_is_a_usage_error(db: Database) -> None:
     assert "--sslrootcert: cannot load CA bundle '/nonexistent/ca.pem'" in result.stderr
 
 
-def test_nothing_listening_is_a_connection_error(db: Database) -> None:
+def test_nothing_listening_is_a_connection_error_after_retries(db: Database) -> None:
     from devtools.pgcluster import free_port
-    result = db.dump("--port", str(free_port()))
+    result = db.dump("--port", str(free_port()), "--connect-attempts", "2")
     assert result.code == 3
     assert "cannot connect to localhost" in result.stderr
+    assert result.stdout.count('"event":"connect failed, retrying"') == 1
+    assert '"attempt":1,"of":2' in result.stdout
+
+
+def test_auth_and_tls_failures_are_not_retried(db: Database) -> None:
+    assert "retrying" not in db.dump(password="wrong").stdout
+    assert "retrying" not in db.dump("--host", "127.0.0.1").stdout

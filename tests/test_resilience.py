@@ -1,0 +1,153 @@
+"""Retries that heal, against a real server: a terminated backend, a server
+restart mid-dump, a server that is not up yet; and guards that fail fast."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import Database, parse_json
+
+ROWS = 1_500_000
+
+
+def big(db: Database, rows: int = ROWS) -> None:
+    db.sql(f"CREATE TABLE big AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, {rows}) g;"
+           "CREATE TABLE small (i int); INSERT INTO small VALUES (1), (2);")
+
+
+def start_dump(db: Database, *args: str) -> subprocess.Popen[str]:
+    env = {"PATH": "/usr/bin:/bin", **db.base_env()}
+    return subprocess.Popen([sys.executable, "-m", "dumper", "run", *args], env=env, cwd=db.tmp,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_line(proc: subprocess.Popen[str], *needles: str) -> list[str]:
+    """Read stdout until a line holds every needle; returns the lines read."""
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if all(n in line for n in needles):
+            return lines
+    pytest.fail(f"never saw {needles}: {''.join(lines)} {proc.stderr.read() if proc.stderr else ''}")
+
+
+def finish(proc: subprocess.Popen[str], seen: list[str]) -> tuple[int, list[dict[str, object]], str]:
+    stdout, stderr = proc.communicate(timeout=240)
+    events = [parse_json(line) for line in [*seen, *stdout.splitlines()] if line.strip()]
+    return proc.returncode, events, stderr
+
+
+def latest_run(db: Database) -> Path:
+    out = db.tmp / "out"
+    return out / (out / "LATEST").read_text().strip()
+
+
+def count_rows(path: Path) -> int:
+    return path.read_bytes().count(b"\n")
+
+
+def test_terminated_backend_is_healed_in_the_same_snapshot(db: Database) -> None:
+    big(db)
+    proc = start_dump(db, "--jobs", "1")
+    seen = wait_for_line(proc, '"event":"started"', "public.big")
+    time.sleep(0.3)
+    snapshot = next(e["snapshot_id"] for e in map(parse_json, seen) if e["event"] == "snapshot taken")
+    killed = db.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE application_name LIKE 'dumper/%' AND query LIKE '%FROM ONLY \"public\".\"big\"%'")
+    assert killed
+    code, events, stderr = finish(proc, seen)
+    assert code == 0, stderr
+    retries = [e for e in events if e["event"] == "connection lost; reading the table again in the same snapshot"]
+    assert len(retries) == 1 and retries[0]["table"] == "public.big"
+    run = latest_run(db)
+    manifest = parse_json((run / "manifest.json").read_bytes())
+    assert manifest["snapshot_id"] == snapshot, "the retry joined the same snapshot"
+    assert count_rows(run / "public.big.jsonl") == ROWS
+    assert sorted(p.name for p in run.iterdir()) == ["manifest.json", "public.big.jsonl", "public.small.jsonl"]
+
+
+def test_server_restart_mid_dump_ends_in_one_complete_dump(db: Database) -> None:
+    big(db)
+    proc = start_dump(db, "--jobs", "2")
+    seen = wait_for_line(proc, '"event":"started"', "public.big")
+    time.sleep(0.5)
+    db.cluster.restart()
+    code, events, stderr = finish(proc, seen)
+    assert code == 0, stderr
+    names = [e["event"] for e in events]
+    assert "snapshot lost; starting the run again with a fresh snapshot" in names
+    snapshots = [e["snapshot_id"] for e in events if e["event"] == "snapshot taken"]
+    assert len(snapshots) == 2 and snapshots[0] != snapshots[1]
+    out = db.tmp / "out"
+    runs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(runs) == 1, "exactly one dump folder"
+    run = runs[0]
+    manifest = parse_json((run / "manifest.json").read_bytes())
+    assert manifest["snapshot_id"] == snapshots[1]
+    assert {t["table"]: t["rows"] for t in manifest["tables"]} == {"big": ROWS, "small": 2}
+    assert count_rows(run / "public.big.jsonl") == ROWS
+    assert not [p for p in run.iterdir() if p.name.startswith(".")], "no partial files left"
+
+
+def test_a_server_that_is_not_up_yet_is_waited_for(db: Database) -> None:
+    db.sql("CREATE TABLE t (i int); INSERT INTO t VALUES (1);")
+    db.cluster.pg_ctl("stop", "-m", "fast", "-w")
+    starter = threading.Timer(2.0, db.cluster.launch)
+    starter.start()
+    try:
+        result = db.dump("--connect-attempts", "8")
+    finally:
+        starter.join()
+    assert result.code == 0, result.stdout[-2500:]
+    assert '"event":"connect failed, retrying"' in result.stdout
+    assert result.rows("public", "t") == [{"i": 1}]
+
+
+def test_lock_timeout_names_the_table(db: Database) -> None:
+    db.sql("CREATE TABLE busy (i int); CREATE TABLE calm (i int);")
+    holder = subprocess.Popen(
+        ["psql", "-X", "-q", "-h", str(db.cluster.socket_dir), "-p", str(db.cluster.port), "-U", "postgres",
+         "-d", db.name, "-c", "BEGIN; LOCK TABLE busy IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(30);"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not db.fetch("SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                           "WHERE c.relname = 'busy' AND l.mode = 'AccessExclusiveLock' AND l.granted"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        started = time.monotonic()
+        result = db.dump("--lock-timeout", "1")
+        took = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.code == 5
+    assert "table public.busy: could not lock it within --lock-timeout" in result.stderr
+    assert took < 20
+    assert result.files() == []
+
+
+def test_statement_timeout_fails_the_table(db: Database) -> None:
+    big(db, 300_000)
+    result = db.dump("--statement-timeout", "0.001", "--batch-rows", "100000")
+    assert result.code == 5
+    assert "canceling statement due to statement timeout" in result.stderr
+    assert result.files() == []
+
+
+def test_application_name_is_visible_to_dbas(db: Database) -> None:
+    big(db)
+    proc = start_dump(db, "--jobs", "2")
+    seen = wait_for_line(proc, '"event":"started"', "public.big")
+    names = {r[0] for r in db.fetch("SELECT application_name FROM pg_stat_activity "
+                                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")}
+    code, _, stderr = finish(proc, seen)
+    assert code == 0, stderr
+    assert names == {"dumper/0.1.0"}
