@@ -12,11 +12,12 @@ import sys
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, NoReturn, TextIO, TypeVar
 
-from . import __version__, auth, dump, preflight
+from . import __version__, auth, job, preflight, schedule
 from .config import OPTIONS, Settings, resolve
 from .errors import ConfigError, DumperError, Interrupted, VerifyError
 from .logs import log, setup
-from .manifest import MANIFEST_NAME, Manifest, parse, verify
+from .manifest import MANIFEST_NAME, parse, verify
+from .notify import Outcome
 from .sinks import Output
 
 EXIT_CODES = """exit codes:
@@ -40,9 +41,13 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def _add_options(command: argparse.ArgumentParser, only: tuple[str, ...] = ()) -> None:
+def _add_options(command: argparse.ArgumentParser, name: str, only: tuple[str, ...] = ()) -> None:
     for option in OPTIONS:
-        if only and option.name not in only:
+        if (only and option.name not in only) or (not only and name not in option.commands):
+            continue
+        if option.switch:
+            command.add_argument(option.flag, dest=option.name, action="store_true", default=None,
+                                 help=f"{option.help} (env {option.env}=true)")
             continue
         env = option.env + (f", {option.pg_env}" if option.pg_env else "")
         default = option.default if not option.repeatable else ",".join(option.default) or None
@@ -61,15 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dumper {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, summary in (("run", "dump the database"),
+                          ("schedule", "run the dump on a cron schedule, in this process, until stopped"),
                           ("check", "preflight: credentials, token, TLS connection, readable tables"),
                           ("token", "print an RDS IAM auth token (for psql while debugging)")):
         command = commands.add_parser(name, help=summary, description=summary, epilog=EXIT_CODES,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
-        _add_options(command)
+        _add_options(command, name)
     verify_cmd = commands.add_parser("verify", help="check a dump against its manifest", epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     verify_cmd.add_argument("path", help="the run's folder or URL: <output>/<run_id>")
-    _add_options(verify_cmd, only=VERIFY_OPTIONS)
+    _add_options(verify_cmd, "verify", only=VERIFY_OPTIONS)
     return parser
 
 
@@ -119,44 +125,66 @@ def _human_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def print_report(manifest: Manifest, location: str, json_lines: bool, out: TextIO) -> None:
-    total_rows = sum(t.rows for t in manifest.tables)
-    total_bytes = sum(t.bytes for t in manifest.tables)
+def print_report(outcome: Outcome, json_lines: bool, out: TextIO) -> None:
+    tables = outcome.tables
     if json_lines:
-        for t in manifest.tables:
+        for t in tables:
             log.info("table dumped", extra={"table": f"{t.schema}.{t.table}", "rows": t.rows,
                                             "bytes": t.bytes, "seconds": t.seconds, "path": t.path})
-        log.info("run finished", extra={"status": "success", "run_id": manifest.run_id,
-                                        "tables": len(manifest.tables), "rows": total_rows,
-                                        "bytes": total_bytes, "location": location})
+        log.info("run finished", extra={"status": "success", "run_id": outcome.run_id,
+                                        "tables": len(tables), "rows": outcome.rows,
+                                        "bytes": outcome.bytes, "location": outcome.location})
         return
-    rows = [(f"{t.schema}.{t.table}", f"{t.rows:,}", _human_bytes(t.bytes), f"{t.seconds:.2f}")
-            for t in manifest.tables]
-    rows.append((f"total ({len(manifest.tables)} tables)", f"{total_rows:,}", _human_bytes(total_bytes), ""))
+    rows = [(f"{t.schema}.{t.table}", f"{t.rows:,}", _human_bytes(t.bytes), f"{t.seconds:.2f}") for t in tables]
+    rows.append((f"total ({len(tables)} tables)", f"{outcome.rows:,}", _human_bytes(outcome.bytes), ""))
     header = ("table", "rows", "bytes", "seconds")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     for r in [header, *rows]:
         cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
         print("  ".join(cells).rstrip(), file=out)
-    print(f"\ndump complete: {location}/{MANIFEST_NAME}", file=out)
+    print(f"\ndump complete: {outcome.location}/{MANIFEST_NAME}", file=out)
 
 
 def _json_mode(settings_format: str, stdout: TextIO) -> bool:
     return settings_format == "json" or (settings_format == "auto" and not stdout.isatty())
 
 
-def cmd_run(settings: Settings, stdout: TextIO) -> int:
+def _start_logging(settings: Settings, stdout: TextIO) -> bool:
     json_lines = _json_mode(settings.log_format, stdout)
     setup(json_lines, stdout if json_lines else sys.stderr)
     if settings.sslmode == "disable":
         log.warning("WARNING: --sslmode disable: the connection is NOT encrypted; "
                     "use it only against a local development server")
-    output = Output.for_settings(settings)
-    password = auth.password_provider(settings)
+    return json_lines
+
+
+def cmd_run(settings: Settings, stdout: TextIO) -> int:
+    json_lines = _start_logging(settings, stdout)
+    auth.password_provider(settings)  # configuration errors before anything starts
     log.info("run started", extra={"run_id": settings.run_id, "host": settings.host,
                                    "dbname": settings.dbname, "output": settings.output})
-    manifest = _run_main(dump.run(settings, password, output), settings.grace_seconds)
-    print_report(manifest, output.url_of(settings.run_id), json_lines, stdout)
+    outcome = _run_main(job.run_job(settings), settings.grace_seconds)
+    if outcome.status != "success":
+        print(f"dumper: error: {outcome.error}", file=sys.stderr)
+        return outcome.exit_code
+    print_report(outcome, json_lines, stdout)
+    return 0
+
+
+def cmd_schedule(settings: Settings, stdout: TextIO) -> int:
+    _start_logging(settings, stdout)
+    auth.password_provider(settings)
+    scheduler = schedule.Scheduler(settings, job.run_job)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await scheduler.serve(stop)
+
+    asyncio.run(serve())
+    log.info("schedule stopped", extra={"runs": scheduler.runs, "skipped": scheduler.skipped})
     return 0
 
 
@@ -202,7 +230,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             flags = {**vars(args), "output": args.path}
             return cmd_verify(resolve(flags, environ, database=False), stdout)
         settings = resolve(vars(args), environ)
-        command = {"run": cmd_run, "check": cmd_check, "token": cmd_token}[args.command]
+        command = {"run": cmd_run, "schedule": cmd_schedule, "check": cmd_check, "token": cmd_token}[args.command]
         return command(settings, stdout)
     except DumperError as exc:
         print(f"dumper: error: {exc}", file=sys.stderr)

@@ -20,6 +20,9 @@ SSLMODES = ("verify-full", "verify-ca", "require", "disable")
 AUTHS = ("iam", "password")
 LOG_FORMATS = ("auto", "text", "json")
 S3_SSE = ("none", "AES256", "aws:kms")
+NOTIFY_ON = ("always", "failure")
+RUNS = ("run", "schedule")
+SCHEDULE = ("schedule",)
 S3_STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR",
                       "GLACIER", "DEEP_ARCHIVE", "REDUCED_REDUNDANCY", "EXPRESS_ONEZONE")
 
@@ -35,6 +38,8 @@ class Option:
     choices: tuple[str, ...] = ()
     repeatable: bool = False  # flag may repeat; env value is comma-separated
     pg_env: str | None = None  # libpq fallback variable
+    commands: tuple[str, ...] = ("run", "check", "token", "schedule")  # where the flag exists
+    switch: bool = False  # a flag without a value (env: true/false)
 
     @property
     def flag(self) -> str:
@@ -71,6 +76,14 @@ def _part_size(text: str) -> int:
     if not 5 <= value <= 5120:
         raise ValueError("must be MiB between 5 and 5120 (S3's part size limits)")
     return value
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
 
 
 def _seconds(text: str) -> float:
@@ -130,6 +143,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("run_id", "name of this run's folder (default: UTC start time YYYYMMDDTHHMMSSZ)", parse=_run_id),
     Option("log_format", "log format: auto (text on a terminal, JSON otherwise), text or json", "auto",
            choices=LOG_FORMATS),
+    Option("metrics_file", "write Prometheus metrics for node-exporter's textfile collector to this .prom file",
+           commands=RUNS),
+    Option("pushgateway_url", "push Prometheus metrics to this Pushgateway after each run", commands=RUNS),
+    Option("notify_url", "POST a JSON summary of each run to this webhook URL", commands=RUNS),
+    Option("notify_on", "when to call --notify-url", "always", choices=NOTIFY_ON, commands=RUNS),
+    Option("cron", "schedule: cron expression, 5 fields (min hour dom mon dow) or 6 (sec first)",
+           commands=SCHEDULE),
+    Option("timezone", "schedule: time zone of --cron", "UTC", commands=SCHEDULE),
+    Option("jitter", "schedule: random delay of up to this many seconds for each run", 0.0, _seconds,
+           commands=SCHEDULE),
+    Option("misfire_grace", "schedule: a run up to this many seconds late still starts (missed runs coalesce)",
+           300.0, _seconds, commands=SCHEDULE),
+    Option("run_now", "schedule: start with a run, then follow --cron", False, _boolean, commands=SCHEDULE,
+           switch=True),
 )
 
 
@@ -165,6 +192,15 @@ class Settings:
     grace_seconds: float = 20.0
     run_id: str = ""
     log_format: str = "auto"
+    metrics_file: str | None = None
+    pushgateway_url: str | None = None
+    notify_url: str | None = None
+    notify_on: str = "always"
+    cron: str | None = None
+    timezone: str = "UTC"
+    jitter: float = 0.0
+    misfire_grace: float = 300.0
+    run_now: bool = False
     # Read from PGPASSWORD only with --auth password; never printed.
     password: str | None = field(default=None, repr=False)
     # AWS_ROLE_ARN, to name the role in an IRSA error (not a secret, not an option).
@@ -223,12 +259,14 @@ def resolve(
                 continue
             values[option.name] = tuple(_parse(option, item, source) for item in raw_items)
             continue
-        if given is not None:
+        if given is not None and not option.switch:
             values[option.name] = _parse(option, given, option.flag)
         elif found := _from_env(option, environ):
             values[option.name] = _parse(option, found[0], found[1])
         elif option.default is not None:
             values[option.name] = option.default
+        if option.switch and given is True:
+            values[option.name] = True
 
     user = values.get("user") or environ.get("USER") or environ.get("LOGNAME")
     if not database:

@@ -30,7 +30,8 @@ def test_every_option_is_documented_in_readme_and_help(option: object) -> None:
     row = next((line for line in README.splitlines() if line.startswith(f"| `{flag}` |")), None)
     assert row is not None, f"README options table lacks {flag}"
     assert f"`{env}`" in row
-    assert flag in _help("run") and env in _help("run")
+    for command in option.commands:  # type: ignore[attr-defined]
+        assert flag in _help(command) and env in _help(command), f"{flag} missing from {command} --help"
 
 
 def test_every_exit_code_is_documented() -> None:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.server
 import io
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from devtools.iam_ldap import IamLdapServer, TokenCheck
-from devtools.pgcluster import Cluster, free_port
+from devtools.pgcluster import Cluster
 from dumper import cli, dump
 from dumper import db as pg
 from dumper.auth import IamToken
@@ -25,6 +23,7 @@ from dumper.errors import ConnectError
 from dumper.sinks import Output
 
 from .conftest import Database, Moto
+from .http_capture import capture
 
 IAM_USER = "iam_dumper"
 REGION = "eu-central-1"
@@ -234,35 +233,17 @@ def test_no_credentials_is_a_clear_error(db: Database, irsa: IamLdapServer,
     assert "eks.amazonaws.com/role-arn" in result.stderr
 
 
-class _DenyingSts(http.server.BaseHTTPRequestHandler):
-    """STS's real error response for a refused AssumeRoleWithWebIdentity."""
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        body = (b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
-                b"<Code>AccessDenied</Code><Message>Not authorized to perform sts:AssumeRoleWithWebIdentity"
-                b"</Message></Error><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ErrorResponse>")
-        self.send_response(403)
-        self.send_header("Content-Type", "text/xml")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+STS_DENIED = (b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
+              b"<Code>AccessDenied</Code><Message>Not authorized to perform sts:AssumeRoleWithWebIdentity"
+              b"</Message></Error><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ErrorResponse>")
 
 
-def test_sts_denied_names_the_role(db: Database, irsa: IamLdapServer,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _DenyingSts)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", f"http://127.0.0.1:{server.server_address[1]}")
+def test_sts_denied_names_the_role(db: Database, irsa: IamLdapServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """STS's real error response for a refused AssumeRoleWithWebIdentity, from a real HTTP server."""
+    with capture(403, STS_DENIED, "text/xml") as sts:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", sts.url)
         result = db.dump(env=iam_env())
-    finally:
-        server.shutdown()
-        server.server_close()
+    assert sts.requests and b"Action=AssumeRoleWithWebIdentity" in sts.requests[0].body
     assert result.code == 3
     assert f"STS AssumeRoleWithWebIdentity was denied for role {ROLE_ARN}" in result.stderr
     assert "AccessDenied" in result.stderr and "trust policy" in result.stderr

@@ -1,0 +1,35 @@
+"""One job: a dump run, then its metrics and notification. Used by `dumper run`
+and by every tick of `dumper schedule`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from . import auth, dump
+from .config import Settings
+from .errors import DumperError
+from .logs import log
+from .notify import Outcome, publish
+from .sinks import Output
+
+
+async def run_job(settings: Settings) -> Outcome:
+    """Dump once; never raises for a failed run (the outcome says how it ended),
+    except CancelledError, which propagates after the outcome is published."""
+    started = time.time()
+    output = Output.for_settings(settings)
+    try:
+        manifest = await dump.run(settings, auth.password_provider(settings), output)
+    except DumperError as exc:
+        outcome = Outcome(settings.run_id, "failed", started, time.time(), exc.exit_code, str(exc))
+        log.error("run failed", extra={"status": "failed", "error": str(exc), "exit_code": exc.exit_code})
+    except asyncio.CancelledError:
+        outcome = Outcome(settings.run_id, "interrupted", started, time.time(), 143, "stopped by a signal")
+        await asyncio.shield(publish(settings, outcome))
+        raise
+    else:
+        outcome = Outcome(settings.run_id, "success", started, time.time(), 0, None,
+                          output.url_of(settings.run_id), manifest.tables)
+    await publish(settings, outcome)
+    return outcome

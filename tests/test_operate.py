@@ -1,0 +1,180 @@
+"""Operating it: the in-process schedule, metrics (Pushgateway, textfile) and
+the webhook, each against real servers and the real CLI."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import Database, parse_json
+from .http_capture import capture
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def tables(db: Database, rows: int = 1000) -> None:
+    db.sql(f"CREATE TABLE orders AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, {rows}) g;"
+           "CREATE TABLE users (id int); INSERT INTO users VALUES (1), (2), (3);")
+
+
+def schedule(db: Database, *args: str) -> subprocess.Popen[str]:
+    env = {"PATH": "/usr/bin:/bin", **db.base_env()}
+    return subprocess.Popen([sys.executable, "-m", "dumper", "schedule", *args], env=env, cwd=db.tmp,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def events_until(proc: subprocess.Popen[str], stop_when: Any, timeout: float = 90) -> list[dict[str, Any]]:
+    """Read JSON log events until stop_when(events) is true; then SIGTERM and read the rest."""
+    assert proc.stdout is not None
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        events.append(parse_json(line))
+        if stop_when(events) or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=90)
+    events += [parse_json(line) for line in rest.splitlines() if line.strip()]
+    return events
+
+
+def named(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["event"] == name]
+
+
+def test_schedule_fires_every_second_and_never_overlaps(db: Database) -> None:
+    tables(db, 600_000)  # a run takes longer than the 1 s between ticks
+    proc = schedule(db, "--cron", "* * * * * *", "--grace-seconds", "60")
+    events = events_until(proc, lambda ev: len(named(ev, "scheduled run ended")) >= 2)
+    assert proc.returncode == 0
+    ended = named(events, "scheduled run ended")
+    assert len(ended) >= 2 and all(e["status"] == "success" for e in ended)
+    assert named(events, "run skipped: the previous run is still running"), "overlapping ticks are skipped"
+    # Runs never overlapped: between two "snapshot taken" lines there is always an "ended".
+    order = [e["event"] for e in events if e["event"] in ("snapshot taken", "scheduled run ended")]
+    assert all(a != b for a, b in itertools.pairwise(order)), order
+    out = db.tmp / "out"
+    runs = sorted(p for p in out.iterdir() if p.is_dir())
+    complete = [p for p in runs if (p / "manifest.json").exists()]
+    assert len(complete) >= 2 and complete == runs, "every run folder is a complete dump"
+
+
+def test_schedule_stop_cancels_a_long_run_after_the_grace_period(db: Database) -> None:
+    tables(db, 3_000_000)
+    proc = schedule(db, "--cron", "0 3 * * *", "--run-now", "--grace-seconds", "1")
+    events = events_until(proc, lambda ev: any(e["event"] == "started" and e.get("table") == "public.orders"
+                                               for e in ev))
+    assert proc.returncode == 0
+    assert named(events, "stopping: the running dump did not finish in time; cancelling it")
+    out = db.tmp / "out"
+    assert not list(out.rglob("manifest.json")) and not list(out.rglob("*.partial"))
+
+
+def test_schedule_goes_on_after_a_failed_run(db: Database) -> None:
+    tables(db)
+    db.sql("ALTER TABLE users ENABLE ROW LEVEL SECURITY; CREATE ROLE limited LOGIN PASSWORD 'pw';"
+           f"GRANT CONNECT ON DATABASE {db.name} TO limited; GRANT SELECT ON orders, users TO limited;")
+    try:
+        env_user = {"PGUSER": "limited", "PGPASSWORD": "pw"}
+        proc = subprocess.Popen([sys.executable, "-m", "dumper", "schedule", "--cron", "* * * * * *"],
+                                env={"PATH": "/usr/bin:/bin", **db.base_env(), **env_user}, cwd=db.tmp,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        events = events_until(proc, lambda ev: len(named(ev, "scheduled run ended")) >= 2)
+    finally:
+        db.sql("DROP OWNED BY limited; DROP ROLE limited;")
+    assert proc.returncode == 0, "a failed run does not stop the schedule"
+    failed = named(events, "run failed")
+    assert len(failed) >= 2 and all(e["exit_code"] == 4 for e in failed)
+    assert all(e["status"] == "failed" for e in named(events, "scheduled run ended"))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--cron", "61 * * * *"], "--cron: '61 * * * *' is not a valid cron expression"),
+    (["--cron", "* * *"], "--cron: '* * *' has 3 fields"),
+    ([], "--cron: `dumper schedule` needs a cron expression"),
+    (["--cron", "0 2 * * *", "--timezone", "Mars/Olympus"], "--timezone: unknown time zone 'Mars/Olympus'"),
+])
+def test_schedule_config_errors_exit_2(db: Database, args: list[str], message: str) -> None:
+    proc = schedule(db, *args)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and message in stderr
+
+
+def test_metrics_are_pushed_to_the_pushgateway(db: Database) -> None:
+    tables(db)
+    with capture(200) as gateway:
+        ok = db.dump("--pushgateway-url", gateway.url, "--run-id", "p1")
+        db.sql("ALTER TABLE users ENABLE ROW LEVEL SECURITY; CREATE ROLE limited LOGIN PASSWORD 'pw';"
+               f"GRANT CONNECT ON DATABASE {db.name} TO limited; GRANT SELECT ON orders, users TO limited;")
+        try:
+            bad = db.dump("--pushgateway-url", gateway.url, "--run-id", "p2", user="limited", password="pw")
+        finally:
+            db.sql("DROP OWNED BY limited; DROP ROLE limited;")
+    assert ok.code == 0 and bad.code == 4
+    first, second = gateway.requests
+    assert (first.method, first.path) == ("POST", f"/metrics/job/dumper/database/{db.name}")
+    got = samples(first.body.decode())
+    label = (("database", db.name),)
+    assert got[("dumper_last_run_success", label)] == 1
+    assert got[("dumper_last_success_timestamp_seconds", label)] == pytest.approx(time.time(), abs=60)
+    assert got[("dumper_table_rows", (("database", db.name), ("schema", "public"), ("table", "orders")))] == 1000
+    assert got[("dumper_last_run_rows", label)] == 1003
+    failed = samples(second.body.decode())
+    assert failed[("dumper_last_run_success", label)] == 0
+    assert failed[("dumper_last_run_exit_code", label)] == 4
+    assert ("dumper_last_success_timestamp_seconds", label) not in failed, "POST keeps the last success"
+
+
+def test_metrics_textfile_keeps_the_last_success(db: Database, tmp_path: Path) -> None:
+    tables(db)
+    prom = tmp_path / "dumper.prom"
+    assert db.dump("--metrics-file", str(prom), "--run-id", "a").code == 0
+    success = samples(prom.read_text())
+    label = (("database", db.name),)
+    when = success[("dumper_last_success_timestamp_seconds", label)]
+    assert db.dump("--metrics-file", str(prom), "--run-id", "a").code == 2  # run id exists: a failed run
+    after = samples(prom.read_text())
+    assert after[("dumper_last_run_success", label)] == 0
+    assert after[("dumper_last_success_timestamp_seconds", label)] == when
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_webhook_gets_the_documented_summary(db: Database) -> None:
+    tables(db)
+    with capture(204) as hook:
+        ok = db.dump("--notify-url", hook.url + "/hooks/dumper", "--run-id", "w1")
+        failed = db.dump("--notify-url", hook.url, "--run-id", "w1")  # exists: fails with exit 2
+        quiet = db.dump("--notify-url", hook.url, "--notify-on", "failure", "--run-id", "w2")
+    assert ok.code == 0 and failed.code == 2 and quiet.code == 0
+    assert len(hook.requests) == 2, "--notify-on failure stays quiet on success"
+    first = hook.requests[0]
+    assert first.method == "POST" and first.path == "/hooks/dumper"
+    assert first.headers["Content-Type"] == "application/json"
+    body = parse_json(first.body)
+    assert set(body) == {"run_id", "status", "exit_code", "error", "started_at", "finished_at",
+                         "duration_seconds", "database", "location", "totals"}
+    assert (body["run_id"], body["status"], body["exit_code"], body["error"]) == ("w1", "success", 0, None)
+    assert body["totals"] == {"tables": 2, "rows": 1003, "bytes": body["totals"]["bytes"]}
+    assert body["database"] == {"host": "localhost", "port": db.cluster.port, "dbname": db.name}
+    assert body["location"].endswith("/out/w1")
+    second = parse_json(hook.requests[1].body)
+    assert second["status"] == "failed" and second["exit_code"] == 2 and "already holds" in second["error"]
+
+
+def test_an_unreachable_webhook_does_not_fail_the_run(db: Database) -> None:
+    from devtools.pgcluster import free_port
+    tables(db)
+    result = db.dump("--notify-url", f"http://127.0.0.1:{free_port()}/x")
+    assert result.code == 0
+    assert '"event":"could not publish to the webhook"' in result.stdout
