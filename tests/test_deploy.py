@@ -1,0 +1,112 @@
+"""Deployment artefacts are checked, not just written: Kubernetes manifests
+against the API schemas, the Dockerfile with hadolint, and the SQL scripts
+against the real server (twice: idempotent)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .conftest import ROOT, Database
+
+MANIFEST = ROOT / "k8s" / "cronjob.yaml"
+BIN = Path(sys.executable).parent
+
+
+def docs() -> dict[str, Any]:
+    return {d["kind"]: d for d in yaml.safe_load_all(MANIFEST.read_text())}
+
+
+@pytest.mark.parametrize("version", ["1.29.0", "1.33.0", "1.37.0"])
+def test_manifests_validate_strictly(version: str) -> None:
+    result = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", "-k", version, str(MANIFEST)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("passed") == 3
+
+
+def test_security_and_job_settings_stay() -> None:
+    d = docs()
+    assert d["ServiceAccount"]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    assert {"DUMPER_HOST", "DUMPER_PORT", "DUMPER_DBNAME", "DUMPER_USER", "DUMPER_REGION",
+            "DUMPER_OUTPUT"} <= set(d["ConfigMap"]["data"])
+    cron = d["CronJob"]["spec"]
+    assert cron["concurrencyPolicy"] == "Forbid"
+    assert cron["startingDeadlineSeconds"] > 0 and cron["timeZone"]
+    assert cron["successfulJobsHistoryLimit"] >= 1 and cron["failedJobsHistoryLimit"] >= 1
+    job = cron["jobTemplate"]["spec"]
+    assert job["backoffLimit"] >= 0 and job["activeDeadlineSeconds"] > 0 and job["ttlSecondsAfterFinished"] > 0
+    pod = job["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["serviceAccountName"] == "dumper"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert container["resources"]["requests"]["memory"] and container["resources"]["limits"]["memory"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]  # noqa: S108 - the manifest
+    assert any(v["name"] == "tmp" and "emptyDir" in v for v in pod["volumes"])
+    grace = float(d["ConfigMap"]["data"]["DUMPER_GRACE_SECONDS"])
+    assert pod["terminationGracePeriodSeconds"] > grace, "Kubernetes must wait for dumper's clean-up"
+
+
+def test_no_secret_or_password_anywhere() -> None:
+    objects = list(yaml.safe_load_all(MANIFEST.read_text()))
+    assert all(o["kind"] != "Secret" for o in objects)
+    dumped = yaml.safe_dump(objects)
+    assert "secretRef" not in dumped and "secretKeyRef" not in dumped
+    assert not [k for k in docs()["ConfigMap"]["data"] if "PASSWORD" in k or "TOKEN" in k]
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = subprocess.run([str(BIN / "hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (ROOT / "Dockerfile").read_text()
+    assert "ARG BASE=" in text and "USER 10001:10001" in text
+    assert 'ENTRYPOINT ["dumper"]' in text and 'CMD ["run"]' in text
+    assert "DUMPER_SSLROOTCERT=/etc/dumper/rds-global-bundle.pem" in text
+    assert "sha256sum -c" in text
+    assert "hadolint ignore" not in text, "no rule ignored without a reason"
+
+
+def _psql_file(db: Database, *args: str) -> str:
+    result = subprocess.run(
+        ["psql", "-X", "-q", "-h", str(db.cluster.socket_dir), "-p", str(db.cluster.port), "-U", "postgres",
+         "-d", db.name, *args, "-f", str(ROOT / "sql" / "dumper_role.sql")],
+        capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+@pytest.mark.skipif(not shutil.which("psql"), reason="psql is installed by make test")
+def test_sql_role_script_is_idempotent_and_gives_read_only_access(db: Database) -> None:
+    role = "dumper_sql_test"
+    db.cluster.psql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rds_iam') "
+                    "THEN CREATE ROLE rds_iam NOLOGIN; END IF; END $$;")  # stand-in for RDS's role
+    db.sql("CREATE SCHEMA app; CREATE TABLE app.orders (id int); INSERT INTO app.orders VALUES (1), (2);"
+           "CREATE TABLE public.notes (t text); INSERT INTO public.notes VALUES ('x');")
+    try:
+        _psql_file(db, "-v", f"role={role}")
+        _psql_file(db, "-v", f"role={role}")  # again: nothing fails, nothing changes
+        member_of = db.cluster.psql(f"SELECT string_agg(b.rolname, ',' ORDER BY b.rolname) FROM pg_auth_members m "
+                                    f"JOIN pg_roles r ON r.oid = m.member JOIN pg_roles b ON b.oid = m.roleid "
+                                    f"WHERE r.rolname = '{role}'").strip()
+        assert member_of == "pg_read_all_data,rds_iam"
+        db.cluster.psql(f"ALTER ROLE {role} PASSWORD 'test-only'")  # the test server has no IAM for this role
+        result = db.dump("--schema", "app", "--schema", "public", user=role, password="test-only")
+        assert result.code == 0, result.stderr
+        assert result.rows("app", "orders") == [{"id": 1}, {"id": 2}]
+        with pytest.raises(RuntimeError, match=r"permission denied|read-only transaction"):
+            db.sql("INSERT INTO app.orders VALUES (3)", user=role)
+        with pytest.raises(RuntimeError, match=r"permission denied|read-only transaction"):
+            db.sql("SET default_transaction_read_only = off; INSERT INTO app.orders VALUES (3)", user=role)
+    finally:
+        db.cluster.psql(f"DROP OWNED BY {role}; DROP ROLE {role};")
