@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from devtools.pgcluster import SUPERUSER, SUPERUSER_PASSWORD, Cluster
 
@@ -144,6 +145,20 @@ def main() -> int:
         def dump(*extra: str) -> Callable[[Path], list[str]]:
             return lambda out: [*dumper, "--output", str(out), "--run-id", "r", *extra]
 
+        moto = start_moto()
+        if moto:
+            env.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
+
+        def dump_s3(*extra: str) -> Callable[[Path], list[str]]:
+            # A fresh bucket per run: the benchmark's output folder name is unique per method.
+            def command(out: Path) -> list[str]:
+                bucket = f"bench-{out.name.replace('_', '-')}-{time.monotonic_ns()}"[:63]
+                boto3_client(moto).create_bucket(Bucket=bucket)
+                return [*dumper, "--output", f"s3://{bucket}/dumps", "--run-id", "r",
+                        "--s3-endpoint-url", moto, *extra]
+            return command
+
         half = args.rows // 2
         methods: dict[str, tuple[Callable[[Path], list[str]], int]] = {
             "a_baseline_to_json_copy": (psql_copy("mixed"), args.rows),
@@ -151,6 +166,7 @@ def main() -> int:
             "c_dumper_gzip": (dump("--include", "public.mixed", "--compression", "gzip"), args.rows),
             "d_dumper_jobs2_two_tables": (dump("--include", "public.mixed2", "--include", "public.mixed_b",
                                                "--jobs", "2"), half + (args.rows - half)),
+            **({"e_dumper_s3_moto": (dump_s3("--include", "public.mixed"), args.rows)} if moto else {}),
             "n1_narrow_small": (dump("--include", "public.narrow_small"), args.narrow_rows // 10),
             "n2_narrow": (dump("--include", "public.narrow"), args.narrow_rows),
         }
@@ -182,6 +198,24 @@ def main() -> int:
     return 0
 
 
+def start_moto() -> str | None:
+    """moto's S3 server on 127.0.0.1, if installed (`pip install -e .[dev]`)."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        return None
+    from devtools.pgcluster import free_port
+    port = free_port()
+    ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False).start()
+    return f"http://127.0.0.1:{port}"
+
+
+def boto3_client(endpoint: str) -> Any:
+    import boto3
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
+                        aws_secret_access_key="bench")  # noqa: S106 - moto accepts any key
+
+
 def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -195,6 +229,9 @@ def summarize(methods: dict[str, tuple[Callable[[Path], list[str]], int]],
     for name, runs in samples.items():
         rows = methods[name][1]
         wall = statistics.median(s.wall for s in runs)
+        if name.startswith("e_") and "b_dumper_jsonl" in samples:  # S3: same bytes as the local jsonl run
+            runs = [Sample(r.wall, r.client_cpu, r.server_cpu, r.peak_rss_mb, b.out_bytes)
+                    for r, b in zip(runs, samples["b_dumper_jsonl"], strict=False)]
         report[name] = {
             "rows": rows, "wall_s": round(wall, 3), "rows_per_s": round(rows / wall),
             "mb_per_s": round(statistics.median(s.out_bytes for s in runs) / 1e6 / wall, 1),

@@ -119,8 +119,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("format", "jsonl (one object per line) or json (one array per file)", "jsonl", choices=FORMATS),
     Option("compression", "file compression", "none", choices=COMPRESSIONS),
     Option("gzip_level", "gzip level, 1 (fastest) to 9 (smallest)", 3, _level),
-    Option("part_size", "S3 multipart part size in MiB (memory holds one part; grows past 1000 parts)",
-           64, _part_size),
+    Option("part_size", "S3 multipart part size in MiB (peak memory ~3-4 parts; doubles every 1000 parts)",
+           16, _part_size),
     Option("s3_endpoint_url", "S3 endpoint for S3-compatible stores (default: AWS, or AWS_ENDPOINT_URL_S3)"),
     Option("s3_region", "the bucket's region (default: discovered; independent of --region)"),
     Option("s3_sse", "S3 server-side encryption", "none", choices=S3_SSE),
@@ -177,7 +177,7 @@ class Settings:
     format: str = "jsonl"
     compression: str = "none"
     gzip_level: int = 3
-    part_size: int = 64
+    part_size: int = 16
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_sse: str = "none"

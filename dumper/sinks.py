@@ -126,7 +126,7 @@ class TableFile:
 
 
 class Output:
-    def __init__(self, url: str, options: dict[str, Any] | None = None, part_size: int = 64) -> None:
+    def __init__(self, url: str, options: dict[str, Any] | None = None, part_size: int = 16) -> None:
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
         except (ImportError, ValueError) as exc:
