@@ -74,7 +74,8 @@ class IamToken:
         async with aws_errors(self._settings), self._session.client("rds", region_name=s.region) as rds:
             token: str = await rds.generate_db_auth_token(
                 DBHostname=s.host, Port=s.port, DBUsername=s.user, Region=s.region)
-            return token
+        await _let_transports_close()
+        return token
 
     async def identity(self) -> tuple[str, str]:
         """(credential source, caller ARN): which link of the chain answered, and as whom."""
@@ -84,7 +85,14 @@ class IamToken:
                 raise _no_credentials()
             async with self._session.client("sts", region_name=self._settings.region) as sts:
                 who = await sts.get_caller_identity()
-            return str(credentials.method), str(who["Arn"])
+        await _let_transports_close()
+        return str(credentials.method), str(who["Arn"])
+
+
+async def _let_transports_close() -> None:
+    """aiohttp closes a session's sockets on the next loop iterations; without
+    them, a loop that ends right after (asyncio.run) leaks the socket."""
+    await asyncio.sleep(0.01)
 
 
 def _no_credentials() -> ConnectError:

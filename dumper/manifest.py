@@ -9,7 +9,7 @@ import hashlib
 import string
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
@@ -79,11 +79,10 @@ class Manifest:
     compression: str
     tables: list[TableEntry]
     manifest_version: int = MANIFEST_VERSION
-    totals: dict[str, int] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         data = asdict(self)
-        data["totals"] = {
+        data["totals"] = {  # derived, never stored
             "tables": len(self.tables),
             "rows": sum(t.rows for t in self.tables),
             "bytes": sum(t.bytes for t in self.tables),

@@ -25,6 +25,11 @@ from dumper.sinks import Output
 from .conftest import Database, Moto
 from .http_capture import capture
 
+# aiobotocore's STS client (inside the SDK's credential refresh) can leave an aiohttp socket for the
+# garbage collector when the event loop ends right after; seen about once in 20 runs, in this module
+# only, never in a dump. Filtered here alone so it cannot fail CI at random (see the session note).
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
 IAM_USER = "iam_dumper"
 REGION = "eu-central-1"
 ROLE_ARN = "arn:aws:iam::123456789012:role/dumper-irsa"
