@@ -8,9 +8,13 @@ FROM ${BASE} AS build
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY dumper ./dumper
+# Behind a TLS-intercepting proxy, mount its CA bundle and pass its path:
+#   podman build -v /etc/ssl/certs/ca-certificates.crt:/host-ca.crt:ro --build-arg PIP_CERT=/host-ca.crt ...
+ARG PIP_CERT=""
 # Exact versions from constraints.txt; a venv so the runtime stage copies one folder.
 RUN python -m venv /opt/dumper \
-    && /opt/dumper/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt . \
+    && /opt/dumper/bin/pip install --no-cache-dir --disable-pip-version-check ${PIP_CERT:+--cert "$PIP_CERT"} \
+       -c constraints.txt . \
     && /opt/dumper/bin/pip uninstall --yes pip setuptools
 
 FROM ${BASE} AS ca

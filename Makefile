@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PG_BIN ?= /usr/lib/postgresql/15/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit bench postgres constraints clean
+.PHONY: demo test lint unit bench postgres constraints clean image-test podman
 
 # The virtualenv, with the package (editable) and everything tests need, from pinned versions.
 $(STAMP): pyproject.toml constraints.txt
@@ -30,6 +30,16 @@ lint: $(STAMP)
 
 test: $(STAMP) postgres lint
 	$(BIN)/pytest
+
+# podman, debootstrap and runc from Debian, for building and running the image here.
+podman:
+	@if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman debootstrap runc; \
+	fi
+
+# Build the Dockerfile on a Debian base made with debootstrap, run it read-only as UID 10001.
+image-test: $(STAMP) postgres podman
+	$(BIN)/python -m devtools.image_test
 
 bench: $(STAMP) postgres
 	$(BIN)/python -m bench.run
