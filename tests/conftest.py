@@ -110,11 +110,11 @@ class Database:
             code = cli.main(["run", *args], environ, stdout=out)
         return Result(code, out.getvalue(), err.getvalue(), Path(environ["DUMPER_OUTPUT"]))
 
-    def dump_subprocess(self, *args: str, env: Mapping[str, str] | None = None,
-                        **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    def spawn(self, *argv: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+        """Start the real CLI (`dumper ARGV`) in a subprocess, for signals and mid-run faults."""
         environ = {"PATH": "/usr/bin:/bin", **self.base_env(), **(env or {})}
-        return subprocess.run([sys.executable, "-m", "dumper", "run", *args], env=environ, text=True,
-                              capture_output=True, cwd=self.tmp, check=False, **kwargs)
+        return subprocess.Popen([sys.executable, "-m", "dumper", *argv], env=environ, cwd=self.tmp,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="session")

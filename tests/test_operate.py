@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,6 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def tables(db: Database, rows: int = 1000) -> None:
     db.sql(f"CREATE TABLE orders AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, {rows}) g;"
            "CREATE TABLE users (id int); INSERT INTO users VALUES (1), (2), (3);")
-
-
-def schedule(db: Database, *args: str) -> subprocess.Popen[str]:
-    env = {"PATH": "/usr/bin:/bin", **db.base_env()}
-    return subprocess.Popen([sys.executable, "-m", "dumper", "schedule", *args], env=env, cwd=db.tmp,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def events_until(proc: subprocess.Popen[str], stop_when: Any, timeout: float = 90) -> list[dict[str, Any]]:
@@ -55,7 +48,7 @@ def named(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 def test_schedule_fires_every_second_and_never_overlaps(db: Database) -> None:
     tables(db, 600_000)  # a run takes longer than the 1 s between ticks
-    proc = schedule(db, "--cron", "* * * * * *", "--grace-seconds", "60")
+    proc = db.spawn("schedule", "--cron", "* * * * * *", "--grace-seconds", "60")
     events = events_until(proc, lambda ev: len(named(ev, "scheduled run ended")) >= 2)
     assert proc.returncode == 0
     ended = named(events, "scheduled run ended")
@@ -72,7 +65,7 @@ def test_schedule_fires_every_second_and_never_overlaps(db: Database) -> None:
 
 def test_schedule_stop_cancels_a_long_run_after_the_grace_period(db: Database) -> None:
     tables(db, 3_000_000)
-    proc = schedule(db, "--cron", "0 3 * * *", "--run-now", "--grace-seconds", "1")
+    proc = db.spawn("schedule", "--cron", "0 3 * * *", "--run-now", "--grace-seconds", "1")
     events = events_until(proc, lambda ev: any(e["event"] == "started" and e.get("table") == "public.orders"
                                                for e in ev))
     assert proc.returncode == 0
@@ -86,10 +79,7 @@ def test_schedule_goes_on_after_a_failed_run(db: Database) -> None:
     db.sql("ALTER TABLE users ENABLE ROW LEVEL SECURITY; CREATE ROLE limited LOGIN PASSWORD 'pw';"
            f"GRANT CONNECT ON DATABASE {db.name} TO limited; GRANT SELECT ON orders, users TO limited;")
     try:
-        env_user = {"PGUSER": "limited", "PGPASSWORD": "pw"}
-        proc = subprocess.Popen([sys.executable, "-m", "dumper", "schedule", "--cron", "* * * * * *"],
-                                env={"PATH": "/usr/bin:/bin", **db.base_env(), **env_user}, cwd=db.tmp,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = db.spawn("schedule", "--cron", "* * * * * *", env={"PGUSER": "limited", "PGPASSWORD": "pw"})
         events = events_until(proc, lambda ev: len(named(ev, "scheduled run ended")) >= 2)
     finally:
         db.sql("DROP OWNED BY limited; DROP ROLE limited;")
@@ -106,7 +96,7 @@ def test_schedule_goes_on_after_a_failed_run(db: Database) -> None:
     (["--cron", "0 2 * * *", "--timezone", "Mars/Olympus"], "--timezone: unknown time zone 'Mars/Olympus'"),
 ])
 def test_schedule_config_errors_exit_2(db: Database, args: list[str], message: str) -> None:
-    proc = schedule(db, *args)
+    proc = db.spawn("schedule", *args)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 2 and message in stderr
 

@@ -4,7 +4,6 @@ restart mid-dump, a server that is not up yet; and guards that fail fast."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,12 +18,6 @@ ROWS = 1_500_000
 def big(db: Database, rows: int = ROWS) -> None:
     db.sql(f"CREATE TABLE big AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, {rows}) g;"
            "CREATE TABLE small (i int); INSERT INTO small VALUES (1), (2);")
-
-
-def start_dump(db: Database, *args: str) -> subprocess.Popen[str]:
-    env = {"PATH": "/usr/bin:/bin", **db.base_env()}
-    return subprocess.Popen([sys.executable, "-m", "dumper", "run", *args], env=env, cwd=db.tmp,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_line(proc: subprocess.Popen[str], *needles: str) -> list[str]:
@@ -55,7 +48,7 @@ def count_rows(path: Path) -> int:
 
 def test_terminated_backend_is_healed_in_the_same_snapshot(db: Database) -> None:
     big(db)
-    proc = start_dump(db, "--jobs", "1")
+    proc = db.spawn("run", "--jobs", "1")
     seen = wait_for_line(proc, '"event":"started"', "public.big")
     time.sleep(0.3)
     snapshot = next(e["snapshot_id"] for e in map(parse_json, seen) if e["event"] == "snapshot taken")
@@ -75,7 +68,7 @@ def test_terminated_backend_is_healed_in_the_same_snapshot(db: Database) -> None
 
 def test_server_restart_mid_dump_ends_in_one_complete_dump(db: Database) -> None:
     big(db)
-    proc = start_dump(db, "--jobs", "2")
+    proc = db.spawn("run", "--jobs", "2")
     seen = wait_for_line(proc, '"event":"started"', "public.big")
     time.sleep(0.5)
     db.cluster.restart()
@@ -144,7 +137,7 @@ def test_statement_timeout_fails_the_table(db: Database) -> None:
 
 def test_application_name_is_visible_to_dbas(db: Database) -> None:
     big(db)
-    proc = start_dump(db, "--jobs", "2")
+    proc = db.spawn("run", "--jobs", "2")
     seen = wait_for_line(proc, '"event":"started"', "public.big")
     names = {r[0] for r in db.fetch("SELECT application_name FROM pg_stat_activity "
                                     "WHERE datname = current_database() AND pid <> pg_backend_pid()")}

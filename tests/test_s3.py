@@ -7,7 +7,6 @@ import contextlib
 import io
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -174,11 +173,9 @@ def test_s3_endpoint_failing_mid_upload_leaves_nothing(db: Database, s3: Any, mo
 def _dump_until_an_upload_is_pending(db: Database, s3: Any, moto: Moto) -> subprocess.Popen[str]:
     """Start the real CLI in a subprocess; return once the big table's upload is under way."""
     big_table(db, 600_000)
-    env = {"PATH": "/usr/bin:/bin", **db.base_env(), **s3_env(moto),
-           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-    proc = subprocess.Popen([sys.executable, "-m", "dumper", "run"], env=env, cwd=db.tmp,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = db.spawn("run", env={**s3_env(moto), "AWS_ACCESS_KEY_ID": "testing",
+                                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                                "AWS_EC2_METADATA_DISABLED": "true"})
     deadline = time.monotonic() + 60
     while not pending_uploads(s3):
         if time.monotonic() > deadline or proc.poll() is not None:

@@ -4,8 +4,6 @@ behind, no manifest, LATEST untouched, and the documented exit code."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -20,9 +18,7 @@ def test_signal_mid_table_leaves_nothing(db: Database, sig: signal.Signals, code
     out = db.tmp / "out"
     out.mkdir()
     (out / "LATEST").write_text("previous\n")
-    env = {"PATH": "/usr/bin:/bin", **db.base_env()}
-    proc = subprocess.Popen([sys.executable, "-m", "dumper", "run", "--jobs", "2"], env=env, cwd=db.tmp,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = db.spawn("run", "--jobs", "2")
     assert proc.stdout is not None
     for line in proc.stdout:  # wait until the big table is being written
         if '"event":"started"' in line and "public.big" in line:
