@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -160,10 +161,10 @@ def _start_logging(settings: Settings, stdout: TextIO) -> bool:
 
 def cmd_run(settings: Settings, stdout: TextIO) -> int:
     json_lines = _start_logging(settings, stdout)
-    auth.password_provider(settings)  # configuration errors before anything starts
+    password = auth.password_provider(settings)  # configuration errors before anything starts
     log.info("run started", extra={"run_id": settings.run_id, "host": settings.host,
                                    "dbname": settings.dbname, "output": settings.output})
-    outcome = _run_main(job.run_job(settings), settings.grace_seconds)
+    outcome = _run_main(job.run_job(settings, password), settings.grace_seconds)
     if outcome.status != "success":
         print(f"dumper: error: {outcome.error}", file=sys.stderr)
         return outcome.exit_code
@@ -173,8 +174,9 @@ def cmd_run(settings: Settings, stdout: TextIO) -> int:
 
 def cmd_schedule(settings: Settings, stdout: TextIO) -> int:
     _start_logging(settings, stdout)
-    auth.password_provider(settings)
-    scheduler = schedule.Scheduler(settings, job.run_job)
+    # One provider for every run: the SDK session keeps its credentials, a valid token is reused.
+    password = auth.password_provider(settings)
+    scheduler = schedule.Scheduler(settings, functools.partial(job.run_job, password=password))
 
     async def serve() -> None:
         stop = asyncio.Event()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from . import auth, dump
+from . import db, dump
 from .config import Settings
 from .errors import DumperError
 from .logs import log
@@ -14,13 +14,13 @@ from .notify import Outcome, publish
 from .sinks import Output
 
 
-async def run_job(settings: Settings) -> Outcome:
+async def run_job(settings: Settings, password: db.PasswordProvider) -> Outcome:
     """Dump once; never raises for a failed run (the outcome says how it ended),
     except CancelledError, which propagates after the outcome is published."""
     started = time.time()
     output = Output.for_settings(settings)
     try:
-        manifest = await dump.run(settings, auth.password_provider(settings), output)
+        manifest = await dump.run(settings, password, output)
     except DumperError as exc:
         outcome = Outcome(settings.run_id, "failed", started, time.time(), exc.exit_code, str(exc))
         log.error("run failed", extra={"status": "failed", "error": str(exc), "exit_code": exc.exit_code})
