@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,8 +89,15 @@ def _boolean(text: str) -> bool:
 
 def _seconds(text: str) -> float:
     value = float(text)
-    if value < 0:
+    if not 0 <= value < math.inf:  # also refuses nan
         raise ValueError("must be a number of seconds >= 0 (0 = no limit)")
+    return value
+
+
+def _mib(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise ValueError("must be a size in MiB >= 0 (0 = never)")
     return value
 
 
@@ -127,7 +135,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("s3_kms_key_id", "KMS key id or ARN for --s3-sse aws:kms (default: the AWS managed key)"),
     Option("s3_storage_class", "S3 storage class of the objects (default: STANDARD)",
            choices=S3_STORAGE_CLASSES),
-    Option("jobs", "tables dumped concurrently, one connection each", 2, _positive_int),
+    Option("jobs", "connections reading tables (or pieces of a large table) concurrently", 2, _positive_int),
+    Option("split_mib", "with --jobs > 1, read tables larger than this in pieces of this many MiB of pages, "
+           "concurrently; the file is the same (0 = never; needs PostgreSQL 14+)", 16.0, _mib),
     Option("batch_rows", "maximum rows per cursor fetch (batches also stay near 4 MB)", 1000,
            _positive_int),
     Option("lock_timeout", "seconds to wait for a table lock before failing (0 = wait forever)", 60.0,
@@ -184,6 +194,7 @@ class Settings:
     s3_kms_key_id: str | None = None
     s3_storage_class: str | None = None
     jobs: int = 2
+    split_mib: float = 16.0
     batch_rows: int = 1000
     lock_timeout: float = 60.0
     statement_timeout: float = 0.0

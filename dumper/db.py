@@ -92,6 +92,7 @@ def session_settings(settings: Settings) -> dict[str, str]:
         "extra_float_digits": "1",
         "bytea_output": "hex",
         "row_security": "off",
+        "synchronize_seqscans": "off",  # a re-read after a lost connection sees rows in the same order
         "lock_timeout": str(int(settings.lock_timeout * 1000)),
         "idle_in_transaction_session_timeout": "0",  # the snapshot holder idles for the whole run
         "statement_timeout": "0",  # --statement-timeout applies to table reads only (join_snapshot)
@@ -259,6 +260,13 @@ async def register_codecs(conn: Any) -> None:
 
 async def server_version(conn: Any) -> str:
     return str(await conn.fetchval("SHOW server_version"))
+
+
+async def scan_facts(conn: Any) -> tuple[int, int]:
+    """server_version_num and block_size: can pages be read by range, and how big is one."""
+    row = await conn.fetchrow("SELECT pg_catalog.current_setting('server_version_num')::int, "
+                              "pg_catalog.current_setting('block_size')::int")
+    return int(row[0]), int(row[1])
 
 
 async def stream(conn: Any, sql: str, table: str,

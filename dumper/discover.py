@@ -5,6 +5,7 @@ Identifiers are quoted here, once, and never interpolated any other way.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,12 +53,16 @@ class Table:
     def relation_sql(self) -> str:
         return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
 
-    def select_sql(self) -> str:
+    def select_sql(self, first_page: int | None = None, end_page: int | None = None) -> str:
+        """All rows, or those on pages [first_page, end_page) (a TID range scan)."""
         # ONLY: rows of legacy inheritance children belong to the child's own
         # file. A partitioned root must be read without ONLY to see its rows.
         only = "" if self.partitioned else "ONLY "
         cols = ", ".join(c.select_sql() for c in self.columns)
-        return f"SELECT {cols} FROM {only}{self.relation_sql()}"
+        ranges = [f"ctid >= '({first_page},0)'::pg_catalog.tid" if first_page is not None else "",
+                  f"ctid < '({end_page},0)'::pg_catalog.tid" if end_page is not None else ""]
+        where = " AND ".join(r for r in ranges if r)
+        return f"SELECT {cols} FROM {only}{self.relation_sql()}" + (f" WHERE {where}" if where else "")
 
 
 def select_tables(
@@ -99,6 +104,19 @@ SELECT a.attrelid, a.attname, a.atttypid,
 FROM pg_catalog.pg_attribute a
 WHERE a.attrelid = ANY($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
+"""
+
+# The size now, not relpages (0 until the first VACUUM or ANALYZE). Sizing
+# takes a lock, so this runs once the run holds its own locks on the tables.
+_PAGES_SQL = """
+SELECT t.oid,
+       (CASE WHEN c.relkind = 'p'
+             THEN (SELECT COALESCE(sum(pg_catalog.pg_relation_size(p.relid)), 0)
+                   FROM pg_catalog.pg_partition_tree(t.oid) p)
+             ELSE pg_catalog.pg_relation_size(t.oid)
+        END / pg_catalog.current_setting('block_size')::int)::bigint AS pages
+FROM unnest($1::oid[]) AS t(oid)
+JOIN pg_catalog.pg_class c ON c.oid = t.oid
 """
 
 # Domain -> base type, following domains over domains.
@@ -151,3 +169,9 @@ async def discover(conn: Any, schemas: Sequence[str], include: Sequence[str],
               pages=r["pages"], columns=tuple(columns[r["oid"]]))
         for r in rows
     ]
+
+
+async def measured(conn: Any, tables: Sequence[Table]) -> list[Table]:
+    """The tables with their current size in pages (call with the tables locked)."""
+    pages = {r["oid"]: r["pages"] for r in await conn.fetch(_PAGES_SQL, [t.oid for t in tables])}
+    return [dataclasses.replace(t, pages=pages[t.oid]) for t in tables]

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import __version__, db
+from .assemble import Assembly
 from .config import Settings
-from .discover import Table, discover
+from .discover import Table, discover, measured
 from .encode import Framer, encode_rows
 from .errors import ConfigError, ConnectionLost, DumperError, SnapshotLost
 from .logs import current_table, log
@@ -27,7 +28,7 @@ from .stored import StoredWriter
 
 BATCH_BYTES = 4 << 20  # aim for ~4 MB of JSON per fetch: bounds memory for wide rows
 FIRST_BATCH = 8  # rows, before the row width is known
-PROGRESS_EVERY = 10.0  # seconds between progress lines for a long table
+TABLE_ATTEMPTS = 3  # a piece whose connection dies is read again, in the same snapshot
 
 
 @dataclass
@@ -46,6 +47,31 @@ class _Batcher:
     def seen(self, rows: int, nbytes: int) -> None:
         per_row = max(1, nbytes // max(1, rows))
         self.rows = max(1, min(self.max_rows, BATCH_BYTES // per_row))
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Part `index` of a table's `count` parts: pages [first_page, end_page)."""
+
+    table: Table
+    relpath: str
+    index: int
+    count: int
+    first_page: int | None
+    end_page: int | None
+
+
+def plan_pieces(table: Table, relpath: str, piece_pages: int) -> list[Piece]:
+    """One piece per `piece_pages` pages (0: the whole table in one piece).
+
+    The first and last pieces are open-ended, so pages the size estimate
+    missed are still read.
+    """
+    if piece_pages <= 0 or table.partitioned or table.pages <= piece_pages:
+        return [Piece(table, relpath, 0, 1, None, None)]
+    starts = list(range(0, table.pages, piece_pages))
+    return [Piece(table, relpath, i, len(starts), start or None, starts[i + 1] if i + 1 < len(starts) else None)
+            for i, start in enumerate(starts)]
 
 
 @contextlib.contextmanager
@@ -70,36 +96,32 @@ def _iso(when: dt.datetime) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-async def _dump_table(conn: Any, table: Table, relpath: str, settings: Settings,
-                      output: Output) -> TableEntry:
-    started = time.monotonic()
+@dataclass
+class _Delivered:
+    rows: int = 0  # rows of a piece already handed to its assembly
+
+
+async def _read_piece(conn: Any, piece: Piece, assembly: Assembly, settings: Settings,
+                      delivered: _Delivered) -> None:
+    """Streams one piece into its table's assembly.
+
+    Rows an earlier attempt delivered are dropped: a scan of the same pages in
+    the same snapshot returns the same rows in the same order (seqscans are not
+    synchronized, cursors never run parallel plans).
+    """
+    table = piece.table
     names = [c.name for c in table.columns]
-    framer = Framer(settings.format)
     batcher = _Batcher(settings.batch_rows)
-    next_progress = started + PROGRESS_EVERY
-    log.info("started")
-    out = output.open_table(relpath)
-    try:
-        writer = StoredWriter(settings.compression, settings.gzip_level)
-        await out.write(writer.add(framer.header()))
-        async for records in db.stream(conn, table.select_sql(), table.qualified, batcher.size):
-            data = framer.frame(encode_rows(names, records))
-            await out.write(writer.add(data))
-            batcher.seen(len(records), len(data))
-            if time.monotonic() >= next_progress:
-                next_progress = time.monotonic() + PROGRESS_EVERY
-                log.info("progress", extra={"rows": framer.rows, "bytes": writer.bytes})
-        await out.write(writer.add(framer.footer()) + writer.finish())
-        await out.commit()
-    except BaseException:
-        await out.discard()
-        raise
-    seconds = round(time.monotonic() - started, 3)
-    log.info("done", extra={"rows": framer.rows, "bytes": writer.bytes, "seconds": seconds})
-    return TableEntry(
-        schema=table.schema, table=table.name, path=relpath.rpartition("/")[2], rows=framer.rows,
-        bytes=writer.bytes, sha256=writer.sha256,
-        columns=[{"name": c.name, "type": c.type} for c in table.columns], seconds=seconds)
+    skip = delivered.rows
+    async for records in db.stream(conn, table.select_sql(piece.first_page, piece.end_page),
+                                   table.qualified, batcher.size):
+        if skip:
+            records, skip = records[skip:], max(0, skip - len(records))
+        if records:
+            body = assembly.framer.join(encode_rows(names, records))
+            await assembly.add(piece.index, body, len(records))
+            delivered.rows += len(records)
+            batcher.seen(len(records), len(body))
 
 
 def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -117,15 +139,32 @@ def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:
     return next((e for e in leaves if isinstance(e, DumperError)), leaves[0])
 
 
-TABLE_ATTEMPTS = 3  # a table whose connection dies is read again, in the same snapshot
+def _entry(piece: Piece, assembly: Assembly) -> TableEntry:
+    table = piece.table
+    return TableEntry(
+        schema=table.schema, table=table.name, path=piece.relpath.rpartition("/")[2],
+        rows=assembly.framer.rows, bytes=assembly.writer.bytes, sha256=assembly.writer.sha256,
+        columns=[{"name": c.name, "type": c.type} for c in table.columns],
+        seconds=round(time.monotonic() - assembly.started, 3))
 
 
 async def _dump_tables(settings: Settings, password: db.PasswordProvider, output: Output,
-                       work: list[tuple[Table, str]], snapshot_id: str,
+                       work: list[tuple[Table, str]], snapshot_id: str, piece_pages: int,
                        committed: list[str]) -> list[TableEntry]:
-    # Largest first, so one big table does not start last and run alone.
-    queue = sorted(work, key=lambda item: -item[0].pages)
+    # Largest first, so one big table does not start last and run alone; a
+    # split table's pieces in file order, so all connections share it.
+    queue = [piece for table, relpath in sorted(work, key=lambda item: -item[0].pages)
+             for piece in plan_pieces(table, relpath, piece_pages)]
+    assemblies: dict[str, Assembly] = {}
     results: dict[str, TableEntry] = {}
+
+    def assembly_for(piece: Piece) -> Assembly:
+        if piece.relpath not in assemblies:
+            log.info("started", extra={"pieces": piece.count} if piece.count > 1 else {})
+            assemblies[piece.relpath] = Assembly(
+                output.open_table(piece.relpath), piece.count, Framer(settings.format),
+                StoredWriter(settings.compression, settings.gzip_level))
+        return assemblies[piece.relpath]
 
     async def joined(pool: Any) -> Any:
         conn = await db.acquire(pool, settings)
@@ -136,18 +175,19 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
             raise
         return conn
 
-    async def dump_with_retries(pool: Any, conn: Any, table: Table, relpath: str) -> Any:
+    async def read_with_retries(pool: Any, conn: Any, piece: Piece, assembly: Assembly) -> Any:
         """Returns the connection to go on with (a new one after a lost connection)."""
+        delivered = _Delivered()
         for attempt in range(1, TABLE_ATTEMPTS + 1):
             try:
-                results[relpath] = await _dump_table(conn, table, relpath, settings, output)
+                await _read_piece(conn, piece, assembly, settings, delivered)
                 return conn
             except ConnectionLost as exc:
                 await pool.release(conn)  # the pool replaces the broken connection
                 conn = None
                 if attempt == TABLE_ATTEMPTS:
                     raise
-                log.warning("connection lost; reading the table again in the same snapshot",
+                log.warning("connection lost; reading the rest again in the same snapshot",
                             extra={"attempt": attempt + 1, "of": TABLE_ATTEMPTS, "error": str(exc)})
                 conn = await joined(pool)  # SnapshotLost if the server restarted
         raise AssertionError("unreachable")
@@ -156,10 +196,15 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
         conn = await joined(pool)
         try:
             while queue:
-                table, relpath = queue.pop(0)
-                current_table.set(table.qualified)
-                conn = await dump_with_retries(pool, conn, table, relpath)
-                committed.append(relpath)
+                piece = queue.pop(0)
+                current_table.set(piece.table.qualified)
+                assembly = assembly_for(piece)
+                conn = await read_with_retries(pool, conn, piece, assembly)
+                if await assembly.piece_done(piece.index):
+                    await assembly.commit()
+                    committed.append(piece.relpath)
+                    results[piece.relpath] = entry = _entry(piece, assembly)
+                    log.info("done", extra={"rows": entry.rows, "bytes": entry.bytes, "seconds": entry.seconds})
                 current_table.set(None)
             await conn.execute("ROLLBACK")  # read-only: nothing to keep
         finally:
@@ -169,9 +214,14 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
     jobs = max(1, min(settings.jobs, len(queue)))
     pool = await db.create_pool(settings, password, jobs)
     try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(jobs):
-                group.create_task(worker(pool))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(jobs):
+                    group.create_task(worker(pool))
+        finally:
+            for relpath, assembly in assemblies.items():
+                if relpath not in results:
+                    await assembly.out.discard()
     except BaseExceptionGroup as exc:
         pool.terminate()
         raise _first_error(exc) from None
@@ -218,16 +268,20 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
             async with db.preparing():
                 snapshot_id = await db.export_snapshot(coordinator)
                 version = await db.server_version(coordinator)
+                piece_pages = await _piece_pages(coordinator, settings)
                 tables = await discover(coordinator, settings.schema, settings.include, settings.exclude)
             log.info("snapshot taken", extra={"snapshot_id": snapshot_id, "tables": len(tables),
                                               "server_version": version})
             for table in tables:
                 await db.lock_table(coordinator, table.relation_sql(), table.qualified)
+            async with db.preparing():
+                tables = await measured(coordinator, tables)
             names = unique_file_names([
                 table_file_name(t.schema, t.name, settings.format, settings.compression) for t in tables])
             work = [(t, f"{run_dir}/{name}") for t, name in zip(tables, names, strict=True)]
             with _young_gc_only():
-                entries = await _dump_tables(settings, password, output, work, snapshot_id, committed)
+                entries = await _dump_tables(settings, password, output, work, snapshot_id, piece_pages,
+                                             committed)
         finally:
             await db.close(coordinator)
         manifest = Manifest(
@@ -244,6 +298,17 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
             await asyncio.shield(asyncio.to_thread(_remove_all, output, committed, run_dir))
     await output.put(LATEST_NAME, settings.run_id.encode() + b"\n")
     return manifest
+
+
+async def _piece_pages(conn: Any, settings: Settings) -> int:
+    """Pages per piece of a split table; 0: tables are read whole."""
+    if settings.jobs < 2 or settings.split_mib == 0:
+        return 0
+    version_num, block_size = await db.scan_facts(conn)
+    if version_num < 140000:
+        log.info("tables are not split: PostgreSQL 14 or later is needed to read page ranges")
+        return 0
+    return max(1, int(settings.split_mib * (1 << 20)) // block_size)
 
 
 def _remove_all(output: Output, relpaths: list[str], run_dir: str) -> None:

@@ -158,15 +158,21 @@ class Framer:
     def header(self) -> bytes:
         return b"[\n" if self.array else b""
 
-    def frame(self, lines: list[bytes]) -> bytes:
-        if not lines:
+    def join(self, lines: list[bytes]) -> bytes:
+        """Encoded rows as one piece of the file body (no state: pieces of one
+        table can be joined concurrently and placed in order later)."""
+        return b"".join(lines) if not self.array else b",\n".join(line[:-1] for line in lines)
+
+    def place(self, body: bytes, rows: int) -> bytes:
+        """The bytes that append `body` (a join() of `rows` rows) to the file."""
+        if not rows:
             return b""
         first = self.rows == 0
-        self.rows += len(lines)
-        if not self.array:
-            return b"".join(lines)
-        body = b",\n".join(line[:-1] for line in lines)
-        return body if first else b",\n" + body
+        self.rows += rows
+        return body if first or not self.array else b",\n" + body
+
+    def frame(self, lines: list[bytes]) -> bytes:
+        return self.place(self.join(lines), len(lines))
 
     def footer(self) -> bytes:
         if not self.array:

@@ -1,11 +1,14 @@
 """One snapshot for the whole run: while writers move money between four
-tables in committed transactions, a --jobs 4 dump sees an invariant total."""
+tables in committed transactions, a --jobs 4 dump sees an invariant total,
+whether tables are read whole or in page-range pieces."""
 
 from __future__ import annotations
 
 import subprocess
 import time
 from decimal import Decimal
+
+import pytest
 
 from devtools.pgcluster import PG_BIN
 
@@ -26,7 +29,8 @@ COMMIT;
 """
 
 
-def test_jobs_4_dump_sees_one_consistent_snapshot(db: Database) -> None:
+@pytest.mark.parametrize("split", [[], ["--split-mib", "1"]], ids=["tables", "split-pieces"])
+def test_jobs_4_dump_sees_one_consistent_snapshot(db: Database, split: list[str]) -> None:
     for i in range(4):
         db.sql(f"CREATE TABLE acct_{i} (id int PRIMARY KEY, balance numeric NOT NULL, pad text);"
                f"INSERT INTO acct_{i} SELECT g, 1000, repeat('x', 200) "
@@ -42,7 +46,7 @@ def test_jobs_4_dump_sees_one_consistent_snapshot(db: Database) -> None:
     try:
         time.sleep(1.0)  # the writers are running before the snapshot is taken
         before = int(db.fetch("SELECT count(*) FROM ledger")[0][0])
-        result = db.dump("--jobs", "4", "--batch-rows", "500")
+        result = db.dump("--jobs", "4", "--batch-rows", "500", *split)
         after = int(db.fetch("SELECT count(*) FROM ledger")[0][0])
     finally:
         writers.terminate()

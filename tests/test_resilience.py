@@ -57,7 +57,7 @@ def test_terminated_backend_is_healed_in_the_same_snapshot(db: Database) -> None
     assert killed
     code, events, stderr = finish(proc, seen)
     assert code == 0, stderr
-    retries = [e for e in events if e["event"] == "connection lost; reading the table again in the same snapshot"]
+    retries = [e for e in events if e["event"] == "connection lost; reading the rest again in the same snapshot"]
     assert len(retries) == 1 and retries[0]["table"] == "public.big"
     run = latest_run(db)
     manifest = parse_json((run / "manifest.json").read_bytes())

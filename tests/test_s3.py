@@ -200,7 +200,7 @@ def test_database_dying_mid_table_leaves_nothing_on_s3(db: Database, s3: Any, mo
             proc.communicate()
     assert proc.returncode == 3, stdout[-1500:] + stderr
     assert "is not currently accepting connections" in stderr
-    assert "connection lost; reading the table again in the same snapshot" in stdout
+    assert "connection lost; reading the rest again in the same snapshot" in stdout
     _nothing_left(s3)
 
 

@@ -1,0 +1,82 @@
+"""One table file, written in order while its pieces are read concurrently.
+
+A large table is read as several page ranges ("pieces") on several
+connections of the same snapshot. The file must still be one stream, in the
+order a single scan would give. The piece at the head of the file writes
+straight through; the others hold their batches here until they become the
+head, and wait when more than HELD_BYTES are held, so memory stays bounded.
+The head never waits, so the table always makes progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from .encode import Framer
+from .logs import log
+from .sinks import TableFile
+from .stored import StoredWriter
+
+HELD_BYTES = 32 << 20  # JSON held for pieces that are not yet at the head of the file
+PROGRESS_EVERY = 10.0  # seconds between progress lines for a long table
+
+
+class Assembly:
+    """Batches from pieces 0..count-1 into one TableFile, in piece order."""
+
+    def __init__(self, out: TableFile, count: int, framer: Framer, writer: StoredWriter,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.out = out
+        self.count = count
+        self.framer = framer
+        self.writer = writer
+        self.started = clock()
+        self._clock = clock
+        self._next_progress = self.started + PROGRESS_EVERY
+        self._head = 0  # the piece whose batches go straight to the file
+        self._held: dict[int, list[tuple[bytes, int]]] = {}
+        self._held_bytes = 0
+        self._finished: set[int] = set()
+        self._wrote_header = False
+        self._turn = asyncio.Condition()
+
+    async def add(self, piece: int, body: bytes, rows: int) -> None:
+        """A batch of piece `piece` (a Framer.join() of `rows` rows)."""
+        async with self._turn:
+            await self._turn.wait_for(lambda: piece == self._head or self._held_bytes < HELD_BYTES)
+            if piece == self._head:
+                await self._write(body, rows)
+            else:
+                self._held.setdefault(piece, []).append((body, rows))
+                self._held_bytes += len(body)
+
+    async def piece_done(self, piece: int) -> bool:
+        """Marks a piece complete; True once every piece is in the file."""
+        async with self._turn:
+            self._finished.add(piece)
+            while self._head in self._finished:
+                self._head += 1
+                for body, rows in self._held.pop(self._head, []):
+                    self._held_bytes -= len(body)
+                    await self._write(body, rows)
+            self._turn.notify_all()
+            return self._head == self.count
+
+    async def commit(self) -> None:
+        """Footer, gzip trailer, then the file becomes visible."""
+        await self._write(b"", 0)  # the header, for an empty table
+        await self.out.write(self.writer.add(self.framer.footer()) + self.writer.finish())
+        await self.out.commit()
+
+    async def _write(self, body: bytes, rows: int) -> None:
+        data = self.framer.place(body, rows)
+        if not self._wrote_header:
+            self._wrote_header = True
+            data = self.framer.header() + data
+        if data:
+            await self.out.write(self.writer.add(data))
+        if self._clock() >= self._next_progress:
+            self._next_progress = self._clock() + PROGRESS_EVERY
+            log.info("progress", extra={"rows": self.framer.rows, "bytes": self.writer.bytes})
