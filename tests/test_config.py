@@ -59,6 +59,9 @@ def test_password_only_from_pgpassword_and_only_for_password_auth() -> None:
     ({"port": "x"}, "--port: 'x' must be a number (from --port)"),
     ({"gzip_level": "10"}, "--gzip-level: '10' must be a gzip level, 1-9"),
     ({"lock_timeout": "-1"}, "--lock-timeout: '-1' must be a number of seconds >= 0"),
+    ({"statement_timeout": "nan"}, "--statement-timeout: 'nan' must be a number of seconds >= 0"),
+    ({"split_mib": "-1"}, "--split-mib: '-1' must be a size in MiB >= 0 (0 = never)"),
+    ({"split_mib": "inf"}, "--split-mib: 'inf' must be a size in MiB >= 0"),
     ({"log_format": "xml"}, "--log-format: 'xml' is not one of auto, text, json"),
     ({"run_id": ".hidden"}, "--run-id: '.hidden' must be letters"),
 ])
