@@ -160,15 +160,18 @@ def main() -> int:
             return command
 
         half = args.rows // 2
+        one = ("--jobs", "1")  # one connection, one table: the "single job"
         methods: dict[str, tuple[Callable[[Path], list[str]], int]] = {
             "a_baseline_to_json_copy": (psql_copy("mixed"), args.rows),
-            "b_dumper_jsonl": (dump("--include", "public.mixed"), args.rows),
-            "c_dumper_gzip": (dump("--include", "public.mixed", "--compression", "gzip"), args.rows),
+            "b_dumper_jsonl": (dump("--include", "public.mixed", *one), args.rows),
+            "c_dumper_gzip": (dump("--include", "public.mixed", "--compression", "gzip", *one), args.rows),
             "d_dumper_jobs2_two_tables": (dump("--include", "public.mixed2", "--include", "public.mixed_b",
-                                               "--jobs", "2"), half + (args.rows - half)),
-            **({"e_dumper_s3_moto": (dump_s3("--include", "public.mixed"), args.rows)} if moto else {}),
-            "n1_narrow_small": (dump("--include", "public.narrow_small"), args.narrow_rows // 10),
-            "n2_narrow": (dump("--include", "public.narrow"), args.narrow_rows),
+                                               "--jobs", "2", "--split-mib", "0"), half + (args.rows - half)),
+            **({"e_dumper_s3_moto": (dump_s3("--include", "public.mixed", *one), args.rows)} if moto else {}),
+            "f_dumper_jobs2_split": (dump("--include", "public.mixed", "--jobs", "2"), args.rows),
+            "n1_narrow_small": (dump("--include", "public.narrow_small", *one), args.narrow_rows // 10),
+            "n2_narrow": (dump("--include", "public.narrow", *one), args.narrow_rows),
+            "n3_narrow_jobs2_split": (dump("--include", "public.narrow", "--jobs", "2"), args.narrow_rows),
         }
         if args.only:
             wanted = set(args.only.split(","))

@@ -6,11 +6,16 @@ order a single scan would give. The piece at the head of the file writes
 straight through; the others hold their batches here until they become the
 head, and wait when more than HELD_BYTES are held, so memory stays bounded.
 The head never waits, so the table always makes progress.
+
+Storing (gzip, sha256, the write or upload) runs in a worker thread, one batch
+at a time, while the next batch is fetched and encoded: zlib, hashlib and file
+writes release the GIL, so on two cores compression costs little wall time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -41,6 +46,7 @@ class Assembly:
         self._finished: set[int] = set()
         self._wrote_header = False
         self._turn = asyncio.Condition()
+        self._storing: asyncio.Future[None] | None = None  # the one batch being stored
 
     async def add(self, piece: int, body: bytes, rows: int) -> None:
         """A batch of piece `piece` (a Framer.join() of `rows` rows)."""
@@ -67,8 +73,18 @@ class Assembly:
     async def commit(self) -> None:
         """Footer, gzip trailer, then the file becomes visible."""
         await self._write(b"", 0)  # the header, for an empty table
+        await self._stored()
         await self.out.write(self.writer.add(self.framer.footer()) + self.writer.finish())
         await self.out.commit()
+
+    async def abandon(self) -> None:
+        """Drop the file; never raises (another error is on its way out)."""
+        if self._storing is not None:
+            self._storing.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait([self._storing])
+                self._storing.exception()  # retrieved: not reported again at exit
+        await self.out.discard()
 
     async def _write(self, body: bytes, rows: int) -> None:
         data = self.framer.place(body, rows)
@@ -76,7 +92,17 @@ class Assembly:
             self._wrote_header = True
             data = self.framer.header() + data
         if data:
-            await self.out.write(self.writer.add(data))
+            await self._stored()  # in order, and one batch in flight at most
+            self._storing = asyncio.ensure_future(self._store(data))
         if self._clock() >= self._next_progress:
             self._next_progress = self._clock() + PROGRESS_EVERY
             log.info("progress", extra={"rows": self.framer.rows, "bytes": self.writer.bytes})
+
+    async def _stored(self) -> None:
+        """Waits for the batch in flight; raises its error, if it failed."""
+        if self._storing is not None:
+            storing, self._storing = self._storing, None
+            await storing
+
+    async def _store(self, data: bytes) -> None:
+        await self.out.write(await asyncio.to_thread(self.writer.add, data))

@@ -126,7 +126,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("output", "output directory or fsspec URL", "./dumps"),
     Option("format", "jsonl (one object per line) or json (one array per file)", "jsonl", choices=FORMATS),
     Option("compression", "file compression", "none", choices=COMPRESSIONS),
-    Option("gzip_level", "gzip level, 1 (fastest) to 9 (smallest)", 3, _level),
+    Option("gzip_level", "gzip level, 1 (fastest) to 9 (smallest); 1-3 use ISA-L (fast), 4-9 zlib", 1, _level),
     Option("part_size", "S3 multipart part size in MiB (peak memory ~3-4 parts; doubles every 1000 parts)",
            16, _part_size),
     Option("s3_endpoint_url", "S3 endpoint for S3-compatible stores (default: AWS, or AWS_ENDPOINT_URL_S3)"),
@@ -186,7 +186,7 @@ class Settings:
     output: str = "./dumps"
     format: str = "jsonl"
     compression: str = "none"
-    gzip_level: int = 3
+    gzip_level: int = 1
     part_size: int = 16
     s3_endpoint_url: str | None = None
     s3_region: str | None = None

@@ -221,7 +221,7 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
         finally:
             for relpath, assembly in assemblies.items():
                 if relpath not in results:
-                    await assembly.out.discard()
+                    await assembly.abandon()
     except BaseExceptionGroup as exc:
         pool.terminate()
         raise _first_error(exc) from None

@@ -1,6 +1,8 @@
 """Bytes as stored: optional gzip, with size and sha256 computed while writing.
 
-Pure (zlib/hashlib only). The same code reads a stored file back for `verify`.
+Pure (compression and hashing only). The same code reads a stored file back
+for `verify`. gzip levels 1-3 use ISA-L (python-isal): as small as zlib's
+level 3-4 at ~5x its speed on dump output; levels 4-9 use zlib.
 """
 
 from __future__ import annotations
@@ -9,13 +11,24 @@ import hashlib
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+
+from isal import isal_zlib
+
+GZIP = 31  # wbits: gzip header and trailer
+
+
+def _compressor(level: int) -> Any:
+    if level <= isal_zlib.ISAL_BEST_COMPRESSION:
+        return isal_zlib.compressobj(level, isal_zlib.DEFLATED, GZIP)
+    return zlib.compressobj(level, zlib.DEFLATED, GZIP)
 
 
 class StoredWriter:
     """Compress and checksum a stream of bytes; returns what to store."""
 
-    def __init__(self, compression: str, level: int = 3) -> None:
-        self._zip = zlib.compressobj(level, zlib.DEFLATED, 31) if compression == "gzip" else None
+    def __init__(self, compression: str, level: int = 1) -> None:
+        self._zip = _compressor(level) if compression == "gzip" else None
         self._sha = hashlib.sha256()
         self.bytes = 0
 
@@ -47,7 +60,7 @@ def read_stats(chunks: Iterable[bytes], compression: str) -> StoredStats:
     """Size and sha256 of stored bytes, and '\\n' count of their content."""
     sha = hashlib.sha256()
     size = newlines = 0
-    unzip = zlib.decompressobj(31) if compression == "gzip" else None
+    unzip = isal_zlib.decompressobj(GZIP) if compression == "gzip" else None
     for chunk in chunks:
         sha.update(chunk)
         size += len(chunk)
