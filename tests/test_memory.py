@@ -13,9 +13,9 @@ from devtools.pgcluster import ROOT_DIR
 from .conftest import Database
 
 
-def peak_rss_mb(db: Database, *args: str) -> float:
+def peak_rss_mb(db: Database, *args: str, env: dict[str, str] | None = None) -> float:
     """The dumper CLI's own peak RSS (devtools.peak_rss keeps pytest's memory out of it)."""
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT_DIR), **db.base_env()}
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT_DIR), **db.base_env(), **(env or {})}
     report = db.tmp / "peak-rss.txt"
     proc = subprocess.run([sys.executable, "-m", "devtools.peak_rss", str(report), sys.executable, "-m",
                            "dumper", "run", *args], env=env, cwd=db.tmp, stdout=subprocess.DEVNULL,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import os
 import signal
 import subprocess
 import time
@@ -20,6 +22,7 @@ from devtools.cutting_proxy import CuttingProxy
 from dumper import cli
 
 from .conftest import Database, Moto
+from .test_memory import peak_rss_mb
 
 BUCKET = "dumps"
 MIB = 1 << 20
@@ -96,6 +99,18 @@ def _verify(*args: str) -> tuple[int, str]:
     return code, out.getvalue()
 
 
+@pytest.mark.slow
+def test_s3_upload_memory_stays_bounded(db: Database, s3: Any, moto: Moto) -> None:
+    """~300 MB through 16 MiB parts (the default): the parts' buffers are
+    returned to the OS, so peak RSS stays under 150 MB (211 MB without)."""
+    db.sql("CREATE TABLE t AS SELECT g AS id, md5(g::text) || repeat('x', 200) AS pad "
+           "FROM generate_series(1, 1000000) g;")
+    aws = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    peak = peak_rss_mb(db, "--jobs", "1", env={**s3_env(moto, DUMPER_PART_SIZE="16"), **aws})
+    assert len(keys(s3)) == 3, "table, manifest and LATEST were uploaded"
+    assert peak < 150, f"S3 upload peaked at {peak:.0f} MB"
+
+
 def test_verify_reads_s3(db: Database, s3: Any, moto: Moto) -> None:
     big_table(db, 1000)
     assert db.dump("--run-id", "r1", env=s3_env(moto)).code == 0
@@ -140,6 +155,30 @@ def test_missing_bucket_fails_fast_naming_it(db: Database, s3: Any, moto: Moto) 
     assert result.code == 6
     assert "bucket 'no-such-bucket' does not exist" in result.stderr
     assert '"event":"started"' not in result.stdout, "fails before reading any table"
+
+
+def test_access_denied_names_the_bucket_and_the_permissions(db: Database, s3: Any, moto: Moto,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto enforces IAM policies inside enable_iam_authentication(): a user who may
+    only read the bucket gets S3's real AccessDenied on the write probe."""
+    from moto.core import enable_iam_authentication
+
+    big_table(db, 10)
+    iam = boto3.client("iam", endpoint_url=moto.endpoint, region_name="us-east-1")
+    iam.create_user(UserName="reader")
+    iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="reader")["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    with enable_iam_authentication():
+        result = db.dump(env=s3_env(moto))
+    assert result.code == 6, result.stderr
+    assert "access denied writing s3://dumps/nightly/" in result.stderr
+    assert "s3:PutObject" in result.stderr and "on bucket dumps" in result.stderr
+    assert '"event":"started"' not in result.stdout, "fails before reading any table"
+    assert keys(s3) == []
 
 
 def test_other_fsspec_urls_work(db: Database) -> None:
