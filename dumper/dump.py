@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import gc
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -153,8 +154,8 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
                        committed: list[str]) -> list[TableEntry]:
     # Largest first, so one big table does not start last and run alone; a
     # split table's pieces in file order, so all connections share it.
-    queue = [piece for table, relpath in sorted(work, key=lambda item: -item[0].pages)
-             for piece in plan_pieces(table, relpath, piece_pages)]
+    queue = deque(piece for table, relpath in sorted(work, key=lambda item: -item[0].pages)
+                  for piece in plan_pieces(table, relpath, piece_pages))
     assemblies: dict[str, Assembly] = {}
     results: dict[str, TableEntry] = {}
 
@@ -196,7 +197,7 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
         conn = await joined(pool)
         try:
             while queue:
-                piece = queue.pop(0)
+                piece = queue.popleft()
                 current_table.set(piece.table.qualified)
                 assembly = assembly_for(piece)
                 conn = await read_with_retries(pool, conn, piece, assembly)
