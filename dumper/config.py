@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ConfigError
+
+N = TypeVar("N", int, float)
 
 FORMATS = ("jsonl", "json")
 COMPRESSIONS = ("none", "gzip")
@@ -51,32 +54,23 @@ class Option:
         return "DUMPER_" + self.name.upper()
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be a whole number >= 1")
-    return value
+def _within(convert: Callable[[str], N], low: float, high: float, meaning: str) -> Callable[[str], N]:
+    """A parser for numbers in [low, high]; nan fails every comparison."""
+    def parse(text: str) -> N:
+        value = convert(text)
+        if not low <= value <= high:
+            raise ValueError(f"must be {meaning}")
+        return value
+    return parse
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise ValueError("must be a TCP port, 1-65535")
-    return value
-
-
-def _level(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 9:
-        raise ValueError("must be a gzip level, 1-9")
-    return value
-
-
-def _part_size(text: str) -> int:
-    value = int(text)
-    if not 5 <= value <= 5120:
-        raise ValueError("must be MiB between 5 and 5120 (S3's part size limits)")
-    return value
+_positive_int = _within(int, 1, math.inf, "a whole number >= 1")
+_port = _within(int, 1, 65535, "a TCP port, 1-65535")
+_level = _within(int, 1, 9, "a gzip level, 1-9")
+_part_size = _within(int, 5, 5120, "MiB between 5 and 5120 (S3's part size limits)")
+# float("inf") is above float_info.max: refused like nan
+_seconds = _within(float, 0, sys.float_info.max, "a number of seconds >= 0 (0 = no limit)")
+_mib = _within(float, 0, sys.float_info.max, "a size in MiB >= 0 (0 = never)")
 
 
 def _boolean(text: str) -> bool:
@@ -85,20 +79,6 @@ def _boolean(text: str) -> bool:
     if text.lower() in ("0", "false", "no", "off", ""):
         return False
     raise ValueError("must be true or false")
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < math.inf:  # also refuses nan
-        raise ValueError("must be a number of seconds >= 0 (0 = no limit)")
-    return value
-
-
-def _mib(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < math.inf:
-        raise ValueError("must be a size in MiB >= 0 (0 = never)")
-    return value
 
 
 def _run_id(text: str) -> str:
