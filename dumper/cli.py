@@ -223,6 +223,9 @@ def cmd_verify(settings: Settings, stdout: TextIO) -> int:
     return 0
 
 
+M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
 def _big_buffers_back_to_the_os() -> None:
     """glibc raises its mmap threshold each time a big block is freed, so that
     multi-MB S3 parts then come from per-thread heaps that never shrink
@@ -233,9 +236,6 @@ def _big_buffers_back_to_the_os() -> None:
     except OSError:  # not glibc (musl, macOS): nothing to tune
         return
     libc.mallopt(M_MMAP_THRESHOLD, 4 << 20)
-
-
-M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,

@@ -171,9 +171,6 @@ class Framer:
         self.rows += rows
         return body if first or not self.array else b",\n" + body
 
-    def frame(self, lines: list[bytes]) -> bytes:
-        return self.place(self.join(lines), len(lines))
-
     def footer(self) -> bytes:
         if not self.array:
             return b""

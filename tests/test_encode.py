@@ -52,7 +52,8 @@ def test_framing_in_any_batches_is_valid_and_countable(rows: list[list[int]], st
     framer = encode.Framer(fmt)
     out = framer.header()
     for i in range(0, len(rows), step):
-        out += framer.frame(encode.encode_rows(["a", "b"], rows[i:i + step]))
+        batch = rows[i:i + step]
+        out += framer.place(framer.join(encode.encode_rows(["a", "b"], batch)), len(batch))
     out += framer.footer()
     expected = [{"a": a, "b": b} for a, b in rows]
     if fmt == "json":
