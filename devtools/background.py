@@ -9,6 +9,15 @@ from collections.abc import Awaitable, Callable
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
+async def _end_connections() -> None:
+    """Connections still being handled (a proxy holding one open) end too, sockets closed."""
+    pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    await asyncio.sleep(0)  # transports close on the next iteration
+
+
 class BackgroundServer:
     def __init__(self, handler: Handler) -> None:
         self._handler = handler
@@ -32,6 +41,7 @@ class BackgroundServer:
             except asyncio.CancelledError:
                 pass
             finally:
+                self._loop.run_until_complete(_end_connections())
                 self._loop.close()
 
         self._thread = threading.Thread(target=run, daemon=True)

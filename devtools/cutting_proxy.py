@@ -1,7 +1,10 @@
-"""A TCP proxy that cuts each connection after N bytes from the client.
+"""A TCP proxy that cuts, or stalls, each connection after N bytes from the client,
+and keeps what clients sent (`requests()` parses it as HTTP/1.1).
 
 Stands in for a network or S3 endpoint failing mid-upload: small requests
-(create/abort multipart upload, list) pass, large part uploads are cut.
+(create/abort multipart upload, list) pass, large part uploads are cut. With
+stall=True the connection is not cut but held open without reading: the
+client's send window closes, as with a frozen endpoint or a black hole.
 """
 
 from __future__ import annotations
@@ -12,18 +15,28 @@ from devtools.background import BackgroundServer
 
 
 class CuttingProxy:
-    def __init__(self, upstream_host: str, upstream_port: int, cut_after: int) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int, cut_after: int | None = None,
+                 stall: bool = False) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.cut_after = cut_after
+        self.stall = stall
         self.port = 0
         self.cuts = 0
+        self.stalls = 0
+        self._handlers: set[asyncio.Task[None]] = set()  # held connections: referenced until stop()
+        self.sent: list[bytearray] = []  # what each client connection sent, in order
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    limit: int | None) -> None:
+                    limit: int | None, keep: bytearray | None = None) -> None:
         sent = 0
         try:
             while data := await reader.read(65536):
+                if keep is not None:
+                    keep += data
                 if limit is not None and sent + len(data) > limit:
+                    if self.stall:
+                        self.stalls += 1
+                        await asyncio.get_running_loop().create_future()  # read nothing more, until stop()
                     self.cuts += 1
                     break
                 sent += len(data)
@@ -35,8 +48,17 @@ class CuttingProxy:
             writer.close()
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        up_r, up_w = await asyncio.open_connection(*self.upstream)
-        await asyncio.gather(self._pipe(client_r, up_w, self.cut_after), self._pipe(up_r, client_w, None))
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.upstream)
+            keep = bytearray()
+            self.sent.append(keep)
+            await asyncio.gather(self._pipe(client_r, up_w, self.cut_after, keep), self._pipe(up_r, client_w, None))
+        finally:
+            client_w.close()
+            self._handlers.discard(task)
 
     def start(self) -> CuttingProxy:
         self._server = BackgroundServer(self._handle).start()
@@ -45,3 +67,21 @@ class CuttingProxy:
 
     def stop(self) -> None:
         self._server.stop()
+
+
+def http_requests(stream: bytes) -> list[tuple[str, dict[str, str]]]:
+    """(request line, headers with lower-case names) of each HTTP/1.1 request in
+    what one client connection sent (bodies framed by Content-Length)."""
+    found = []
+    while stream:
+        head, sep, rest = stream.partition(b"\r\n\r\n")
+        if not sep:
+            raise ValueError(f"incomplete request head: {head[:200]!r}")
+        line, *fields = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (f.partition(":") for f in fields)}
+        if "chunked" in headers.get("transfer-encoding", ""):
+            raise ValueError("chunked bodies are not parsed")
+        length = int(headers.get("content-length", "0"))
+        found.append((line, headers))
+        stream = rest[length:]
+    return found

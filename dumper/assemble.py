@@ -20,26 +20,27 @@ import time
 from collections.abc import Callable
 
 from .encode import Framer
-from .logs import log
 from .sinks import TableFile
 from .stored import StoredWriter
 
 HELD_BYTES = 32 << 20  # JSON held for pieces that are not yet at the head of the file
-PROGRESS_EVERY = 10.0  # seconds between progress lines for a long table
+BIG_BATCH = 16 << 20  # a batch this large is stored before the next one is fetched
+PROGRESS_EVERY = 10.0  # seconds between progress lines for a running table
 
 
 class Assembly:
     """Batches from pieces 0..count-1 into one TableFile, in piece order."""
 
-    def __init__(self, out: TableFile, count: int, framer: Framer, writer: StoredWriter,
+    def __init__(self, name: str, out: TableFile, count: int, framer: Framer, writer: StoredWriter,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name  # schema.table, for progress lines
         self.out = out
         self.count = count
         self.framer = framer
         self.writer = writer
-        self.started = clock()
+        self.started = self.last_data = self.last_report = clock()
+        self.rows_received = 0  # rows of all pieces, written or held
         self._clock = clock
-        self._next_progress = self.started + PROGRESS_EVERY
         self._head = 0  # the piece whose batches go straight to the file
         self._held: dict[int, list[tuple[bytes, int]]] = {}
         self._held_bytes = 0
@@ -50,6 +51,8 @@ class Assembly:
 
     async def add(self, piece: int, body: bytes, rows: int) -> None:
         """A batch of piece `piece` (a Framer.join() of `rows` rows)."""
+        self.last_data = self._clock()
+        self.rows_received += rows
         async with self._turn:
             await self._turn.wait_for(lambda: piece == self._head or self._held_bytes < HELD_BYTES)
             if piece == self._head:
@@ -94,9 +97,8 @@ class Assembly:
         if data:
             await self._stored()  # in order, and one batch in flight at most
             self._storing = asyncio.ensure_future(self._store(data))
-        if self._clock() >= self._next_progress:
-            self._next_progress = self._clock() + PROGRESS_EVERY
-            log.info("progress", extra={"rows": self.framer.rows, "bytes": self.writer.bytes})
+            if len(data) >= BIG_BATCH:  # huge rows: never hold two such batches at once
+                await self._stored()
 
     async def _stored(self) -> None:
         """Waits for the batch in flight; raises its error, if it failed."""

@@ -12,10 +12,11 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
 from . import __version__, auth, job, preflight, schedule
-from .config import OPTIONS, Settings, resolve
+from .config import OPTIONS, Settings, redact_url, resolve, with_url_files
 from .errors import ConfigError, DumperError, Interrupted, VerifyError
 from .logs import log, setup
 from .manifest import MANIFEST_NAME, parse, verify
@@ -154,17 +155,27 @@ def _json_mode(settings_format: str, stdout: TextIO) -> bool:
 def _start_logging(settings: Settings, stdout: TextIO) -> bool:
     json_lines = _json_mode(settings.log_format, stdout)
     setup(json_lines, stdout if json_lines else sys.stderr)
-    if settings.sslmode == "disable":
-        log.warning("WARNING: --sslmode disable: the connection is NOT encrypted; "
-                    "use it only against a local development server")
+    _warn_about_tls(settings)
     return json_lines
+
+
+def _warn_about_tls(settings: Settings) -> None:
+    """Once per process: a password sent to a server nobody authenticated.
+    (--auth iam below verify-full is refused outright by config.resolve.)"""
+    if settings.sslmode == "disable":
+        log.warning("WARNING: --sslmode disable: the connection is NOT encrypted and the password goes in "
+                    "clear text; use it only against a local development server")
+    elif settings.sslmode != "verify-full":
+        log.warning(f"WARNING: --sslmode {settings.sslmode}: the server's identity is not verified "
+                    f"({'no certificate check' if settings.sslmode == 'require' else 'any certificate of the CA'}), "
+                    "so a server that impersonates it receives the password; use --sslmode verify-full")
 
 
 def cmd_run(settings: Settings, stdout: TextIO) -> int:
     json_lines = _start_logging(settings, stdout)
     password = auth.password_provider(settings)  # configuration errors before anything starts
     log.info("run started", extra={"run_id": settings.run_id, "host": settings.host,
-                                   "dbname": settings.dbname, "output": settings.output})
+                                   "dbname": settings.dbname, "output": redact_url(settings.output)})
     outcome = _run_main(job.run_job(settings, password), settings.grace_seconds)
     if outcome.status != "success":
         print(f"dumper: error: {outcome.error}", file=sys.stderr)
@@ -177,6 +188,7 @@ def cmd_schedule(settings: Settings, stdout: TextIO) -> int:
     _start_logging(settings, stdout)
     # One provider for every run: the SDK session keeps its credentials, a valid token is reused.
     password = auth.password_provider(settings)
+    Output.for_settings(settings)  # a bad --output is a configuration error now, not at the first tick
     scheduler = schedule.Scheduler(settings, functools.partial(job.run_job, password=password))
 
     async def serve() -> None:
@@ -193,6 +205,7 @@ def cmd_schedule(settings: Settings, stdout: TextIO) -> int:
 
 def cmd_check(settings: Settings, stdout: TextIO) -> int:
     setup(False, sys.stderr)
+    _warn_about_tls(settings)
     password = auth.password_provider(settings)
     _run_main(preflight.check(settings, password, lambda line: print(line, file=stdout, flush=True)))
     return 0
@@ -248,7 +261,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.command == "verify":
             flags = {**vars(args), "output": args.path}
             return cmd_verify(resolve(flags, environ, database=False), stdout)
-        settings = resolve(vars(args), environ)
+        settings = with_url_files(resolve(vars(args), environ), lambda path: Path(path).read_text())
         command = {"run": cmd_run, "schedule": cmd_schedule, "check": cmd_check, "token": cmd_token}[args.command]
         return command(settings, stdout)
     except DumperError as exc:

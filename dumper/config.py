@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import math
 import sys
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -124,6 +125,8 @@ OPTIONS: tuple[Option, ...] = (
            _seconds),
     Option("statement_timeout", "seconds one statement (one cursor fetch) may take (0 = no limit)", 0.0,
            _seconds),
+    Option("stall_timeout", "seconds without data from the database, or without the output accepting bytes, "
+           "before the run fails (0 = wait forever)", 600.0, _seconds),
     Option("connect_attempts", "attempts to connect when the server refuses or restarts (backoff ~0.5-8 s)",
            6, _positive_int),
     Option("run_attempts", "attempts at the whole run when its snapshot is lost (server restart)", 3,
@@ -136,7 +139,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics_file", "write Prometheus metrics for node-exporter's textfile collector to this .prom file",
            commands=RUNS),
     Option("pushgateway_url", "push Prometheus metrics to this Pushgateway after each run", commands=RUNS),
-    Option("notify_url", "POST a JSON summary of each run to this webhook URL", commands=RUNS),
+    Option("pushgateway_url_file", "read --pushgateway-url from this file (e.g. a mounted Secret)",
+           commands=RUNS),
+    Option("notify_url", "POST a JSON summary of each run to this webhook URL (a secret for Slack-style "
+           "hooks: prefer --notify-url-file)", commands=RUNS),
+    Option("notify_url_file", "read --notify-url from this file (e.g. a mounted Secret), so the URL is in no "
+           "command line or ConfigMap", commands=RUNS),
     Option("notify_on", "when to call --notify-url", "always", choices=NOTIFY_ON, commands=RUNS),
     Option("cron", "schedule: cron expression, 5 fields (min hour dom mon dow) or 6 (sec first)",
            commands=SCHEDULE),
@@ -178,14 +186,18 @@ class Settings:
     batch_rows: int = 1000
     lock_timeout: float = 60.0
     statement_timeout: float = 0.0
+    stall_timeout: float = 600.0
     connect_attempts: int = 6
     run_attempts: int = 3
     grace_seconds: float = 20.0
     run_id: str = ""
     log_format: str = "auto"
     metrics_file: str | None = None
-    pushgateway_url: str | None = None
-    notify_url: str | None = None
+    # Webhook URLs carry secrets (Slack-style tokens in the path): never in repr or logs.
+    pushgateway_url: str | None = field(default=None, repr=False)
+    pushgateway_url_file: str | None = None
+    notify_url: str | None = field(default=None, repr=False)
+    notify_url_file: str | None = None
     notify_on: str = "always"
     cron: str | None = None
     timezone: str = "UTC"
@@ -198,10 +210,58 @@ class Settings:
     aws_role_arn: str | None = None
 
     def public_dict(self) -> dict[str, Any]:
-        """Settings safe to log: everything but the password."""
+        """Settings safe to log: no password, URLs without their secrets."""
         data = dataclasses.asdict(self)
         data.pop("password")
+        data["output"] = redact_url(self.output)
+        for name in ("pushgateway_url", "notify_url"):
+            data[name] = redact_url(data[name], keep_path=False) if data[name] else None
         return data
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.public_dict().items())
+        return f"Settings({shown})"
+
+
+def redact_url(url: str, keep_path: bool = True) -> str:
+    """A URL fit for logs and errors: no user info (user:password@), no query
+    string or fragment, and with keep_path=False (webhooks, whose path is the
+    secret) only scheme://host[:port]/..."""
+    if "://" not in url:  # a local path, or a URL missing its scheme (then its first segment only)
+        head = url.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+        return url if keep_path else head + ("/..." if head != url else "")
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"***@{host}" if "@" in parts.netloc else host
+    path = parts.path if keep_path else ("/..." if parts.path.strip("/") else "")
+    tail = "?***" if parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{netloc}{path}{tail}"
+
+
+def _http_url(option: str, url: str) -> None:
+    """A webhook / Pushgateway URL must be http(s) with a host; the error never echoes it."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{option}: not an http(s):// URL with a host name ({redact_url(url, keep_path=False)!r} "
+                          "shown without its path and query); give the full URL, e.g. https://hooks.example.com/...")
+
+
+def with_url_files(settings: Settings, read: Callable[[str], str]) -> Settings:
+    """Settings with --notify-url-file / --pushgateway-url-file read (by `read`)
+    into the URLs they name, checked like the URLs themselves."""
+    found: dict[str, Any] = {}
+    for name in ("notify_url", "pushgateway_url"):
+        path = getattr(settings, f"{name}_file")
+        if not path:
+            continue
+        flag = "--" + name.replace("_", "-") + "-file"
+        try:
+            url = read(path).strip()
+        except OSError as exc:
+            raise ConfigError(f"{flag}: cannot read {path!r}: {exc.strerror or exc}") from None
+        _http_url(flag, url)
+        found[name] = url
+    return dataclasses.replace(settings, **found) if found else settings
 
 
 def default_run_id(now: dt.datetime) -> str:
@@ -277,5 +337,15 @@ def resolve(
     values["aws_role_arn"] = environ.get("AWS_ROLE_ARN") or None
     if values.get("s3_kms_key_id") and values["s3_sse"] != "aws:kms":
         raise ConfigError("--s3-kms-key-id: only used with --s3-sse aws:kms")
+    if values["auth"] == "iam" and values["sslmode"] != "verify-full":
+        raise ConfigError(
+            f"--sslmode {values['sslmode']}: --auth iam sends an IAM token (a 15-minute bearer credential) as the "
+            "password, so it goes only to a server whose certificate and host name were verified; use "
+            "--sslmode verify-full with --sslrootcert (the RDS CA bundle)")
+    for name in ("notify_url", "pushgateway_url"):
+        if values.get(name) and values.get(f"{name}_file"):
+            raise ConfigError(f"--{name.replace('_', '-')} and --{name.replace('_', '-')}-file: give one of them")
+        if values.get(name):
+            _http_url("--" + name.replace("_", "-"), values[name])
     values.setdefault("run_id", default_run_id(now or dt.datetime.now(dt.UTC)))
     return Settings(**values)

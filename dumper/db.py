@@ -86,6 +86,7 @@ def ssl_context(sslmode: str, sslrootcert: str | None) -> ssl.SSLContext | bool:
 def session_settings(settings: Settings) -> dict[str, str]:
     return {
         "application_name": f"dumper/{__version__}",
+        "search_path": "",  # no code from a user schema runs in our sessions (CVE-2018-1058)
         "TimeZone": "UTC",
         "DateStyle": "ISO, MDY",
         "IntervalStyle": "postgres",
@@ -96,6 +97,8 @@ def session_settings(settings: Settings) -> dict[str, str]:
         "lock_timeout": str(int(settings.lock_timeout * 1000)),
         "idle_in_transaction_session_timeout": "0",  # the snapshot holder idles for the whole run
         "statement_timeout": "0",  # --statement-timeout applies to table reads only (join_snapshot)
+        # The server side of keepalive: a dump that died is noticed, its transaction ended.
+        "tcp_keepalives_idle": "60", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "6",
     }
 
 
@@ -174,31 +177,58 @@ def table_error(exc: BaseException, table: str) -> DumperError:
 _CONNECT_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
                      asyncpg.InternalClientError)
 
+# The client side of TCP keepalive: a peer that vanished (a dropped NAT entry,
+# a failover) is noticed between fetches in about KEEPIDLE + KEEPINTVL * KEEPCNT.
+KEEPALIVE = {"TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 3}
 
-async def connect(settings: Settings, password: PasswordProvider) -> Any:
+
+def _keepalive(conn: Any) -> None:
+    # asyncpg has no option for it; its transport's socket is the only handle.
+    transport = getattr(conn, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # a Unix socket has no keepalive
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in KEEPALIVE.items():
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+async def connect(settings: Settings, password: PasswordProvider, *, codecs: bool = False) -> Any:
+    """A new session (retried while the failure can heal), with keepalives and,
+    for table reads, the codecs of encode.Kind."""
+    async def attempt() -> Any:
+        conn = await asyncpg.connect(**connect_kwargs(settings, password))
+        try:
+            _keepalive(conn)
+            if codecs:
+                async with stall_guard(settings.stall_timeout, "while setting up a connection"):
+                    await register_codecs(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
     try:
-        return await with_retries("connect", lambda: asyncpg.connect(**connect_kwargs(settings, password)),
-                                  settings.connect_attempts)
+        return await with_retries("connect", attempt, settings.connect_attempts)
     except _CONNECT_FAILURES as exc:
         raise connect_error(exc, settings) from exc
 
 
-async def create_pool(settings: Settings, password: PasswordProvider, size: int) -> Any:
-    """A pool of `size` connections; a broken one released to it is replaced on
-    the next acquire (with a fresh password from the provider)."""
+@contextlib.asynccontextmanager
+async def stall_guard(seconds: float, where: str) -> AsyncIterator[None]:
+    """Ends the block with DumpError when the database sends nothing for
+    `seconds` (0: no limit). The caller must then terminate the connection."""
+    deadline = asyncio.timeout(seconds or None)
     try:
-        return await with_retries("connect", lambda: asyncpg.create_pool(
-            **connect_kwargs(settings, password), min_size=size, max_size=size, init=register_codecs),
-            settings.connect_attempts)
-    except _CONNECT_FAILURES as exc:
-        raise connect_error(exc, settings) from exc
-
-
-async def acquire(pool: Any, settings: Settings) -> Any:
-    try:
-        return await with_retries("connect", pool.acquire, settings.connect_attempts)
-    except _CONNECT_FAILURES as exc:
-        raise connect_error(exc, settings) from exc
+        async with deadline:
+            yield
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise DumpError(f"{where}: the database sent nothing for {seconds:g} s (--stall-timeout): the server, "
+                        "or the network to it, stalled; check the server's health and load, or raise "
+                        "--stall-timeout") from None
 
 
 async def close(conn: Any) -> None:
@@ -215,12 +245,13 @@ async def export_snapshot(conn: Any) -> str:
     return str(await conn.fetchval("SELECT pg_catalog.pg_export_snapshot()"))
 
 
-async def import_snapshot(conn: Any, snapshot_id: str, statement_timeout: float = 0.0) -> None:
+async def import_snapshot(conn: Any, snapshot_id: str, settings: Settings) -> None:
     """Join the run's snapshot; SnapshotLost once its exporting transaction is gone."""
     try:
-        await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        await conn.execute("SET TRANSACTION SNAPSHOT " + _quote_literal(snapshot_id))
-        await conn.execute(f"SET LOCAL statement_timeout = {int(statement_timeout * 1000)}")
+        async with stall_guard(settings.stall_timeout, f"while joining snapshot {snapshot_id}"):
+            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            await conn.execute("SET TRANSACTION SNAPSHOT " + _quote_literal(snapshot_id))
+            await conn.execute(f"SET LOCAL statement_timeout = {int(settings.statement_timeout * 1000)}")
     except LOST as exc:
         raise ConnectionLost(f"the connection was lost while joining snapshot {snapshot_id}: {exc}") from exc
     except asyncpg.PostgresError as exc:
@@ -233,10 +264,11 @@ def _quote_literal(text: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def preparing() -> AsyncIterator[None]:
+async def preparing(settings: Settings) -> AsyncIterator[None]:
     """Errors while taking the snapshot and reading the catalog, said plainly."""
     try:
-        yield
+        async with stall_guard(settings.stall_timeout, "while taking the snapshot and reading the catalog"):
+            yield
     except LOST as exc:
         raise ConnectionLost(f"the connection was lost while preparing the run: {exc}") from exc
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -244,10 +276,15 @@ async def preparing() -> AsyncIterator[None]:
                         f"{type(exc).__name__}: {exc}") from exc
 
 
-async def lock_table(conn: Any, relation_sql: str, table: str) -> None:
+async def lock_table(conn: Any, relation_sql: str, table: str, settings: Settings) -> None:
     """ACCESS SHARE, as pg_dump takes: no DROP/ALTER until the run ends."""
+    # The server ends a lock wait at --lock-timeout; past that, the server is stalled.
+    bound = settings.lock_timeout + settings.stall_timeout if settings.lock_timeout and settings.stall_timeout else 0
     try:
-        await conn.execute(f"LOCK TABLE {relation_sql} IN ACCESS SHARE MODE")
+        async with stall_guard(bound, f"table {table}: while locking it"):
+            await conn.execute(f"LOCK TABLE {relation_sql} IN ACCESS SHARE MODE")
+    except LOST as exc:
+        raise ConnectionLost(f"table {table}: the connection was lost while locking it: {exc}") from exc
     except asyncpg.PostgresError as exc:
         raise table_error(exc, table) from exc
 
@@ -258,30 +295,37 @@ async def register_codecs(conn: Any) -> None:
         await conn.set_type_codec(name, schema="pg_catalog", encoder=str, decoder=decoder, format="text")
 
 
+
 async def server_version(conn: Any) -> str:
     return str(await conn.fetchval("SHOW server_version"))
 
 
 async def scan_facts(conn: Any) -> tuple[int, int]:
     """server_version_num and block_size: can pages be read by range, and how big is one."""
-    row = await conn.fetchrow("SELECT pg_catalog.current_setting('server_version_num')::int, "
-                              "pg_catalog.current_setting('block_size')::int")
+    row = await conn.fetchrow("SELECT pg_catalog.current_setting('server_version_num')::pg_catalog.int4, "
+                              "pg_catalog.current_setting('block_size')::pg_catalog.int4")
     return int(row[0]), int(row[1])
 
 
-async def stream(conn: Any, sql: str, table: str,
-                 next_size: Callable[[], int]) -> AsyncIterator[list[Any]]:
+async def stream(conn: Any, sql: str, table: str, next_size: Callable[[], int],
+                 stall_timeout: float) -> AsyncIterator[list[Any]]:
     """Batches of records from a server-side cursor, each as large as
-    `next_size()` says at that moment (so the caller can bound bytes, not rows)."""
+    `next_size()` says at that moment (so the caller can bound bytes, not rows).
+    A fetch that gets no data for `stall_timeout` seconds ends the read."""
+    where = f"table {table}"
     try:
-        cursor = await conn.cursor(sql)
+        async with stall_guard(stall_timeout, where):
+            cursor = await conn.cursor(sql)
         while True:
             size = next_size()
-            records = await cursor.fetch(size)
+            async with stall_guard(stall_timeout, where):
+                records = await cursor.fetch(size)
+            last = len(records) < size  # before the caller sees (and may clear) the list
             if records:
                 yield records
-            if len(records) < size:
+            if last:
                 return
+            del records  # not alive during the next fetch
     except LOST as exc:
         # Terminated backend, server restart, network: the connection object is
         # unusable now (InternalClientError when the notice came between fetches).

@@ -44,6 +44,14 @@ class Table:
     partitioned: bool
     pages: int
     columns: tuple[Column, ...]
+    # Set by measured(), partitions summed:
+    bytes: int = 0  # on disk with TOAST (pg_table_size)
+    toast_bytes: int = 0  # out-of-line values: some value is larger than ~2 kB
+    rows_estimate: float = -1.0  # reltuples (-1: never analyzed)
+
+    def row_bytes(self) -> float:
+        """Average bytes of one row on disk, TOAST included (0: unknown)."""
+        return self.bytes / self.rows_estimate if self.rows_estimate > 0 else 0.0
 
     @property
     def qualified(self) -> str:
@@ -59,8 +67,8 @@ class Table:
         # file. A partitioned root must be read without ONLY to see its rows.
         only = "" if self.partitioned else "ONLY "
         cols = ", ".join(c.select_sql() for c in self.columns)
-        ranges = [f"ctid >= '({first_page},0)'::pg_catalog.tid" if first_page is not None else "",
-                  f"ctid < '({end_page},0)'::pg_catalog.tid" if end_page is not None else ""]
+        ranges = [f"ctid OPERATOR(pg_catalog.>=) '({first_page},0)'::pg_catalog.tid" if first_page is not None else "",
+                  f"ctid OPERATOR(pg_catalog.<) '({end_page},0)'::pg_catalog.tid" if end_page is not None else ""]
         where = " AND ".join(r for r in ranges if r)
         return f"SELECT {cols} FROM {only}{self.relation_sql()}" + (f" WHERE {where}" if where else "")
 
@@ -88,11 +96,11 @@ def select_tables(
 
 
 _TABLES_SQL = """
-SELECT c.oid, n.nspname, c.relname, c.relkind = 'p' AS partitioned,
-       GREATEST(c.relpages, 0)::bigint AS pages
+SELECT c.oid, n.nspname, c.relname, c.relkind OPERATOR(pg_catalog.=) 'p' AS partitioned,
+       GREATEST(c.relpages, 0)::pg_catalog.int8 AS pages
 FROM pg_catalog.pg_class c
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = ANY($1::text[])
+JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+WHERE n.nspname OPERATOR(pg_catalog.=) ANY($1::pg_catalog.text[])
   AND c.relkind IN ('r', 'p')
   AND NOT c.relispartition  -- a partition is dumped through its root
 ORDER BY n.nspname, c.relname
@@ -102,7 +110,8 @@ _COLUMNS_SQL = """
 SELECT a.attrelid, a.attname, a.atttypid,
        pg_catalog.format_type(a.atttypid, a.atttypmod) AS type
 FROM pg_catalog.pg_attribute a
-WHERE a.attrelid = ANY($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+WHERE a.attrelid OPERATOR(pg_catalog.=) ANY($1::pg_catalog.oid[]) AND a.attnum OPERATOR(pg_catalog.>) 0
+  AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
 """
 
@@ -110,31 +119,42 @@ ORDER BY a.attrelid, a.attnum
 # takes a lock, so this runs once the run holds its own locks on the tables.
 _PAGES_SQL = """
 SELECT t.oid,
-       (CASE WHEN c.relkind = 'p'
-             THEN (SELECT COALESCE(sum(pg_catalog.pg_relation_size(p.relid)), 0)
-                   FROM pg_catalog.pg_partition_tree(t.oid) p)
-             ELSE pg_catalog.pg_relation_size(t.oid)
-        END / pg_catalog.current_setting('block_size')::int)::bigint AS pages
-FROM unnest($1::oid[]) AS t(oid)
-JOIN pg_catalog.pg_class c ON c.oid = t.oid
+       pg_catalog.sum(pg_catalog.pg_relation_size(p.oid))::pg_catalog.int8
+        OPERATOR(pg_catalog./) pg_catalog.current_setting('block_size')::pg_catalog.int8 AS pages,
+       pg_catalog.sum(pg_catalog.pg_table_size(p.oid))::pg_catalog.int8 AS bytes,
+       COALESCE(pg_catalog.sum(pg_catalog.pg_relation_size(p.reltoastrelid)), 0)::pg_catalog.int8 AS toast_bytes,
+       pg_catalog.sum(GREATEST(p.reltuples, 0))::pg_catalog.float8 AS rows,
+       pg_catalog.bool_or(p.reltuples OPERATOR(pg_catalog.>=) 0) AS analyzed
+FROM pg_catalog.unnest($1::pg_catalog.oid[]) AS t(oid)
+JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.oid
+CROSS JOIN LATERAL (
+    SELECT r.oid, r.reltuples, r.reltoastrelid FROM pg_catalog.pg_class r
+    WHERE r.oid OPERATOR(pg_catalog.=) ANY (
+        CASE WHEN c.relkind OPERATOR(pg_catalog.=) 'p'
+             THEN ARRAY(SELECT pt.relid FROM pg_catalog.pg_partition_tree(t.oid) pt
+                        WHERE pt.isleaf)
+             ELSE ARRAY[t.oid] END)
+) p
+GROUP BY t.oid
 """
 
 # Domain -> base type, following domains over domains.
 _BASE_TYPES_SQL = """
 WITH RECURSIVE chain(start, oid, typtype, typbasetype) AS (
     SELECT t.oid, t.oid, t.typtype, t.typbasetype
-    FROM pg_catalog.pg_type t WHERE t.oid = ANY($1::oid[])
+    FROM pg_catalog.pg_type t WHERE t.oid OPERATOR(pg_catalog.=) ANY($1::pg_catalog.oid[])
   UNION ALL
     SELECT chain.start, t.oid, t.typtype, t.typbasetype
-    FROM chain JOIN pg_catalog.pg_type t ON t.oid = chain.typbasetype
-    WHERE chain.typtype = 'd'
+    FROM chain JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) chain.typbasetype
+    WHERE chain.typtype OPERATOR(pg_catalog.=) 'd'
 )
 SELECT chain.start, chain.oid AS base,
-       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(t.typname) AS base_name
+       pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||)
+       pg_catalog.quote_ident(t.typname) AS base_name
 FROM chain
-JOIN pg_catalog.pg_type t ON t.oid = chain.oid
-JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-WHERE chain.typtype <> 'd'
+JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) chain.oid
+JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.typnamespace
+WHERE chain.typtype OPERATOR(pg_catalog.<>) 'd'
 """
 
 
@@ -142,7 +162,8 @@ async def discover(conn: Any, schemas: Sequence[str], include: Sequence[str],
                    exclude: Sequence[str]) -> list[Table]:
     """Tables to dump, in catalog order, with their columns and read plans."""
     present = {r[0] for r in await conn.fetch(
-        "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname = ANY($1::text[])", list(schemas))}
+        "SELECT nspname FROM pg_catalog.pg_namespace "
+        "WHERE nspname OPERATOR(pg_catalog.=) ANY($1::pg_catalog.text[])", list(schemas))}
     missing = [s for s in schemas if s not in present]
     if missing:
         raise ConfigError(f"--schema: schema {missing[0]!r} does not exist in this database")
@@ -172,6 +193,11 @@ async def discover(conn: Any, schemas: Sequence[str], include: Sequence[str],
 
 
 async def measured(conn: Any, tables: Sequence[Table]) -> list[Table]:
-    """The tables with their current size in pages (call with the tables locked)."""
-    pages = {r["oid"]: r["pages"] for r in await conn.fetch(_PAGES_SQL, [t.oid for t in tables])}
-    return [dataclasses.replace(t, pages=pages[t.oid]) for t in tables]
+    """The tables with their current size (call with the tables locked)."""
+    sizes = {r["oid"]: r for r in await conn.fetch(_PAGES_SQL, [t.oid for t in tables])}
+    def sized(table: Table, row: Any) -> Table:
+        return dataclasses.replace(table, pages=row["pages"] or 0, bytes=row["bytes"] or 0,
+                                   toast_bytes=row["toast_bytes"],
+                                   rows_estimate=row["rows"] if row["analyzed"] else -1.0)
+
+    return [sized(t, sizes[t.oid]) if t.oid in sizes else t for t in tables]

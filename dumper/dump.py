@@ -17,37 +17,50 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import __version__, db
-from .assemble import Assembly
+from .assemble import PROGRESS_EVERY, Assembly
 from .config import Settings
 from .discover import Table, discover, measured
 from .encode import Framer, encode_rows
-from .errors import ConfigError, ConnectionLost, DumperError, SnapshotLost
+from .errors import ConnectionLost, DumperError, SnapshotLost
 from .logs import current_table, log
 from .manifest import LATEST_NAME, MANIFEST_NAME, Manifest, TableEntry, table_file_name, unique_file_names
 from .sinks import Output
 from .stored import StoredWriter
 
 BATCH_BYTES = 4 << 20  # aim for ~4 MB of JSON per fetch: bounds memory for wide rows
-FIRST_BATCH = 8  # rows, before the row width is known
+LARGE_ROW = BATCH_BYTES // 8  # once a row this large is seen, fetches are sized by the largest row
+JSON_PER_DISK_BYTE = 2  # bytea doubles in hex; TOAST-compressed text grows back
 TABLE_ATTEMPTS = 3  # a piece whose connection dies is read again, in the same snapshot
 
 
 @dataclass
 class _Batcher:
-    """Rows per fetch, so that a batch holds about BATCH_BYTES of output."""
+    """Rows per fetch, so that a batch holds about BATCH_BYTES of JSON.
+
+    The first fetch is one row when the table has out-of-line (TOAST) values,
+    whose size nothing in the catalog tells (compressed on disk, 48 MB in
+    JSON), and otherwise sized from the table's average row on disk. Later
+    fetches follow the rows seen; once a large row was seen, the largest one,
+    so a table of huge documents is read one row at a time.
+    """
 
     max_rows: int
-    rows: int = FIRST_BATCH
+    disk_row_bytes: float  # the table's average row (0: unknown, or values out of line)
+    rows: int = 1
+    largest: int = 0
 
     def __post_init__(self) -> None:
-        self.rows = min(self.rows, self.max_rows)
+        self.rows = self._fit(self.disk_row_bytes * JSON_PER_DISK_BYTE) if self.disk_row_bytes else 1
+
+    def _fit(self, row_bytes: float) -> int:
+        return max(1, min(self.max_rows, int(BATCH_BYTES // max(row_bytes, 1.0))))
 
     def size(self) -> int:
         return self.rows
 
-    def seen(self, rows: int, nbytes: int) -> None:
-        per_row = max(1, nbytes // max(1, rows))
-        self.rows = max(1, min(self.max_rows, BATCH_BYTES // per_row))
+    def seen(self, rows: int, nbytes: int, largest: int) -> None:
+        self.largest = max(self.largest, largest)
+        self.rows = self._fit(self.largest if self.largest >= LARGE_ROW else nbytes / max(1, rows))
 
 
 @dataclass(frozen=True)
@@ -112,17 +125,25 @@ async def _read_piece(conn: Any, piece: Piece, assembly: Assembly, settings: Set
     """
     table = piece.table
     names = [c.name for c in table.columns]
-    batcher = _Batcher(settings.batch_rows)
+    batcher = _Batcher(settings.batch_rows, 0.0 if table.toast_bytes else table.row_bytes())
     skip = delivered.rows
-    async for records in db.stream(conn, table.select_sql(piece.first_page, piece.end_page),
-                                   table.qualified, batcher.size):
-        if skip:
-            records, skip = records[skip:], max(0, skip - len(records))
+    async for batch in db.stream(conn, table.select_sql(piece.first_page, piece.end_page),
+                                 table.qualified, batcher.size, settings.stall_timeout):
+        records = batch[skip:] if skip else batch
+        skip = max(0, skip - len(batch))
         if records:
-            body = assembly.framer.join(encode_rows(names, records))
-            await assembly.add(piece.index, body, len(records))
-            delivered.rows += len(records)
-            batcher.seen(len(records), len(body))
+            count = len(records)
+            lines = encode_rows(names, records)
+            batch.clear()  # huge rows: the decoded values go before the file write (the stream holds `batch`)
+            records = []
+            largest = max(map(len, lines))
+            body = assembly.framer.join(lines)
+            lines.clear()
+            size = len(body)
+            await assembly.add(piece.index, body, count)
+            del body  # not alive during the next fetch
+            delivered.rows += count
+            batcher.seen(count, size, largest)
 
 
 def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -163,74 +184,83 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
         if piece.relpath not in assemblies:
             log.info("started", extra={"pieces": piece.count} if piece.count > 1 else {})
             assemblies[piece.relpath] = Assembly(
-                output.open_table(piece.relpath), piece.count, Framer(settings.format),
-                StoredWriter(settings.compression, settings.gzip_level))
+                piece.table.qualified, output.open_table(piece.relpath), piece.count,
+                Framer(settings.format), StoredWriter(settings.compression, settings.gzip_level))
         return assemblies[piece.relpath]
 
-    async def joined(pool: Any) -> Any:
-        conn = await db.acquire(pool, settings)
+    async def joined() -> Any:
+        """A new connection in the run's snapshot (ConnectionLost / SnapshotLost if not)."""
+        conn = await db.connect(settings, password, codecs=True)
         try:
-            await db.import_snapshot(conn, snapshot_id, settings.statement_timeout)
+            await db.import_snapshot(conn, snapshot_id, settings)
         except BaseException:
-            await pool.release(conn)
+            conn.terminate()
             raise
         return conn
 
-    async def read_with_retries(pool: Any, conn: Any, piece: Piece, assembly: Assembly) -> Any:
-        """Returns the connection to go on with (a new one after a lost connection)."""
-        delivered = _Delivered()
-        for attempt in range(1, TABLE_ATTEMPTS + 1):
-            try:
-                await _read_piece(conn, piece, assembly, settings, delivered)
-                return conn
-            except ConnectionLost as exc:
-                await pool.release(conn)  # the pool replaces the broken connection
-                conn = None
-                if attempt == TABLE_ATTEMPTS:
-                    raise
-                log.warning("connection lost; reading the rest again in the same snapshot",
-                            extra={"attempt": attempt + 1, "of": TABLE_ATTEMPTS, "error": str(exc)})
-                conn = await joined(pool)  # SnapshotLost if the server restarted
-        raise AssertionError("unreachable")
-
-    async def worker(pool: Any) -> None:
-        conn = await joined(pool)
+    async def worker() -> None:
+        # Each worker owns its connection: after any failure it is terminated,
+        # never reused, so no half-finished protocol state can leak into a retry.
+        conn: Any = None
         try:
             while queue:
                 piece = queue.popleft()
                 current_table.set(piece.table.qualified)
                 assembly = assembly_for(piece)
-                conn = await read_with_retries(pool, conn, piece, assembly)
+                delivered = _Delivered()
+                for attempt in range(1, TABLE_ATTEMPTS + 1):
+                    conn = conn or await joined()
+                    try:
+                        await _read_piece(conn, piece, assembly, settings, delivered)
+                        break
+                    except ConnectionLost as exc:
+                        conn.terminate()
+                        conn = None
+                        if attempt == TABLE_ATTEMPTS:
+                            raise
+                        log.warning("connection lost; reading the rest again in the same snapshot",
+                                    extra={"attempt": attempt + 1, "of": TABLE_ATTEMPTS, "error": str(exc)})
                 if await assembly.piece_done(piece.index):
                     await assembly.commit()
                     committed.append(piece.relpath)
                     results[piece.relpath] = entry = _entry(piece, assembly)
                     log.info("done", extra={"rows": entry.rows, "bytes": entry.bytes, "seconds": entry.seconds})
                 current_table.set(None)
-            await conn.execute("ROLLBACK")  # read-only: nothing to keep
-        finally:
+        except BaseException:
             if conn is not None:
-                await pool.release(conn)
+                conn.terminate()  # it may be mid-fetch: closing politely could wait on a stalled server
+            raise
+        if conn is not None:
+            await db.close(conn)  # read-only: ending the session ends its transaction
 
     jobs = max(1, min(settings.jobs, len(queue)))
-    pool = await db.create_pool(settings, password, jobs)
+    beat = asyncio.create_task(_heartbeat(assemblies, results))
     try:
-        try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(jobs):
-                    group.create_task(worker(pool))
-        finally:
-            for relpath, assembly in assemblies.items():
-                if relpath not in results:
-                    await assembly.abandon()
+        async with asyncio.TaskGroup() as group:
+            for _ in range(jobs):
+                group.create_task(worker())
     except BaseExceptionGroup as exc:
-        pool.terminate()
         raise _first_error(exc) from None
-    except BaseException:
-        pool.terminate()
-        raise
-    await pool.close()
+    finally:
+        beat.cancel()
+        for relpath, assembly in assemblies.items():
+            if relpath not in results:
+                await assembly.abandon()
     return [results[relpath] for _, relpath in work]
+
+
+async def _heartbeat(assemblies: dict[str, Assembly], finished: dict[str, TableEntry]) -> None:
+    """A progress line for every running table at least every PROGRESS_EVERY
+    seconds, data or not: a stall shows in the log before it fails the run."""
+    while True:
+        await asyncio.sleep(1.0)
+        now = time.monotonic()
+        for relpath, assembly in list(assemblies.items()):
+            if relpath not in finished and now >= assembly.last_report + PROGRESS_EVERY:
+                assembly.last_report = now
+                log.info("progress", extra={
+                    "table": assembly.name, "rows": assembly.rows_received, "bytes": assembly.writer.bytes,
+                    "seconds_since_data": round(now - assembly.last_data, 1)})
 
 
 async def run(settings: Settings, password: db.PasswordProvider, output: Output,
@@ -241,32 +271,33 @@ async def run(settings: Settings, password: db.PasswordProvider, output: Output,
     died), the run starts again with a fresh snapshot, up to --run-attempts:
     the result is exactly one complete dump, or an error.
     """
-    for attempt in range(1, settings.run_attempts + 1):
-        try:
-            return await _run_once(settings, password, output, clock)
-        except (SnapshotLost, ConnectionLost) as exc:
-            if attempt == settings.run_attempts:
-                raise
-            log.warning("snapshot lost; starting the run again with a fresh snapshot",
-                        extra={"attempt": attempt + 1, "of": settings.run_attempts, "error": str(exc)})
-            await asyncio.sleep(min(2.0 ** attempt, 30.0))
-    raise AssertionError("unreachable")
+    await asyncio.to_thread(output.make_run_dir, settings.run_id)  # new, private, writable: before any table
+    try:
+        for attempt in range(1, settings.run_attempts + 1):
+            try:
+                return await _run_once(settings, password, output, clock)
+            except (SnapshotLost, ConnectionLost) as exc:
+                if attempt == settings.run_attempts:
+                    raise
+                log.warning("snapshot lost; starting the run again with a fresh snapshot",
+                            extra={"attempt": attempt + 1, "of": settings.run_attempts, "error": str(exc)})
+                await asyncio.sleep(min(2.0 ** attempt, 30.0))
+        raise AssertionError("unreachable")
+    except BaseException:
+        await asyncio.shield(asyncio.to_thread(output.remove_dir_if_empty, settings.run_id))
+        raise
 
 
 async def _run_once(settings: Settings, password: db.PasswordProvider, output: Output,
                     clock: Callable[[], dt.datetime]) -> Manifest:
     started = clock()
     run_dir = settings.run_id
-    if await asyncio.to_thread(output.exists, f"{run_dir}/{MANIFEST_NAME}"):
-        raise ConfigError(f"--run-id: {output.url_of(run_dir)} already holds a complete dump; "
-                          "choose another run id")
     committed: list[str] = []
     done = False
     try:
-        await asyncio.to_thread(output.make_dir, run_dir)  # fail fast if the output is not writable
         coordinator = await db.connect(settings, password)
         try:
-            async with db.preparing():
+            async with db.preparing(settings):
                 snapshot_id = await db.export_snapshot(coordinator)
                 version = await db.server_version(coordinator)
                 piece_pages = await _piece_pages(coordinator, settings)
@@ -274,8 +305,8 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
             log.info("snapshot taken", extra={"snapshot_id": snapshot_id, "tables": len(tables),
                                               "server_version": version})
             for table in tables:
-                await db.lock_table(coordinator, table.relation_sql(), table.qualified)
-            async with db.preparing():
+                await db.lock_table(coordinator, table.relation_sql(), table.qualified, settings)
+            async with db.preparing(settings):
                 tables = await measured(coordinator, tables)
             names = unique_file_names([
                 table_file_name(t.schema, t.name, settings.format, settings.compression) for t in tables])
@@ -296,7 +327,7 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
         done = True
     finally:
         if not done:  # leave nothing that could pass for a (partial) dump
-            await asyncio.shield(asyncio.to_thread(_remove_all, output, committed, run_dir))
+            await asyncio.shield(asyncio.to_thread(_remove_all, output, committed))
     await output.put(LATEST_NAME, settings.run_id.encode() + b"\n")
     return manifest
 
@@ -312,7 +343,6 @@ async def _piece_pages(conn: Any, settings: Settings) -> int:
     return max(1, int(settings.split_mib * (1 << 20)) // block_size)
 
 
-def _remove_all(output: Output, relpaths: list[str], run_dir: str) -> None:
+def _remove_all(output: Output, relpaths: list[str]) -> None:
     for relpath in relpaths:
         output.remove(relpath)
-    output.remove_dir_if_empty(run_dir)

@@ -18,8 +18,8 @@ async def run_job(settings: Settings, password: db.PasswordProvider) -> Outcome:
     """Dump once; never raises for a failed run (the outcome says how it ended),
     except CancelledError, which propagates after the outcome is published."""
     started = time.time()
-    output = Output.for_settings(settings)
     try:
+        output = Output.for_settings(settings)
         manifest = await dump.run(settings, password, output)
     except DumperError as exc:
         outcome = Outcome(settings.run_id, "failed", started, time.time(), exc.exit_code, str(exc))

@@ -54,10 +54,35 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+_LIBRARIES = "dumper-libraries"
+
+
+class _LibraryFilter(logging.Filter):
+    """Records of other libraries (asyncpg, botocore, apscheduler, asyncio) name
+    their logger; their tracebacks are dropped, the error is what the run reports."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.logger = record.name
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
 def setup(json_lines: bool, stream: TextIO = sys.stderr) -> None:
+    formatter = JsonFormatter() if json_lines else TextFormatter()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
+    handler.setFormatter(formatter)
     handler.addFilter(_TableFilter())
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False
+    # Libraries' warnings go through the same format, never as bare stderr lines.
+    libraries = logging.StreamHandler(stream)
+    libraries.setFormatter(formatter)
+    libraries.addFilter(_LibraryFilter())
+    libraries.setLevel(logging.WARNING)
+    libraries.name = _LIBRARIES
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if h.name != _LIBRARIES] + [libraries]
+    if root.level > logging.WARNING or root.level == logging.NOTSET:
+        root.setLevel(logging.WARNING)

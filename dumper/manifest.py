@@ -103,6 +103,13 @@ def parse(data: bytes) -> dict[str, Any]:
     return doc
 
 
+def is_file_name(path: Any) -> bool:
+    """A name that stays in the run folder: what table_file_name() makes, never
+    a path (no separators, no '..', not hidden, not absolute)."""
+    return (isinstance(path, str) and 0 < len(path) <= 255 and not path.startswith(".")
+            and not set(path) & {"/", "\\", "\0", ":"})
+
+
 def verify(doc: dict[str, Any], open_chunks: Callable[[str], Iterable[bytes] | None]) -> list[str]:
     """Check every listed file; returns one message per mismatch (empty = all good).
 
@@ -110,15 +117,22 @@ def verify(doc: dict[str, Any], open_chunks: Callable[[str], Iterable[bytes] | N
     """
     problems = []
     for entry in doc["tables"]:
-        name = f"{entry['schema']}.{entry['table']} ({entry['path']})"
-        chunks = open_chunks(entry["path"])
-        if chunks is None:
-            problems.append(f"{name}: file is missing")
+        safe = is_file_name(entry["path"])
+        name = f"{entry['schema']}.{entry['table']} ({entry['path'] if safe else repr(entry['path'])})"
+        if not safe:
+            problems.append(f"{name}: not a file name in the run folder; refused, nothing was read")
             continue
         try:
+            chunks = open_chunks(entry["path"])
+            if chunks is None:
+                problems.append(f"{name}: file is missing")
+                continue
             stats = read_stats(chunks, doc["compression"])
         except zlib.error as exc:
             problems.append(f"{name}: not a valid gzip file: {exc}")
+            continue
+        except OSError as exc:  # e.g. a symlink where the file should be
+            problems.append(f"{name}: cannot be read as a plain file ({exc.strerror or exc})")
             continue
         if stats.bytes != entry["bytes"]:
             problems.append(f"{name}: {stats.bytes} bytes, manifest says {entry['bytes']}")

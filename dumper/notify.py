@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, pushadd_to_gateway
 from prometheus_client.parser import text_string_to_metric_families
 
-from .config import Settings
+from .config import Settings, redact_url
 from .logs import log
 from .manifest import TableEntry
 
@@ -102,9 +103,16 @@ def write_textfile(path: str, outcome: Outcome, dbname: str) -> None:
     target = Path(path)
     last = outcome.finished_at if outcome.status == "success" else _previous_success(target)
     data = generate_latest(registry_for(outcome, dbname, last))
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    # A new private file with a random name (never an existing file or a planted symlink), then renamed.
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def push(url: str, outcome: Outcome, dbname: str) -> None:
@@ -134,4 +142,7 @@ async def publish(settings: Settings, outcome: Outcome) -> None:
         try:
             await asyncio.wait_for(asyncio.to_thread(step), timeout=15)
         except Exception as exc:
-            log.warning(f"could not publish to the {what}", extra={"error": f"{type(exc).__name__}: {exc}"})
+            text = f"{type(exc).__name__}: {exc}"
+            for url in filter(None, (settings.notify_url, settings.pushgateway_url)):
+                text = text.replace(url, redact_url(url, keep_path=False))
+            log.warning(f"could not publish to the {what}", extra={"error": text})

@@ -17,7 +17,7 @@ SELECT c.oid,
        c.relrowsecurity AND NOT (r.rolbypassrls OR r.rolsuper
             OR pg_catalog.pg_has_role(c.relowner, 'USAGE')) AS rls_hides
 FROM pg_catalog.pg_class c, pg_catalog.pg_roles r
-WHERE c.oid = ANY($1::oid[]) AND r.rolname = current_user
+WHERE c.oid OPERATOR(pg_catalog.=) ANY($1::pg_catalog.oid[]) AND r.rolname OPERATOR(pg_catalog.=) current_user
 """
 
 
@@ -42,7 +42,8 @@ async def check(settings: Settings, password: StaticPassword | IamToken,
     conn = await db.connect(settings, password)
     try:
         tls = await conn.fetchrow(
-            "SELECT ssl, version FROM pg_catalog.pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid()")
+            "SELECT ssl, version FROM pg_catalog.pg_stat_ssl "
+            "WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()")
         say(f"connected: {settings.host}:{settings.port}/{settings.dbname} as {settings.user}, "
             f"TLS {tls['version'] if tls and tls['ssl'] else 'OFF'} (--sslmode {settings.sslmode}), "
             f"PostgreSQL {await db.server_version(conn)}")

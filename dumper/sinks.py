@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .config import Settings
-from .errors import OutputError
+from .config import Settings, redact_url
+from .errors import ConfigError, OutputError
 
 CHUNK = 1 << 20
 MIB = 1 << 20
@@ -41,6 +41,46 @@ def _failures() -> tuple[type[BaseException], ...]:
 
 
 FAILURES = _failures()
+
+
+def private_file(path: str) -> int:
+    """A new file only its owner can read (0600 whatever the umask), never an
+    existing file and never through a symlink; returns the descriptor."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+class OutputStalled(OSError):
+    """An object-store request that made no progress within --stall-timeout."""
+
+
+def _bounded_s3(stall_timeout: float, options: dict[str, Any]) -> Any:
+    """An s3fs filesystem whose every request ends after `stall_timeout` seconds.
+
+    aiohttp's read timeout does not cover a peer that stops reading what we
+    send, so an upload into a zero TCP window would wait forever. The bound is
+    applied on fsspec's own event loop, so the stalled request is cancelled
+    (its connection closed) rather than left running in a thread; an abort
+    that follows goes over a new connection.
+    """
+    import s3fs
+    from fsspec.asyn import sync_wrapper
+
+    class BoundedS3FileSystem(s3fs.S3FileSystem):  # type: ignore[misc]
+        async def _call_s3(self, method: str, *args: Any, **kwargs: Any) -> Any:
+            call = super()._call_s3(method, *args, **kwargs)
+            if not stall_timeout:
+                return await call
+            try:
+                return await asyncio.wait_for(call, stall_timeout)
+            except TimeoutError:
+                raise OutputStalled(f"S3 {method} made no progress for {stall_timeout:g} s") from None
+
+        # s3fs binds its blocking twin (used by file uploads) to the base class's coroutine.
+        call_s3 = sync_wrapper(_call_s3)
+
+    return BoundedS3FileSystem(**options)
 
 
 def storage_options(settings: Settings) -> dict[str, Any]:
@@ -81,8 +121,11 @@ class TableFile:
         self._target = f"{head}/.{name}.{secrets.token_hex(4)}.partial" if self._local else self.final
         self._part_size = part_size * MIB
         self._busy: asyncio.Future[Any] | None = None
-        options = {} if self._local else {"block_size": self._part_size}
-        self._file: Any = output.guard(lambda: output.fs.open(self._target, "wb", **options), self.final)
+        if self._local:
+            self._file: Any = output.guard(lambda: os.fdopen(private_file(self._target), "wb"), self.final)
+        else:
+            self._file = output.guard(lambda: output.fs.open(self._target, "wb", block_size=self._part_size),
+                                      self.final)
 
     async def _blocking(self, action: Callable[[], T]) -> T:
         """Run a blocking object-store call in a thread; remember it until done."""
@@ -126,11 +169,22 @@ class TableFile:
 
 
 class Output:
-    def __init__(self, url: str, options: dict[str, Any] | None = None, part_size: int = 16) -> None:
+    def __init__(self, url: str, options: dict[str, Any] | None = None, part_size: int = 16,
+                 stall_timeout: float = 0.0) -> None:
+        shown = redact_url(url)  # user:password@ or a query string never reach a log or an error
+        protocol = url.split("://", 1)[0] if "://" in url else "file"
+        if protocol not in fsspec.available_protocols():
+            raise ConfigError(f"--output: {shown!r}: unknown protocol {protocol!r}; use a local path, s3:// or "
+                              "another fsspec URL")
         try:
-            self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
-        except (ImportError, ValueError) as exc:
-            raise OutputError(f"--output: cannot use {url!r}: {exc}") from None
+            if url.startswith(("s3://", "s3a://")):
+                self.fs = _bounded_s3(stall_timeout, options or {})
+                root = self.fs._strip_protocol(url)
+            else:
+                self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
+        except Exception as exc:  # any backend, any failure: said without the URL's secrets
+            text = str(exc).replace(url, shown)
+            raise ConfigError(f"--output: cannot use {shown!r}: {type(exc).__name__}: {text}") from None
         self.local = isinstance(self.fs, LocalFileSystem)
         if hasattr(self.fs, "retries"):
             self.fs.retries = 3  # s3fs's own retries, on top of botocore's (default 5)
@@ -141,7 +195,7 @@ class Output:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Output:
-        return cls(settings.output, storage_options(settings), settings.part_size)
+        return cls(settings.output, storage_options(settings), settings.part_size, settings.stall_timeout)
 
     def path(self, relpath: str) -> str:
         return f"{self.root}/{relpath}"
@@ -161,6 +215,9 @@ class Output:
     def _explain(self, exc: BaseException, what: str) -> str:
         where = what if self.local else f"{self.protocol}://{what}"
         text = str(exc) or type(exc).__name__
+        if isinstance(exc, OutputStalled):
+            return (f"cannot write {where}: the output accepted nothing for the --stall-timeout ({text}): the "
+                    "object store, or the network to it, stalled; the upload was aborted")
         if self.protocol in ("s3", "s3a"):
             bucket = what.split("/", 1)[0]
             if "KMS" in text or "kms" in text:
@@ -174,12 +231,29 @@ class Output:
                 return f"cannot write {where}: bucket {bucket!r} does not exist ({text}); check --output"
         return f"cannot write {where}: {text}"
 
-    def make_dir(self, relpath: str) -> None:
-        """Create the run folder and prove it is writable (fails fast, before any table)."""
+    def make_run_dir(self, relpath: str) -> None:
+        """Create the run folder, which must not exist yet, and prove it is
+        writable (fails fast, before any table). Locally it is private (0700):
+        a folder someone made in advance (run ids are guessable) is refused."""
+        path = self.path(relpath)
+        taken = ConfigError(f"--run-id: {self.url_of(relpath)} already exists: a run writes only into a "
+                            "folder it creates itself, never over another run (choose another run id)")
         if self.local:
-            self.guard(lambda: self.fs.makedirs(self.path(relpath), exist_ok=True), self.path(relpath))
+            self.guard(lambda: os.makedirs(self.root, mode=0o700, exist_ok=True), self.root)
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                raise taken from None
+            except OSError as exc:
+                raise OutputError(self._explain(exc, path)) from exc
+            os.chmod(path, 0o700)  # whatever the umask
+        elif self.guard(lambda: self.fs.exists(path), path):
+            raise taken
         probe = f"{relpath}/.dumper-write-probe"
-        self.guard(lambda: self.fs.pipe_file(self.path(probe), b"probe\n"), self.path(probe))
+        if self.local:
+            self.guard(lambda: os.close(private_file(self.path(probe))), self.path(probe))
+        else:
+            self.guard(lambda: self.fs.pipe_file(self.path(probe), b"probe\n"), self.path(probe))
         self.guard(lambda: self.fs.rm_file(self.path(probe)), self.path(probe))
 
     def open_table(self, relpath: str) -> TableFile:
@@ -212,7 +286,11 @@ class Output:
         return self._iter_chunks(self.path(relpath))
 
     def _iter_chunks(self, path: str) -> Iterator[bytes]:
-        with self.fs.open(path, "rb") as f:
+        if self.local:  # never through a symlink: verify reads only what the run wrote
+            f: Any = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
+        else:
+            f = self.fs.open(path, "rb")
+        with f:
             while chunk := f.read(CHUNK):
                 yield chunk
 

@@ -16,6 +16,7 @@ from typing import Any
 from isal import isal_zlib
 
 GZIP = 31  # wbits: gzip header and trailer
+OUT_PIECE = 1 << 20  # bytes decompressed at a time while verifying
 
 
 def _compressor(level: int) -> Any:
@@ -64,7 +65,14 @@ def read_stats(chunks: Iterable[bytes], compression: str) -> StoredStats:
     for chunk in chunks:
         sha.update(chunk)
         size += len(chunk)
-        newlines += (unzip.decompress(chunk) if unzip else chunk).count(b"\n")
+        if unzip is None:
+            newlines += chunk.count(b"\n")
+            continue
+        # At most OUT_PIECE bytes decompressed at a time: a small gzip bomb stays small.
+        data = chunk
+        while data:
+            newlines += unzip.decompress(data, OUT_PIECE).count(b"\n")
+            data = unzip.unconsumed_tail
     if unzip:
         newlines += unzip.flush().count(b"\n")
     return StoredStats(size, sha.hexdigest(), newlines)

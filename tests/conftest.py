@@ -10,6 +10,8 @@ import io
 import json
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from devtools.pgcluster import SUPERUSER, SUPERUSER_PASSWORD, Cluster
 from dumper import cli
 
 ROOT = Path(__file__).resolve().parent.parent
+BUCKET = "dumps"  # the bucket of the `s3` fixture
 
 
 def parse_json(text: str | bytes) -> Any:
@@ -110,11 +113,42 @@ class Database:
             code = cli.main(["run", *args], environ, stdout=out)
         return Result(code, out.getvalue(), err.getvalue(), Path(environ["DUMPER_OUTPUT"]))
 
+    @contextlib.contextmanager
+    def locked(self, table: str) -> Iterator[None]:
+        """ACCESS EXCLUSIVE on `table`, held by another session for the block:
+        a run that reaches the table waits, as long as the test wants."""
+        holder = subprocess.Popen(
+            ["psql", "-X", "-q", "-h", str(self.cluster.socket_dir), "-p", str(self.cluster.port), "-U", SUPERUSER,
+             "-d", self.name, "-c", f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600);"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        held = ("SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                "WHERE c.relname = $1 AND l.mode = 'AccessExclusiveLock' AND l.granted")
+        try:
+            wait_until(lambda: self.fetch(held, table))
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # the server may have been restarted meanwhile
+                self.fetch(f"SELECT pg_terminate_backend(pid) FROM ({held}) h", table)
+            holder.kill()
+            holder.wait()
+
+    def waiting_for_lock(self, table: str) -> bool:
+        return bool(self.fetch("SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                               "WHERE c.relname = $1 AND NOT l.granted", table))
+
     def spawn(self, *argv: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
         """Start the real CLI (`dumper ARGV`) in a subprocess, for signals and mid-run faults."""
         environ = {"PATH": "/usr/bin:/bin", **self.base_env(), **(env or {})}
         return subprocess.Popen([sys.executable, "-m", "dumper", *argv], env=environ, cwd=self.tmp,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until(condition: Any, seconds: float = 30) -> None:
+    """Poll until condition() is true (a bound, not a timing assumption: it fails loudly)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
@@ -168,6 +202,25 @@ def moto() -> Iterator[Moto]:
         yield Moto(f"http://127.0.0.1:{port}")
     finally:
         server.stop()
+
+
+@pytest.fixture
+def s3(moto: Moto, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A clean moto S3 with one bucket; static test keys (moto accepts any)."""
+    urllib.request.urlopen(urllib.request.Request(f"{moto.endpoint}/moto-api/reset", method="POST"))  # noqa: S310
+    for var in ("AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_PROFILE", "AWS_SESSION_TOKEN",
+                "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    yield client
+    client.close()
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,8 @@ def test_defaults() -> None:
 
 def test_flags_beat_dumper_env_beats_pg_env() -> None:
     env = {**BASE, "PGHOST": "pg-host", "DUMPER_HOST": "dumper-host", "PGPORT": "6432",
-           "PGDATABASE": "db", "PGUSER": "pguser", "PGSSLMODE": "verify-ca", "PGSSLROOTCERT": "/ca"}
+           "PGDATABASE": "db", "PGUSER": "pguser", "PGSSLMODE": "verify-ca", "PGSSLROOTCERT": "/ca",
+           "DUMPER_AUTH": "password"}
     s = resolve({}, env)
     assert (s.host, s.port, s.dbname, s.user, s.sslmode, s.sslrootcert) == \
         ("dumper-host", 6432, "db", "pguser", "verify-ca", "/ca")

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from .conftest import ROOT, Database
+from .test_hardening import PLANT_SQL
 
 MANIFEST = ROOT / "k8s" / "cronjob.yaml"
 BIN = Path(sys.executable).parent
@@ -51,10 +52,24 @@ def test_security_and_job_settings_stay() -> None:
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert container["resources"]["requests"]["memory"] and container["resources"]["limits"]["memory"]
+    # The README's memory model: ~130 MB to S3, plus ~3x one huge row's JSON (96 MB for a 48 MB bytea).
+    assert mebibytes(container["resources"]["limits"]["memory"]) * MIB >= 130e6 + 3 * 96e6
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]  # noqa: S108 - the manifest
     assert any(v["name"] == "tmp" and "emptyDir" in v for v in pod["volumes"])
     grace = float(d["ConfigMap"]["data"]["DUMPER_GRACE_SECONDS"])
     assert pod["terminationGracePeriodSeconds"] > grace, "Kubernetes must wait for dumper's clean-up"
+
+
+MIB = 1 << 20
+
+
+def mebibytes(quantity: str) -> float:
+    """A Kubernetes memory quantity in MiB (Mi, Gi, M, G or bytes)."""
+    units = {"Mi": 1.0, "Gi": 1024.0, "M": 1e6 / MIB, "G": 1e9 / MIB}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return float(quantity.removesuffix(suffix)) * factor
+    return float(quantity) / MIB
 
 
 def test_no_secret_or_password_anywhere() -> None:
@@ -87,26 +102,61 @@ def _psql_file(db: Database, *args: str) -> str:
 
 
 @pytest.mark.skipif(not shutil.which("psql"), reason="psql is installed by make test")
-def test_sql_role_script_is_idempotent_and_gives_read_only_access(db: Database) -> None:
+@pytest.mark.parametrize("read_all", [False, True], ids=["schema-grants", "read-all-opt-in"])
+def test_sql_role_script_is_idempotent_and_gives_read_only_access(db: Database, read_all: bool) -> None:
     role = "dumper_sql_test"
     db.cluster.psql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rds_iam') "
                     "THEN CREATE ROLE rds_iam NOLOGIN; END IF; END $$;")  # stand-in for RDS's role
     db.sql("CREATE SCHEMA app; CREATE TABLE app.orders (id int); INSERT INTO app.orders VALUES (1), (2);"
-           "CREATE TABLE public.notes (t text); INSERT INTO public.notes VALUES ('x');")
+           "CREATE TABLE public.notes (t text); INSERT INTO public.notes VALUES ('x');"
+           "CREATE SCHEMA hr; CREATE TABLE hr.salaries (n int); INSERT INTO hr.salaries VALUES (1);")
+    args = ["-v", f"role={role}", "-v", "schemas=app,public", *(["-v", "read_all=on"] if read_all else [])]
     try:
-        _psql_file(db, "-v", f"role={role}")
-        _psql_file(db, "-v", f"role={role}")  # again: nothing fails, nothing changes
+        _psql_file(db, *args)
+        _psql_file(db, *args)  # again: nothing fails, nothing changes
+        db.sql("CREATE TABLE app.later (id int); INSERT INTO app.later VALUES (7);")  # default privileges
         member_of = db.cluster.psql(f"SELECT string_agg(b.rolname, ',' ORDER BY b.rolname) FROM pg_auth_members m "
                                     f"JOIN pg_roles r ON r.oid = m.member JOIN pg_roles b ON b.oid = m.roleid "
                                     f"WHERE r.rolname = '{role}'").strip()
-        assert member_of == "pg_read_all_data,rds_iam"
+        assert member_of == ("pg_read_all_data,rds_iam" if read_all else "rds_iam")
         db.cluster.psql(f"ALTER ROLE {role} PASSWORD 'test-only'")  # the test server has no IAM for this role
         result = db.dump("--schema", "app", "--schema", "public", user=role, password="test-only")
         assert result.code == 0, result.stderr
         assert result.rows("app", "orders") == [{"id": 1}, {"id": 2}]
+        assert result.rows("app", "later") == [{"id": 7}]
+        # A schema that was not named is readable only with the opt-in.
+        hr = db.dump("--schema", "hr", "--run-id", "hr", user=role, password="test-only")
+        assert hr.code == (0 if read_all else 4), hr.stderr
         with pytest.raises(RuntimeError, match=r"permission denied|read-only transaction"):
             db.sql("INSERT INTO app.orders VALUES (3)", user=role)
         with pytest.raises(RuntimeError, match=r"permission denied|read-only transaction"):
             db.sql("SET default_transaction_read_only = off; INSERT INTO app.orders VALUES (3)", user=role)
     finally:
+        db.sql(f"DROP OWNED BY {role}")  # grants and default privileges live in the test database
+        db.cluster.psql(f"DROP OWNED BY {role}; DROP ROLE {role};")
+
+
+@pytest.mark.skipif(not shutil.which("psql"), reason="psql is installed by make test")
+def test_sql_role_script_runs_no_code_planted_in_public(db: Database) -> None:
+    role = "dumper_sql_planted"
+    # Look-alikes, each an exact type match for a call the script makes, as a
+    # role with CREATE on public could plant them; run as the superuser.
+    db.sql(PLANT_SQL + """
+        CREATE FUNCTION public.format(text, text) RETURNS text LANGUAGE plpgsql
+            AS $$ BEGIN RAISE EXCEPTION 'PLANTED format ran as %', current_user; END $$;
+        CREATE FUNCTION public.format(text, name, text, name) RETURNS text LANGUAGE plpgsql
+            AS $$ BEGIN RAISE EXCEPTION 'PLANTED format ran as %', current_user; END $$;
+        CREATE FUNCTION public.string_to_array(text, text) RETURNS text[] LANGUAGE plpgsql
+            AS $$ BEGIN RAISE EXCEPTION 'PLANTED string_to_array ran as %', current_user; END $$;
+        CREATE FUNCTION public.pg_get_userbyid(oid) RETURNS name LANGUAGE plpgsql
+            AS $$ BEGIN RAISE EXCEPTION 'PLANTED pg_get_userbyid ran as %', current_user; END $$;
+        CREATE FUNCTION public.current_database() RETURNS name LANGUAGE plpgsql
+            AS $$ BEGIN RAISE EXCEPTION 'PLANTED current_database ran as %', current_user; END $$;
+    """)
+    try:
+        stderr = _psql_file(db, "-v", f"role={role}")
+        assert "PLANTED" not in stderr
+        assert db.cluster.psql(f"SELECT count(*) FROM pg_roles WHERE rolname = '{role}'").strip() == "1"
+    finally:
+        db.sql(f"DROP OWNED BY {role}")  # grants and default privileges live in the test database
         db.cluster.psql(f"DROP OWNED BY {role}; DROP ROLE {role};")

@@ -103,7 +103,7 @@ def test_reusing_a_complete_run_id_is_refused(sample: Database) -> None:
     assert sample.dump("--run-id", "same").code == 0
     before = (sample.tmp / "out" / "same" / "manifest.json").read_bytes()
     again = sample.dump("--run-id", "same")
-    assert again.code == 2 and "already holds a complete dump" in again.stderr
+    assert again.code == 2 and "already exists: a run writes only into a folder it creates" in again.stderr
     assert (sample.tmp / "out" / "same" / "manifest.json").read_bytes() == before
 
 

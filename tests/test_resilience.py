@@ -66,29 +66,6 @@ def test_terminated_backend_is_healed_in_the_same_snapshot(db: Database) -> None
     assert sorted(p.name for p in run.iterdir()) == ["manifest.json", "public.big.jsonl", "public.small.jsonl"]
 
 
-def test_server_restart_mid_dump_ends_in_one_complete_dump(db: Database) -> None:
-    big(db)
-    proc = db.spawn("run", "--jobs", "2")
-    seen = wait_for_line(proc, '"event":"started"', "public.big")
-    time.sleep(0.5)
-    db.cluster.restart()
-    code, events, stderr = finish(proc, seen)
-    assert code == 0, stderr
-    names = [e["event"] for e in events]
-    assert "snapshot lost; starting the run again with a fresh snapshot" in names
-    snapshots = [e["snapshot_id"] for e in events if e["event"] == "snapshot taken"]
-    assert len(snapshots) == 2 and snapshots[0] != snapshots[1]
-    out = db.tmp / "out"
-    runs = [p for p in out.iterdir() if p.is_dir()]
-    assert len(runs) == 1, "exactly one dump folder"
-    run = runs[0]
-    manifest = parse_json((run / "manifest.json").read_bytes())
-    assert manifest["snapshot_id"] == snapshots[1]
-    assert {t["table"]: t["rows"] for t in manifest["tables"]} == {"big": ROWS, "small": 2}
-    assert count_rows(run / "public.big.jsonl") == ROWS
-    assert not [p for p in run.iterdir() if p.name.startswith(".")], "no partial files left"
-
-
 def test_a_server_that_is_not_up_yet_is_waited_for(db: Database) -> None:
     db.sql("CREATE TABLE t (i int); INSERT INTO t VALUES (1);")
     db.cluster.pg_ctl("stop", "-m", "fast", "-w")

@@ -10,8 +10,6 @@ import os
 import signal
 import subprocess
 import time
-import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -21,28 +19,10 @@ import pytest
 from devtools.cutting_proxy import CuttingProxy
 from dumper import cli
 
-from .conftest import Database, Moto
+from .conftest import BUCKET, Database, Moto
 from .test_memory import peak_rss_mb
 
-BUCKET = "dumps"
 MIB = 1 << 20
-
-
-@pytest.fixture
-def s3(moto: Moto, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A clean moto S3 with one bucket; static test keys (moto accepts any)."""
-    urllib.request.urlopen(urllib.request.Request(f"{moto.endpoint}/moto-api/reset", method="POST"))  # noqa: S310
-    for var in ("AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_PROFILE", "AWS_SESSION_TOKEN",
-                "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    client = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket=BUCKET)
-    yield client
-    client.close()
 
 
 def s3_env(moto: Moto, **extra: str) -> dict[str, str]:
