@@ -16,9 +16,10 @@ from devtools.background import BackgroundServer
 
 class CuttingProxy:
     def __init__(self, upstream_host: str, upstream_port: int, cut_after: int | None = None,
-                 stall: bool = False) -> None:
+                 stall: bool = False, cut_when: bytes | None = None) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.cut_after = cut_after
+        self.cut_when = cut_when  # cut a connection as soon as the client sends these bytes
         self.stall = stall
         self.port = 0
         self.cuts = 0
@@ -33,6 +34,9 @@ class CuttingProxy:
             while data := await reader.read(65536):
                 if keep is not None:
                     keep += data
+                    if self.cut_when is not None and self.cut_when in keep:
+                        self.cuts += 1
+                        break
                 if limit is not None and sent + len(data) > limit:
                     if self.stall:
                         self.stalls += 1

@@ -8,12 +8,14 @@ so connecting to '127.0.0.1' with verify-full is a host name mismatch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,6 +112,18 @@ class Cluster:
         hba = self.data / "pg_hba.conf"
         hba.write_text(hba_line + "\n" + hba.read_text())
         self.pg_ctl("reload")
+
+    @contextlib.contextmanager
+    def hba_rule(self, hba_line: str) -> Iterator[None]:
+        """An authentication rule for the block only; the cluster is left as it was."""
+        hba = self.data / "pg_hba.conf"
+        before = hba.read_text()
+        self.allow(hba_line)
+        try:
+            yield
+        finally:
+            hba.write_text(before)
+            self.pg_ctl("reload")
 
     def pg_ctl(self, *args: str) -> None:
         subprocess.run(_as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(self.data), *args]),

@@ -35,7 +35,7 @@ EXIT_CODES = """exit codes:
   130  interrupted by SIGINT, 143 by SIGTERM (no manifest was written)"""
 
 
-VERIFY_OPTIONS = ("s3_endpoint_url", "s3_region")
+VERIFY_OPTIONS = ("s3_endpoint_url", "s3_region", "s3_expected_bucket_owner")
 T = TypeVar("T")
 
 

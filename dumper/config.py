@@ -82,6 +82,12 @@ def _boolean(text: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def _account_id(text: str) -> str:
+    if not (len(text) == 12 and text.isdigit()):
+        raise ValueError("must be a 12-digit AWS account id")
+    return text
+
+
 def _run_id(text: str) -> str:
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
     if not text or set(text) - allowed or text.startswith("."):
@@ -114,6 +120,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("s3_region", "the bucket's region (default: discovered; independent of --region)"),
     Option("s3_sse", "S3 server-side encryption", "none", choices=S3_SSE),
     Option("s3_kms_key_id", "KMS key id or ARN for --s3-sse aws:kms (default: the AWS managed key)"),
+    Option("s3_expected_bucket_owner", "AWS account id that must own the bucket, sent with every S3 request "
+           "(a re-created bucket of the same name in another account is refused)", parse=_account_id),
     Option("s3_storage_class", "S3 storage class of the objects (default: STANDARD)",
            choices=S3_STORAGE_CLASSES),
     Option("jobs", "connections reading tables (or pieces of a large table) concurrently", 2, _positive_int),
@@ -181,6 +189,7 @@ class Settings:
     s3_sse: str = "none"
     s3_kms_key_id: str | None = None
     s3_storage_class: str | None = None
+    s3_expected_bucket_owner: str | None = None
     jobs: int = 2
     split_mib: float = 16.0
     batch_rows: int = 1000

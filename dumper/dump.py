@@ -30,6 +30,7 @@ from .stored import StoredWriter
 BATCH_BYTES = 4 << 20  # aim for ~4 MB of JSON per fetch: bounds memory for wide rows
 LARGE_ROW = BATCH_BYTES // 8  # once a row this large is seen, fetches are sized by the largest row
 JSON_PER_DISK_BYTE = 2  # bytea doubles in hex; TOAST-compressed text grows back
+MAX_INLINE_ROW = 8160  # bytes: a heap row that is not TOASTed fits in one 8 kB page
 TABLE_ATTEMPTS = 3  # a piece whose connection dies is read again, in the same snapshot
 
 
@@ -51,6 +52,13 @@ class _Batcher:
 
     def __post_init__(self) -> None:
         self.rows = self._fit(self.disk_row_bytes * JSON_PER_DISK_BYTE) if self.disk_row_bytes else 1
+
+    @classmethod
+    def for_table(cls, table: Table, max_rows: int) -> _Batcher:
+        if table.toast_bytes:
+            return cls(max_rows, 0.0)
+        # Without TOAST data no row is larger than a page, whatever the statistics say.
+        return cls(max_rows, table.row_bytes() or MAX_INLINE_ROW)
 
     def _fit(self, row_bytes: float) -> int:
         return max(1, min(self.max_rows, int(BATCH_BYTES // max(row_bytes, 1.0))))
@@ -112,7 +120,10 @@ def _iso(when: dt.datetime) -> str:
 
 @dataclass
 class _Delivered:
-    rows: int = 0  # rows of a piece already handed to its assembly
+    """A piece's progress, kept across its attempts."""
+
+    batcher: _Batcher
+    rows: int = 0  # rows already handed to its assembly (skipped when read again)
 
 
 async def _read_piece(conn: Any, piece: Piece, assembly: Assembly, settings: Settings,
@@ -123,12 +134,11 @@ async def _read_piece(conn: Any, piece: Piece, assembly: Assembly, settings: Set
     the same snapshot returns the same rows in the same order (seqscans are not
     synchronized, cursors never run parallel plans).
     """
-    table = piece.table
-    names = [c.name for c in table.columns]
-    batcher = _Batcher(settings.batch_rows, 0.0 if table.toast_bytes else table.row_bytes())
+    names = [c.name for c in piece.table.columns]
+    batcher = delivered.batcher  # a retry skips the delivered rows at the size already learned
     skip = delivered.rows
-    async for batch in db.stream(conn, table.select_sql(piece.first_page, piece.end_page),
-                                 table.qualified, batcher.size, settings.stall_timeout):
+    async for batch in db.stream(conn, piece.table.select_sql(piece.first_page, piece.end_page),
+                                 piece.table.qualified, batcher.size, settings.stall_timeout):
         records = batch[skip:] if skip else batch
         skip = max(0, skip - len(batch))
         if records:
@@ -207,7 +217,7 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
                 piece = queue.popleft()
                 current_table.set(piece.table.qualified)
                 assembly = assembly_for(piece)
-                delivered = _Delivered()
+                delivered = _Delivered(_Batcher.for_table(piece.table, settings.batch_rows))
                 for attempt in range(1, TABLE_ATTEMPTS + 1):
                     conn = conn or await joined()
                     try:
@@ -328,7 +338,7 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
     finally:
         if not done:  # leave nothing that could pass for a (partial) dump
             await asyncio.shield(asyncio.to_thread(_remove_all, output, committed))
-    await output.put(LATEST_NAME, settings.run_id.encode() + b"\n")
+    await output.put(LATEST_NAME, settings.run_id.encode() + b"\n", exclusive=False)
     return manifest
 
 
@@ -344,5 +354,8 @@ async def _piece_pages(conn: Any, settings: Settings) -> int:
 
 
 def _remove_all(output: Output, relpaths: list[str]) -> None:
-    for relpath in relpaths:
-        output.remove(relpath)
+    left = [relpath for relpath in relpaths if not output.remove(relpath)]
+    if left:  # e.g. a role without s3:DeleteObject (deploy/iam/policy.json): no manifest, so no dump
+        log.warning("could not remove the files a failed run wrote; without a manifest they are not a dump, "
+                    "and LATEST does not name them: remove them with a role that may delete (or let "
+                    "the bucket's lifecycle rules do it)", extra={"files": [output.url_of(p) for p in left]})

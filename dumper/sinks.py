@@ -26,7 +26,7 @@ from .errors import ConfigError, OutputError
 CHUNK = 1 << 20
 MIB = 1 << 20
 MAX_PART = 5 * 1024 * MIB  # S3's largest part
-PARTS_PER_STEP = 1000  # part size doubles every 1000 parts: 10,000 parts hold ~1M x --part-size
+PARTS_PER_STEP = 1000  # part size doubles every 1000 parts (see part_size)
 T = TypeVar("T")
 
 
@@ -41,6 +41,12 @@ def _failures() -> tuple[type[BaseException], ...]:
 
 
 FAILURES = _failures()
+
+
+def part_size(base: int, parts_done: int) -> int:
+    """The next part's size: doubles every PARTS_PER_STEP parts, never above S3's
+    largest part; S3's 10,000 parts then hold ~13.9 TB at a 16 MiB base."""
+    return min(MAX_PART, base << (parts_done // PARTS_PER_STEP))
 
 
 def private_file(path: str) -> int:
@@ -80,7 +86,25 @@ def _bounded_s3(stall_timeout: float, options: dict[str, Any]) -> Any:
         # s3fs binds its blocking twin (used by file uploads) to the base class's coroutine.
         call_s3 = sync_wrapper(_call_s3)
 
+    owner = options.pop("expected_bucket_owner", None)
+    if owner:
+        options["session"] = _owner_checking_session(owner)
     return BoundedS3FileSystem(**options)
+
+
+def _owner_checking_session(owner: str) -> Any:
+    """An AWS SDK session whose every S3 call that can carry ExpectedBucketOwner
+    does (also the region look-ups s3fs makes on its own): S3 refuses the call
+    when another account owns the bucket, e.g. one deleted and re-created."""
+    from aiobotocore.session import AioSession
+
+    def add_owner(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if "ExpectedBucketOwner" in model.input_shape.members:
+            params.setdefault("ExpectedBucketOwner", owner)
+
+    session = AioSession()
+    session.register("before-parameter-build.s3", add_owner)
+    return session
 
 
 def storage_options(settings: Settings) -> dict[str, Any]:
@@ -106,13 +130,14 @@ def storage_options(settings: Settings) -> dict[str, Any]:
         "config_kwargs": {"retries": {"max_attempts": 3, "mode": "standard"},
                           "connect_timeout": 10, "read_timeout": 60},
         "skip_instance_cache": True,
+        "expected_bucket_owner": settings.s3_expected_bucket_owner,
     }
 
 
 class TableFile:
     """One output file in progress: write, then commit or discard."""
 
-    def __init__(self, output: Output, relpath: str, part_size: int) -> None:
+    def __init__(self, output: Output, relpath: str, part_size: int, exclusive: bool = True) -> None:
         self._output = output
         self.final = output.path(relpath)
         self._local = output.local
@@ -124,7 +149,9 @@ class TableFile:
         if self._local:
             self._file: Any = output.guard(lambda: os.fdopen(private_file(self._target), "wb"), self.final)
         else:
-            self._file = output.guard(lambda: output.fs.open(self._target, "wb", block_size=self._part_size),
+            # "xb": the upload completes with If-None-Match: *, so it never replaces an object
+            mode = "xb" if exclusive else "wb"
+            self._file = output.guard(lambda: output.fs.open(self._target, mode, block_size=self._part_size),
                                       self.final)
 
     async def _blocking(self, action: Callable[[], T]) -> T:
@@ -139,8 +166,7 @@ class TableFile:
             self._output.guard(lambda: self._file.write(data), self.final)
             return
         await self._blocking(lambda: self._file.write(data))
-        parts = len(getattr(self._file, "parts", None) or ())
-        self._file.blocksize = min(MAX_PART, self._part_size << (parts // PARTS_PER_STEP))
+        self._file.blocksize = part_size(self._part_size, len(getattr(self._file, "parts", None) or ()))
 
     async def commit(self) -> None:
         if self._local:
@@ -186,6 +212,7 @@ class Output:
             text = str(exc).replace(url, shown)
             raise ConfigError(f"--output: cannot use {shown!r}: {type(exc).__name__}: {text}") from None
         self.local = isinstance(self.fs, LocalFileSystem)
+        self.s3 = protocol in ("s3", "s3a")
         if hasattr(self.fs, "retries"):
             self.fs.retries = 3  # s3fs's own retries, on top of botocore's (default 5)
         self.root = root.rstrip("/")
@@ -226,7 +253,7 @@ class Output:
                         "--s3-kms-key-id key")
             if isinstance(exc, PermissionError):
                 return (f"access denied writing {where} ({text}); the role needs s3:PutObject, "
-                        f"s3:AbortMultipartUpload, s3:DeleteObject and s3:ListBucket on bucket {bucket}")
+                        f"s3:AbortMultipartUpload and s3:ListBucket on bucket {bucket} (deploy/iam/policy.json)")
             if isinstance(exc, FileNotFoundError):
                 return f"cannot write {where}: bucket {bucket!r} does not exist ({text}); check --output"
         return f"cannot write {where}: {text}"
@@ -247,21 +274,34 @@ class Output:
             except OSError as exc:
                 raise OutputError(self._explain(exc, path)) from exc
             os.chmod(path, 0o700)  # whatever the umask
-        elif self.guard(lambda: self.fs.exists(path), path):
+        elif self._holds_objects(path) if self.s3 else self.guard(lambda: self.fs.exists(path), path):
             raise taken
-        probe = f"{relpath}/.dumper-write-probe"
+        probe = self.path(f"{relpath}/.dumper-write-probe")
         if self.local:
-            self.guard(lambda: os.close(private_file(self.path(probe))), self.path(probe))
-        else:
-            self.guard(lambda: self.fs.pipe_file(self.path(probe), b"probe\n"), self.path(probe))
-        self.guard(lambda: self.fs.rm_file(self.path(probe)), self.path(probe))
+            self.guard(lambda: os.close(private_file(probe)), probe)
+            self.guard(lambda: os.unlink(probe), probe)
+        elif not self.s3:
+            self.guard(lambda: self.fs.pipe_file(probe, b"probe\n"), probe)
+            self.guard(lambda: self.fs.rm_file(probe), probe)
+        else:  # a multipart upload started and aborted: proves the write right, needs no delete right
+            bucket, key, _ = self.fs.split_path(probe)
+            upload = self.guard(lambda: self.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key), probe)
+            self.guard(lambda: self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key,
+                                               UploadId=upload["UploadId"]), probe)
 
-    def open_table(self, relpath: str) -> TableFile:
-        return TableFile(self, relpath, self.part_size)
+    def _holds_objects(self, path: str) -> bool:
+        """Whether any object is under the prefix `path/` (a listing: needs only s3:ListBucket)."""
+        bucket, key, _ = self.fs.split_path(path)
+        found = self.guard(lambda: self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key + "/", MaxKeys=1),
+                           path)
+        return bool(found.get("KeyCount"))
 
-    async def put(self, relpath: str, data: bytes) -> None:
-        """Write a small file atomically (manifest, LATEST)."""
-        table_file = self.open_table(relpath)
+    def open_table(self, relpath: str, exclusive: bool = True) -> TableFile:
+        return TableFile(self, relpath, self.part_size, exclusive)
+
+    async def put(self, relpath: str, data: bytes, exclusive: bool = True) -> None:
+        """Write a small file atomically (manifest; LATEST, which replaces the last one)."""
+        table_file = self.open_table(relpath, exclusive)
         try:
             await table_file.write(data)
             await table_file.commit()
@@ -294,9 +334,15 @@ class Output:
             while chunk := f.read(CHUNK):
                 yield chunk
 
-    def remove(self, relpath: str) -> None:
-        with contextlib.suppress(OSError):
+    def remove(self, relpath: str) -> bool:
+        """Best effort (a failed run's clean-up); False if it could not be removed."""
+        try:
             self.fs.rm_file(self.path(relpath))
+        except FileNotFoundError:
+            return True
+        except FAILURES:
+            return False
+        return True
 
     def remove_dir_if_empty(self, relpath: str) -> None:
         path = self.path(relpath)

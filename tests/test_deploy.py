@@ -76,8 +76,32 @@ def test_no_secret_or_password_anywhere() -> None:
     objects = list(yaml.safe_load_all(MANIFEST.read_text()))
     assert all(o["kind"] != "Secret" for o in objects)
     dumped = yaml.safe_dump(objects)
-    assert "secretRef" not in dumped and "secretKeyRef" not in dumped
+    assert "secretRef" not in dumped and "secretKeyRef" not in dumped, "no secret in an environment variable"
     assert not [k for k in docs()["ConfigMap"]["data"] if "PASSWORD" in k or "TOKEN" in k]
+
+
+def test_the_pod_holds_no_api_token_and_no_fallback_credentials() -> None:
+    d = docs()
+    pod = d["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert d["ServiceAccount"]["automountServiceAccountToken"] is False
+    assert pod["automountServiceAccountToken"] is False
+    assert d["ConfigMap"]["data"]["AWS_EC2_METADATA_DISABLED"] == "true"
+    # The webhook URL comes from a Secret mounted as a file, read-only, optional.
+    (webhook,) = [v for v in pod["volumes"] if v["name"] == "webhook"]
+    assert webhook["secret"]["optional"] is True and webhook["secret"]["defaultMode"] == 0o400
+    assert "# DUMPER_NOTIFY_URL_FILE: /etc/dumper/webhook/url" in MANIFEST.read_text()
+
+
+@pytest.mark.parametrize("version", ["1.29", "1.33"])
+def test_network_policy_validates_and_allows_only_what_a_dump_needs(version: str) -> None:
+    policy_file = ROOT / "k8s" / "networkpolicy.yaml"
+    result = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", "-k", version, str(policy_file)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    policy = yaml.safe_load(policy_file.read_text())["spec"]
+    assert policy["ingress"] == [] and set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    ports = sorted({p["port"] for rule in policy["egress"] for p in rule["ports"]})
+    assert ports == [53, 443, 5432]
 
 
 def test_dockerfile_passes_hadolint() -> None:

@@ -184,6 +184,8 @@ def listener() -> Iterator[tuple[int, list[bytes]]]:
     try:
         yield server.getsockname()[1], received
     finally:
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)  # wakes the accept() in the thread
         server.close()
         thread.join(5)
 

@@ -168,7 +168,10 @@ def test_webhook_gets_the_documented_summary(db: Database) -> None:
     assert set(body) == {"run_id", "status", "exit_code", "error", "started_at", "finished_at",
                          "duration_seconds", "database", "location", "totals"}
     assert (body["run_id"], body["status"], body["exit_code"], body["error"]) == ("w1", "success", 0, None)
-    assert body["totals"] == {"tables": 2, "rows": 1003, "bytes": body["totals"]["bytes"]}
+    manifest = parse_json((db.tmp / "out" / "w1" / "manifest.json").read_bytes())
+    assert body["totals"] == {"tables": 2, "rows": 1003, "bytes": manifest["totals"]["bytes"]}
+    assert body["totals"]["bytes"] == sum((db.tmp / "out" / "w1" / t["path"]).stat().st_size
+                                          for t in manifest["tables"])
     assert body["database"] == {"host": "localhost", "port": db.cluster.port, "dbname": db.name}
     assert body["location"].endswith("/out/w1")
     second = parse_json(hook.requests[1].body)
@@ -181,3 +184,33 @@ def test_an_unreachable_webhook_does_not_fail_the_run(db: Database) -> None:
     result = db.dump("--notify-url", f"http://127.0.0.1:{free_port()}/x")
     assert result.code == 0
     assert '"event":"could not publish to the webhook"' in result.stdout
+
+
+def test_schedule_honours_timezone_and_jitter(db: Database) -> None:
+    import datetime as dt
+
+    tables(db)
+    proc = db.spawn("schedule", "--cron", "0 3 * * *", "--timezone", "Asia/Tokyo", "--jitter", "300")
+    events = events_until(proc, lambda ev: bool(named(ev, "schedule started")))
+    assert proc.returncode == 0
+    next_run = dt.datetime.fromisoformat(named(events, "schedule started")[0]["next_run"])
+    assert next_run.utcoffset() == dt.timedelta(hours=9), "03:00 in Tokyo, not in UTC"
+    start = next_run.replace(minute=0, second=0, microsecond=0)
+    assert start.hour == 3 and dt.timedelta(0) < next_run - start <= dt.timedelta(seconds=300), next_run
+
+
+def test_webhook_says_interrupted_when_sigterm_stops_a_run(db: Database) -> None:
+    tables(db, 1_500_000)
+    with capture(204) as hook:
+        proc = db.spawn("run", "--notify-url", hook.url, "--jobs", "1")
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if '"event":"started"' in line and "public.orders" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    (request,) = hook.requests
+    body = parse_json(request.body)
+    assert (body["status"], body["exit_code"]) == ("interrupted", 143)
+    assert body["location"] is None and body["totals"]["tables"] == 0

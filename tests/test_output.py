@@ -108,8 +108,17 @@ def test_reusing_a_complete_run_id_is_refused(sample: Database) -> None:
 
 
 def test_default_run_id_is_utc_start_time(sample: Database) -> None:
+    import datetime as dt
+
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
     result = sample.dump()
-    assert re.fullmatch(r"\d{8}T\d{6}Z", result.manifest()["run_id"])
+    after = dt.datetime.now(dt.UTC)
+    manifest = result.manifest()
+    run_id = manifest["run_id"]
+    assert re.fullmatch(r"\d{8}T\d{6}Z", run_id)
+    started = dt.datetime.strptime(run_id, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    assert before <= started <= after, "the run id is the start time, in UTC"
+    assert manifest["started_at"].startswith(started.strftime("%Y-%m-%dT%H:%M:%S"))
 
 
 @pytest.mark.parametrize("args,message", [
@@ -156,3 +165,28 @@ def test_pod_report_is_json_lines(sample: Database) -> None:
     assert summary["event"] == "run finished" and summary["status"] == "success"
     assert summary["rows"] == 5002 and summary["tables"] == 2
     assert all(e["table"] == "public.orders" for e in events if e["event"] == "done" and e["rows"] == 5000)
+
+
+@pytest.mark.parametrize("manifest,message", [
+    (b"{not json", "manifest.json is not valid JSON"),
+    (b'{"manifest_version": 99, "tables": []}', "unsupported manifest_version 99"),
+    (b"[]", "manifest.json is not a JSON object"),
+])
+def test_verify_refuses_a_corrupt_manifest(sample: Database, manifest: bytes, message: str) -> None:
+    result = sample.dump("--run-id", "r1")
+    assert result.code == 0, result.stderr
+    (result.output / "r1" / "manifest.json").write_bytes(manifest)
+    code, _, err = _verify(result.output / "r1")
+    assert code == 7 and message in err
+
+
+def test_verify_names_a_corrupt_gzip_file(sample: Database) -> None:
+    result = sample.dump("--run-id", "r1", "--compression", "gzip")
+    assert result.code == 0, result.stderr
+    path = result.output / "r1" / result.entry("public", "orders")["path"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the deflate stream
+    path.write_bytes(bytes(data))
+    code, out, _ = _verify(result.output / "r1")
+    assert code == 7
+    assert "MISMATCH public.orders (public.orders.jsonl.gz): not a valid gzip file" in out, out

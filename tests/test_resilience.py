@@ -3,6 +3,8 @@ restart mid-dump, a server that is not up yet; and guards that fail fast."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Database, parse_json
+from .conftest import Database, parse_json, wait_until
 
 ROWS = 1_500_000
 
@@ -117,7 +119,78 @@ def test_application_name_is_visible_to_dbas(db: Database) -> None:
     proc = db.spawn("run", "--jobs", "2")
     seen = wait_for_line(proc, '"event":"started"', "public.big")
     names = {r[0] for r in db.fetch("SELECT application_name FROM pg_stat_activity "
-                                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")}
+                                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                                    "AND backend_type = 'client backend'")}  # not autovacuum workers
     code, _, stderr = finish(proc, seen)
     assert code == 0, stderr
     assert names == {"dumper/0.1.0"}
+
+
+def _freeze_and(proc: subprocess.Popen[str], db: Database, action: str) -> None:
+    """With the client frozen mid-table, end its reading backend (or restart the server)."""
+    wait_until(lambda: reading(db))
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        if action == "restart":
+            db.cluster.restart()
+        else:
+            assert db.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY($1::int[])",
+                            reading(db))
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+
+
+def reading(db: Database) -> list[int]:
+    return [r[0] for r in db.fetch("SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'dumper/%' "
+                                   "AND query LIKE '%FROM ONLY \"public\".\"big\"%'")]
+
+
+def test_run_attempts_running_out_ends_exit_5_with_the_last_cause(db: Database) -> None:
+    big(db)
+    proc = db.spawn("run", "--jobs", "1", "--run-attempts", "1")
+    seen = wait_for_line(proc, '"event":"started"', "public.big")
+    _freeze_and(proc, db, "restart")
+    code, events, stderr = finish(proc, seen)
+    assert code == 5, stderr
+    (line,) = stderr.strip().splitlines()
+    assert "could not join the run's snapshot" in line, line
+    assert not [e for e in events if e["event"] == "snapshot lost; starting the run again with a fresh snapshot"]
+    assert not list((db.tmp / "out").rglob("manifest.json")) and not (db.tmp / "out" / "LATEST").exists()
+
+
+def test_piece_attempts_running_out_ends_exit_5_naming_the_table(db: Database) -> None:
+    big(db)
+    proc = db.spawn("run", "--jobs", "1", "--run-attempts", "1")
+    seen = wait_for_line(proc, '"event":"started"', "public.big")
+    for attempt in (2, 3):
+        _freeze_and(proc, db, "terminate")
+        seen += wait_for_line(proc, "reading the rest again", f'"attempt":{attempt}')
+    _freeze_and(proc, db, "terminate")
+    code, _, stderr = finish(proc, seen)
+    assert code == 5, stderr
+    (line,) = stderr.strip().splitlines()
+    assert "table public.big: the connection to the server was lost" in line, line
+    assert not list((db.tmp / "out").rglob("manifest.json"))
+
+
+def test_too_many_connections_is_retried_until_a_slot_frees(db: Database) -> None:
+    db.sql("CREATE TABLE t (i int); INSERT INTO t VALUES (1);"
+           "CREATE ROLE scarce LOGIN PASSWORD 'pw' CONNECTION LIMIT 2;"
+           f"GRANT CONNECT ON DATABASE {db.name} TO scarce; GRANT SELECT ON t TO scarce;")
+    holder = subprocess.Popen(
+        ["psql", "-X", "-q", "-h", str(db.cluster.socket_dir), "-p", str(db.cluster.port), "-U", "scarce",
+         "-d", db.name, "-c", "SELECT pg_sleep(600)"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: db.fetch("SELECT 1 FROM pg_stat_activity WHERE usename = 'scarce'"))
+        proc = db.spawn("run", "--jobs", "1", "--connect-attempts", "10",
+                        env={"PGUSER": "scarce", "PGPASSWORD": "pw"})
+        seen = wait_for_line(proc, '"event":"connect failed, retrying"', "TooManyConnectionsError")
+        db.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'scarce'")
+        code, events, stderr = finish(proc, seen)
+    finally:
+        holder.kill()
+        holder.wait()
+        db.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'scarce'")
+        db.sql("DROP OWNED BY scarce; DROP ROLE scarce;")
+    assert code == 0, stderr
+    assert [e for e in events if e["event"] == "run finished" or e["event"] == "done"]

@@ -16,10 +16,10 @@ import boto3
 import fsspec
 import pytest
 
-from devtools.cutting_proxy import CuttingProxy
+from devtools.cutting_proxy import CuttingProxy, http_requests
 from dumper import cli
 
-from .conftest import BUCKET, Database, Moto
+from .conftest import BUCKET, ROOT, Database, Moto
 from .test_memory import peak_rss_mb
 
 MIB = 1 << 20
@@ -163,11 +163,14 @@ def test_access_denied_names_the_bucket_and_the_permissions(db: Database, s3: An
 
 def test_other_fsspec_urls_work(db: Database) -> None:
     big_table(db, 100)
-    result = db.dump(env={"DUMPER_OUTPUT": "memory://dumps", "DUMPER_RUN_ID": "m"})
-    assert result.code == 0, result.stderr
     fs = fsspec.filesystem("memory")
-    assert fs.cat_file("/dumps/LATEST") == b"m\n"
-    assert fs.cat_file("/dumps/m/public.small.jsonl") == b'{"id":1,"note":"x"}\n{"id":2,"note":null}\n'
+    try:
+        result = db.dump(env={"DUMPER_OUTPUT": "memory://dumps", "DUMPER_RUN_ID": "m"})
+        assert result.code == 0, result.stderr
+        assert fs.cat_file("/dumps/LATEST") == b"m\n"
+        assert fs.cat_file("/dumps/m/public.small.jsonl") == b'{"id":1,"note":"x"}\n{"id":2,"note":null}\n'
+    finally:
+        fs.rm("/dumps", recursive=True)  # the memory store lives as long as the test session
 
 
 def _nothing_left(s3: Any) -> None:
@@ -229,3 +232,162 @@ def test_sigterm_aborts_the_upload(db: Database, s3: Any, moto: Moto) -> None:
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
     _nothing_left(s3)
+
+
+def test_every_request_names_the_expected_bucket_owner_and_run_objects_are_never_replaced(
+        db: Database, s3: Any, moto: Moto) -> None:
+    big_table(db, 40_000)  # ~7 MB: a multipart upload at 5 MiB parts
+    host, port = moto.endpoint.removeprefix("http://").split(":")
+    proxy = CuttingProxy(host, int(port)).start()  # records what the dump sends
+    try:
+        env = s3_env(moto, DUMPER_S3_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}",
+                     DUMPER_S3_EXPECTED_BUCKET_OWNER="123456789012")
+        result = db.dump("--run-id", "r1", "--jobs", "1", env=env)
+    finally:
+        proxy.stop()
+    assert result.code == 0, result.stderr
+    requests = [r for stream in proxy.sent for r in http_requests(bytes(stream))]
+    assert len(requests) >= 8, [line for line, _ in requests]
+    for line, headers in requests:
+        assert headers.get("x-amz-expected-bucket-owner") == "123456789012", line
+    # Objects of the run are created only if absent; LATEST replaces the previous one.
+    writes = {line.split()[1].split("?")[0].removeprefix(f"/{BUCKET}/"): headers for line, headers in requests
+              if (line.startswith("PUT ") and "partNumber=" not in line)
+              or (line.startswith("POST ") and "uploadId=" in line)}
+    assert writes["nightly/r1/public.big.jsonl"].get("if-none-match") == "*"
+    assert writes["nightly/r1/public.small.jsonl"].get("if-none-match") == "*"
+    assert writes["nightly/r1/manifest.json"].get("if-none-match") == "*"
+    assert "if-none-match" not in writes["nightly/LATEST"]
+
+
+def test_a_bad_expected_bucket_owner_is_a_usage_error(db: Database) -> None:
+    result = db.dump("--s3-expected-bucket-owner", "12345")
+    assert result.code == 2 and "--s3-expected-bucket-owner: '12345' must be a 12-digit AWS account id" \
+        in result.stderr
+
+
+def _user_with_policy(moto: Moto, name: str, policy_file: str) -> dict[str, str]:
+    """An IAM user holding a policy from deploy/iam/, bucket and prefix swapped for the test's."""
+    text = (ROOT / "deploy" / "iam" / policy_file).read_text()
+    doc = json.loads(text.replace("my-db-dumps", BUCKET).replace("/app/", "/nightly/")
+                     .replace('"app/"', '"nightly/"').replace('"app/*"', '"nightly/*"'))
+    doc["Statement"] = [s for s in doc["Statement"] if str(s["Resource"]).startswith("arn:aws:s3")]
+    iam = boto3.client("iam", endpoint_url=moto.endpoint, region_name="us-east-1")
+    iam.create_user(UserName=name)
+    iam.put_user_policy(UserName=name, PolicyName=policy_file, PolicyDocument=json.dumps(doc))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+
+
+def test_the_shipped_policy_dumps_but_cannot_read_or_delete_history(db: Database, s3: Any, moto: Moto,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.core import enable_iam_authentication
+
+    big_table(db, 40_000)
+    dumper_keys = _user_with_policy(moto, "dumper", "policy.json")
+    for var, value in dumper_keys.items():
+        monkeypatch.setenv(var, value)
+    with enable_iam_authentication():
+        first = db.dump("--run-id", "r1", env=s3_env(moto))
+        assert first.code == 0, first.stderr
+        # A failed run (the table is gone by the time it reads... here: RLS refuses) cannot delete
+        # what it wrote: it says so, writes no manifest, and leaves LATEST alone.
+        db.sql("ALTER TABLE small ENABLE ROW LEVEL SECURITY; ALTER TABLE small FORCE ROW LEVEL SECURITY;"
+               "CREATE ROLE limited LOGIN PASSWORD 'pw' NOBYPASSRLS; GRANT SELECT ON big, small TO limited;"
+               f"GRANT CONNECT ON DATABASE {db.name} TO limited;")
+        try:
+            failed = db.dump("--run-id", "r2", "--jobs", "1", env={**s3_env(moto), "PGUSER": "limited",
+                                                                    "PGPASSWORD": "pw"})
+        finally:
+            db.sql("DROP OWNED BY limited; DROP ROLE limited;")
+        client = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1", **{
+            "aws_access_key_id": dumper_keys["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": dumper_keys["AWS_SECRET_ACCESS_KEY"]})
+        for denied in (lambda: client.get_object(Bucket=BUCKET, Key="nightly/r1/manifest.json"),
+                       lambda: client.delete_object(Bucket=BUCKET, Key="nightly/r1/manifest.json")):
+            with pytest.raises(client.exceptions.ClientError, match="AccessDenied"):
+                denied()
+        client.close()
+    assert failed.code == 4, failed.stderr
+    assert "could not remove the files a failed run wrote" in failed.stdout
+    assert "nightly/r2/manifest.json" not in keys(s3)
+    assert body(s3, "nightly/LATEST") == b"r1\n"
+    assert "nightly/r1/manifest.json" in keys(s3)
+
+
+def test_part_sizes_at_the_real_step_fit_any_table_in_10000_parts() -> None:
+    from dumper.sinks import MAX_PART, PARTS_PER_STEP, part_size
+
+    base = 16 * MIB
+    assert PARTS_PER_STEP == 1000
+    assert [part_size(base, n) for n in (0, 999, 1000, 1999, 2000)] == [base, base, 2 * base, 2 * base, 4 * base]
+    # 10,000 parts at the default base hold more than S3's largest object (5 TiB): ~13.9 TB.
+    assert sum(part_size(base, n) for n in range(10_000)) >= 5 * (1 << 40)
+    assert part_size(5 * 1024 * MIB, 9_999) == MAX_PART
+
+
+def test_the_sdks_s3_endpoint_variable_is_honoured(db: Database, s3: Any, moto: Moto) -> None:
+    big_table(db, 10)
+    env = {**s3_env(moto), "DUMPER_S3_ENDPOINT_URL": "", "AWS_ENDPOINT_URL_S3": moto.endpoint}
+    os.environ["AWS_ENDPOINT_URL_S3"] = moto.endpoint  # the SDK reads it from the process environment
+    try:
+        result = db.dump("--run-id", "e1", env=env)
+    finally:
+        del os.environ["AWS_ENDPOINT_URL_S3"]
+    assert result.code == 0, result.stderr
+    assert "nightly/e1/manifest.json" in keys(s3)
+
+
+def test_the_bucket_region_option_signs_for_that_region(db: Database, s3: Any, moto: Moto) -> None:
+    big_table(db, 10)
+    host, port = moto.endpoint.removeprefix("http://").split(":")
+    proxy = CuttingProxy(host, int(port)).start()
+    try:
+        result = db.dump("--s3-region", "eu-west-3",
+                         env=s3_env(moto, DUMPER_S3_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}"))
+    finally:
+        proxy.stop()
+    assert result.code == 0, result.stderr
+    requests = [r for stream in proxy.sent for r in http_requests(bytes(stream))]
+    assert requests and all("/eu-west-3/s3/aws4_request" in h["authorization"] for _, h in requests)
+
+
+def test_a_failed_manifest_write_leaves_no_latest_pointing_at_the_run(db: Database, s3: Any, moto: Moto) -> None:
+    big_table(db, 10)
+    assert db.dump("--run-id", "good", env=s3_env(moto)).code == 0
+    host, port = moto.endpoint.removeprefix("http://").split(":")
+    proxy = CuttingProxy(host, int(port), cut_when=b"manifest.json").start()
+    try:
+        result = db.dump("--run-id", "bad", env=s3_env(moto, DUMPER_S3_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}"))
+    finally:
+        proxy.stop()
+    assert proxy.cuts >= 1
+    assert result.code == 6, result.stderr
+    assert "manifest.json" in result.stderr
+    assert body(s3, "nightly/LATEST") == b"good\n"
+    assert not [k for k in keys(s3) if k.startswith("nightly/bad/")], "nothing of the failed run is left"
+    assert pending_uploads(s3) == []
+
+
+def test_sigterm_exits_anyway_when_clean_up_outlasts_the_grace_period(db: Database, s3: Any, moto: Moto) -> None:
+    big_table(db)
+    host, port = moto.endpoint.removeprefix("http://").split(":")
+    proxy = CuttingProxy(host, int(port), cut_after=1 << 20, stall=True).start()  # the abort cannot finish
+    try:
+        proc = db.spawn("run", "--jobs", "1", "--stall-timeout", "0", "--grace-seconds", "1",
+                        env={**s3_env(moto, DUMPER_S3_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}"),
+                             "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                             "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
+        deadline = time.monotonic() + 60
+        while not proxy.stalls:
+            assert time.monotonic() < deadline and proc.poll() is None, "the upload was never held"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        proxy.stop()
+    assert proc.returncode == 143, stderr
+    assert "clean-up took longer than --grace-seconds 1" in stderr
+    assert took < 15, f"exited {took:.1f} s after SIGTERM"

@@ -122,3 +122,69 @@ def test_nothing_listening_is_a_connection_error_after_retries(db: Database) -> 
 def test_auth_and_tls_failures_are_not_retried(db: Database) -> None:
     assert "retrying" not in db.dump(password="wrong").stdout
     assert "retrying" not in db.dump("--host", "127.0.0.1").stdout
+
+
+def test_sslmode_require_encrypts_without_checking_the_certificate(db: Database) -> None:
+    import subprocess
+    import sys
+
+    from devtools.pgcluster import ROOT_DIR
+
+    db.sql("CREATE TABLE t (i int);")
+    # 127.0.0.1 is not the certificate's name: verify-full refuses it (above), require does not check.
+    proc = subprocess.run([sys.executable, "-m", "dumper", "check", "--host", "127.0.0.1", "--sslmode", "require"],
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT_DIR), **db.base_env()},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "TLS TLSv1." in proc.stdout and "(--sslmode require)" in proc.stdout, "encrypted all the same"
+    assert "--sslmode require: the server's identity is not verified" in proc.stderr
+
+
+def test_a_database_that_does_not_exist_is_exit_3_naming_the_option(db: Database) -> None:
+    result = db.dump("--dbname", "no_such_db")
+    assert result.code == 3
+    assert '--dbname: database "no_such_db" does not exist' in result.stderr
+
+
+def test_a_host_that_does_not_resolve_is_exit_3_naming_the_option(db: Database) -> None:
+    result = db.dump("--host", "no-such-host.invalid", "--connect-attempts", "1")
+    assert result.code == 3
+    assert "--host: cannot resolve 'no-such-host.invalid'" in result.stderr
+
+
+def test_a_server_that_refuses_tls_is_exit_3(db: Database) -> None:
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def refuse_tls() -> None:  # a PostgreSQL server built without TLS answers SSLRequest with 'N'
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(8)
+            conn.sendall(b"N")
+            conn.recv(1024)
+
+    thread = threading.Thread(target=refuse_tls, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    try:
+        result = db.dump("--port", str(port), "--connect-attempts", "1")
+    finally:
+        server.close()
+        thread.join(5)
+    assert result.code == 3
+    assert f"localhost:{port} does not accept TLS; --sslmode verify-full requires it" in result.stderr
+
+
+def test_a_server_that_refuses_the_login_is_exit_3(db: Database) -> None:
+    db.sql("CREATE ROLE shut_out LOGIN PASSWORD 'pw';")
+    try:
+        with db.cluster.hba_rule("hostssl all shut_out 127.0.0.1/32 reject\nhostssl all shut_out ::1/128 reject"):
+            result = db.dump(user="shut_out", password="pw")
+    finally:
+        db.sql("DROP ROLE shut_out;")
+    assert result.code == 3
+    assert "the server refused the connection" in result.stderr and "pg_hba.conf rejects" in result.stderr

@@ -79,8 +79,14 @@ def test_inheritance_children_are_not_counted_twice(db: Database) -> None:
 def test_views_matviews_and_foreign_tables_are_not_dumped(db: Database) -> None:
     db.sql("CREATE TABLE base (id int); INSERT INTO base VALUES (1);"
            "CREATE VIEW v AS SELECT * FROM base; CREATE MATERIALIZED VIEW mv AS SELECT * FROM base;"
-           "CREATE SEQUENCE seq;")
+           "CREATE SEQUENCE seq;"
+           # A foreign table that reads, a file the server has: dumping it would read another system.
+           "CREATE EXTENSION file_fdw; CREATE SERVER files FOREIGN DATA WRAPPER file_fdw;"
+           "CREATE FOREIGN TABLE ft (line text) SERVER files "
+           "OPTIONS (filename '/etc/passwd', format 'text');")
+    assert db.fetch("SELECT count(*) FROM ft")[0][0] >= 1, "the foreign table is readable"
     result = db.dump()
+    assert result.code == 0, result.stderr
     assert [t["table"] for t in result.manifest()["tables"]] == ["base"]
 
 
