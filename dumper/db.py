@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import asyncpg
 import tenacity
 
-from . import __version__, encode
+from . import __version__, encode, replica
 from .config import Settings
 from .errors import (
     ConfigError,
@@ -27,6 +27,7 @@ from .errors import (
     DumperError,
     DumpError,
     PermissionDenied,
+    RecoveryConflict,
     SnapshotLost,
 )
 from .logs import log
@@ -141,7 +142,8 @@ def connect_error(exc: BaseException, settings: Settings) -> DumperError:
             hint = "check PGPASSWORD"
         return ConnectError(f"authentication failed for {where}: {text}; {hint}")
     if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
-        if "no encryption" in text and settings.sslmode == "disable":
+        # "no pg_hba.conf entry ... no encryption": only TLS logins are allowed (a reject line says "rejects").
+        if "no pg_hba.conf entry" in text and "no encryption" in text and settings.sslmode == "disable":
             return ConnectError(f"{where}: the server requires TLS; use --sslmode verify-full ({text})")
         return ConnectError(f"{where}: the server refused the connection: {text}")
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
@@ -166,6 +168,8 @@ def table_error(exc: BaseException, table: str) -> DumperError:
         return PermissionDenied(
             f"table {table}: {text}; grant read access, e.g. GRANT pg_read_all_data TO <user> "
             f"(PostgreSQL 14+) or GRANT SELECT ON {table} TO <user> (see sql/)")
+    if getattr(exc, "sqlstate", None) == replica.RECOVERY_CONFLICT:  # a standby's replay cancelled the read
+        return RecoveryConflict(f"table {table}: {text}")
     if isinstance(exc, asyncpg.LockNotAvailableError):
         return DumpError(f"table {table}: could not lock it within --lock-timeout (another session holds "
                          f"a conflicting lock, e.g. ALTER TABLE): {text}")
@@ -272,6 +276,8 @@ async def preparing(settings: Settings) -> AsyncIterator[None]:
     except LOST as exc:
         raise ConnectionLost(f"the connection was lost while preparing the run: {exc}") from exc
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        if getattr(exc, "sqlstate", None) == replica.RECOVERY_CONFLICT:
+            raise RecoveryConflict(f"while taking the snapshot: {exc}") from exc
         raise DumpError(f"while taking the snapshot and reading the catalog: "
                         f"{type(exc).__name__}: {exc}") from exc
 

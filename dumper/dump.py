@@ -13,15 +13,15 @@ import gc
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__, db
+from . import __version__, db, replica
 from .assemble import PROGRESS_EVERY, Assembly
 from .config import Settings
 from .discover import Table, discover, measured
 from .encode import Framer, encode_rows
-from .errors import ConnectionLost, DumperError, SnapshotLost
+from .errors import ConnectionLost, DumperError, RecoveryConflict, SnapshotLost
 from .logs import current_table, log
 from .manifest import LATEST_NAME, MANIFEST_NAME, Manifest, TableEntry, table_file_name, unique_file_names
 from .sinks import Output
@@ -250,7 +250,8 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
             for _ in range(jobs):
                 group.create_task(worker())
     except BaseExceptionGroup as exc:
-        raise _first_error(exc) from None
+        first = _first_error(exc)
+        raise first from first.__cause__  # not the group: the error, with the server's own words behind it
     finally:
         beat.cancel()
         for relpath, assembly in assemblies.items():
@@ -273,24 +274,37 @@ async def _heartbeat(assemblies: dict[str, Assembly], finished: dict[str, TableE
                     "seconds_since_data": round(now - assembly.last_data, 1)})
 
 
+@dataclass
+class _Source:
+    """What the run learnt about the server it reads (kept across attempts)."""
+
+    standby: replica.Standby | None = None
+    conflicts: dict[str, int] = field(default_factory=dict)  # pg_stat_database_conflicts at the start
+
+
 async def run(settings: Settings, password: db.PasswordProvider, output: Output,
               clock: Callable[[], dt.datetime] = _now) -> Manifest:
     """Dump every selected table into <output>/<run_id>/; returns the manifest written.
 
     If the snapshot is lost (the server restarted, the snapshot's connection
-    died), the run starts again with a fresh snapshot, up to --run-attempts:
-    the result is exactly one complete dump, or an error.
+    died, a standby's replay cancelled the run), the run starts again with a
+    fresh snapshot, up to --run-attempts: the result is exactly one complete
+    dump, or an error that names the cause.
     """
     await asyncio.to_thread(output.make_run_dir, settings.run_id)  # new, private, writable: before any table
+    source = _Source()
     try:
         for attempt in range(1, settings.run_attempts + 1):
             try:
-                return await _run_once(settings, password, output, clock)
+                return await _run_once(settings, password, output, clock, source)
             except (SnapshotLost, ConnectionLost) as exc:
+                error = await _name_recovery_conflict(settings, password, source, exc)
                 if attempt == settings.run_attempts:
-                    raise
+                    if error is exc:
+                        raise
+                    raise error from exc
                 log.warning("snapshot lost; starting the run again with a fresh snapshot",
-                            extra={"attempt": attempt + 1, "of": settings.run_attempts, "error": str(exc)})
+                            extra={"attempt": attempt + 1, "of": settings.run_attempts, "error": str(error)})
                 await asyncio.sleep(min(2.0 ** attempt, 30.0))
         raise AssertionError("unreachable")
     except BaseException:
@@ -298,8 +312,28 @@ async def run(settings: Settings, password: db.PasswordProvider, output: Output,
         raise
 
 
+async def _name_recovery_conflict(settings: Settings, password: db.PasswordProvider, source: _Source,
+                                  exc: DumperError) -> DumperError:
+    """On a standby, a lost snapshot or connection is most often replay cancelling
+    the run: if the conflict counters moved (or the server said so), say that."""
+    if source.standby is None:
+        return exc
+    after: dict[str, int] = {}
+    with contextlib.suppress(DumperError, *db.LOST):
+        conn = await db.connect(settings, password)
+        try:
+            async with db.stall_guard(settings.stall_timeout, "while reading the conflict counters"):
+                after = await replica.conflicts(conn)
+        finally:
+            await db.close(conn)
+    moved = any(after.get(k, 0) > v for k, v in source.conflicts.items())
+    if isinstance(exc, RecoveryConflict) or moved:
+        return replica.explain(source.conflicts, after, exc)
+    return exc
+
+
 async def _run_once(settings: Settings, password: db.PasswordProvider, output: Output,
-                    clock: Callable[[], dt.datetime]) -> Manifest:
+                    clock: Callable[[], dt.datetime], source: _Source) -> Manifest:
     started = clock()
     run_dir = settings.run_id
     committed: list[str] = []
@@ -312,8 +346,14 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
                 version = await db.server_version(coordinator)
                 piece_pages = await _piece_pages(coordinator, settings)
                 tables = await discover(coordinator, settings.schema, settings.include, settings.exclude)
-            log.info("snapshot taken", extra={"snapshot_id": snapshot_id, "tables": len(tables),
-                                              "server_version": version})
+                source.standby = await replica.standby(coordinator)
+                if source.standby and not source.conflicts:
+                    source.conflicts = await replica.conflicts(coordinator)
+            log.info("snapshot taken", extra={
+                "snapshot_id": snapshot_id, "tables": len(tables), "server_version": version,
+                **(source.standby.fields() if source.standby else {"standby": False})})
+            if source.standby and source.standby.can_cancel:
+                log.warning(source.standby.warning())
             for table in tables:
                 await db.lock_table(coordinator, table.relation_sql(), table.qualified, settings)
             async with db.preparing(settings):

@@ -7,6 +7,7 @@
     ├── DumpError               5  the server failed while the dump was reading
     │   ├── ConnectionLost      5    a connection died mid-table (the table is retried)
     │   └── SnapshotLost        5    the run's snapshot is gone (the run is retried)
+    │       └── RecoveryConflict 5   a standby's WAL replay cancelled the run (retried, then named)
     ├── OutputError             6  the output location could not be written
     ├── VerifyError             7  `dumper verify` found a mismatch
     └── Interrupted           130  stopped by SIGINT/SIGTERM before the dump finished
@@ -44,6 +45,10 @@ class ConnectionLost(DumpError):
 
 class SnapshotLost(DumpError):
     """The exported snapshot cannot be joined any more: only a new run can heal."""
+
+
+class RecoveryConflict(SnapshotLost):
+    """A hot standby's WAL replay cancelled a query or ended a session of the run."""
 
 
 class OutputError(DumperError):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import string
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,7 +15,7 @@ import orjson
 
 from .encode import rows_in
 from .errors import VerifyError
-from .stored import read_stats
+from .stored import CORRUPT, read_stats
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -128,7 +127,7 @@ def verify(doc: dict[str, Any], open_chunks: Callable[[str], Iterable[bytes] | N
                 problems.append(f"{name}: file is missing")
                 continue
             stats = read_stats(chunks, doc["compression"])
-        except zlib.error as exc:
+        except CORRUPT as exc:
             problems.append(f"{name}: not a valid gzip file: {exc}")
             continue
         except OSError as exc:  # e.g. a symlink where the file should be

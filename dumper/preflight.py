@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import db
+from . import db, replica
 from .auth import IamToken, StaticPassword
 from .config import Settings
 from .discover import discover
@@ -47,6 +47,15 @@ async def check(settings: Settings, password: StaticPassword | IamToken,
         say(f"connected: {settings.host}:{settings.port}/{settings.dbname} as {settings.user}, "
             f"TLS {tls['version'] if tls and tls['ssl'] else 'OFF'} (--sslmode {settings.sslmode}), "
             f"PostgreSQL {await db.server_version(conn)}")
+        standby = await replica.standby(conn)
+        if standby:
+            lag = "unknown" if standby.replay_lag_s is None else f"{standby.replay_lag_s:.1f} s"
+            say(f"standby: a hot standby (replay lag {lag}), hot_standby_feedback = "
+                f"{standby.hot_standby_feedback}, max_standby_streaming_delay = "
+                f"{standby.max_standby_streaming_delay}, max_standby_archive_delay = "
+                f"{standby.max_standby_archive_delay}")
+            if standby.can_cancel:
+                say(f"  warning: {standby.warning()}")
         tables = await discover(conn, settings.schema, settings.include, settings.exclude)
         rows = {r["oid"]: r for r in await conn.fetch(_READABLE_SQL, [t.oid for t in tables])}
     finally:

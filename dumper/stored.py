@@ -11,11 +11,13 @@ import hashlib
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from isal import isal_zlib
 
 GZIP = 31  # wbits: gzip header and trailer
+# What a damaged gzip stream raises (ISA-L's error is its own class, not zlib's).
+CORRUPT: tuple[type[Exception], ...] = (zlib.error, cast(type[Exception], isal_zlib.error))
 OUT_PIECE = 1 << 20  # bytes decompressed at a time while verifying
 
 

@@ -8,6 +8,7 @@ import contextlib
 import gzip
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from devtools.pgcluster import SUPERUSER, SUPERUSER_PASSWORD, Cluster
+from devtools.pgcluster import SUPERUSER, SUPERUSER_PASSWORD, Cluster, features
 from dumper import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,9 +152,28 @@ def wait_until(condition: Any, seconds: float = 30) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
-    c = Cluster().start()
+# The PostgreSQL majors every database test runs against: DUMPER_TEST_MAJORS=15
+# (or `make test MAJORS=15`) runs one alone.
+MAJORS = [int(m) for m in os.environ.get("DUMPER_TEST_MAJORS", "15,18").split(",") if m.strip()]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """@pytest.mark.requires("tls", ...): a server feature that PostgreSQL 18 from the
+    wheel lacks. Skipped before any fixture runs, so none changes that cluster."""
+    callspec = getattr(item, "callspec", None)
+    major = callspec.params.get("cluster") if callspec else None
+    if major is None:
+        return
+    for marker in item.iter_markers("requires"):
+        missing = set(marker.args) - features(major)
+        if missing:
+            pytest.skip(f"PostgreSQL {major} here is built without {', '.join(sorted(missing))}")
+
+
+@pytest.fixture(scope="session", params=MAJORS, ids=[f"pg{m}" for m in MAJORS])
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    c = Cluster(major=request.param).start()
     try:
         yield c
     finally:

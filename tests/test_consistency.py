@@ -10,8 +10,6 @@ from decimal import Decimal
 
 import pytest
 
-from devtools.pgcluster import PG_BIN
-
 from .conftest import Database
 
 ACCOUNTS = 50_000
@@ -40,7 +38,7 @@ def test_jobs_4_dump_sees_one_consistent_snapshot(db: Database, split: list[str]
     script = db.tmp / "transfer.sql"
     script.write_text(TRANSFER)
     writers = subprocess.Popen(
-        [str(PG_BIN / "pgbench"), "-n", "-f", str(script), "-c", "3", "-T", "60", "-h",
+        [str(db.cluster.bin / "pgbench"), "-n", "-f", str(script), "-c", "3", "-T", "60", "-h",
          str(db.cluster.socket_dir), "-p", str(db.cluster.port), "-U", "postgres", db.name],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

@@ -24,7 +24,7 @@ from devtools.pgcluster import ROOT_DIR
 from dumper import cli
 from dumper.config import resolve
 
-from .conftest import Database
+from .conftest import Database, wait_until
 from .http_capture import capture
 from .test_resilience import finish, wait_for_line
 
@@ -117,6 +117,7 @@ def test_local_output_is_private_whatever_the_umask(db: Database) -> None:
         proc = db.spawn("run", "--run-id", "r1", "--jobs", "1", "--metrics-file", str(metrics))
     seen = wait_for_line(proc, '"event":"started"', "public.big")
     run = db.tmp / "out" / "r1"
+    wait_until(lambda: [p for p in run.iterdir() if p.name.endswith(".partial")])
     os.kill(proc.pid, signal.SIGSTOP)
     try:
         (partial,) = [p for p in run.iterdir() if p.name.endswith(".partial")]
@@ -202,6 +203,7 @@ def test_iam_tokens_go_only_to_verified_servers(db: Database, sslmode: str) -> N
     assert received == [], "nothing was sent to the server"
 
 
+@pytest.mark.requires("tls")
 def test_password_auth_below_verify_full_warns_naming_the_risk(db: Database) -> None:
     db.sql("CREATE TABLE t (i int);")
     result = db.dump("--sslmode", "require")

@@ -37,14 +37,15 @@ ROLE_ARN = "arn:aws:iam::123456789012:role/dumper-irsa"
 @pytest.fixture(scope="session")
 def iam_server(cluster: Cluster, moto: Moto) -> Iterator[IamLdapServer]:
     server = IamLdapServer(TokenCheck("localhost", cluster.port, REGION, Moto.credentials_for)).start()
-    for net in ("127.0.0.1/32", "::1/128"):
-        cluster.allow(f'hostssl all {IAM_USER} {net} ldap ldapserver=127.0.0.1 ldapport={server.port} '
-                      'ldapprefix="cn=" ldapsuffix=",dc=rds"')
+    rules = "\n".join(f'hostssl all {IAM_USER} {net} ldap ldapserver=127.0.0.1 ldapport={server.port} '
+                      'ldapprefix="cn=" ldapsuffix=",dc=rds"' for net in ("127.0.0.1/32", "::1/128"))
     cluster.psql(f"CREATE ROLE {IAM_USER} LOGIN; GRANT pg_read_all_data TO {IAM_USER};")
     try:
-        yield server
+        with cluster.hba_rule(rules):  # the cluster is left as it was found
+            yield server
     finally:
         server.stop()
+        cluster.psql(f"DROP ROLE {IAM_USER};")
 
 
 @pytest.fixture
@@ -67,6 +68,9 @@ def irsa(iam_server: IamLdapServer, moto: Moto, tmp_path: Path,
     iam_server.binds.clear()
     iam_server.tokens.clear()
     return iam_server
+
+
+pytestmark = pytest.mark.requires("tls", "ldap")  # RDS-like IAM logins: TLS, and pg_hba's ldap method
 
 
 def iam_env(**extra: str) -> dict[str, str]:

@@ -42,7 +42,7 @@ def test_manifest_lists_every_file_with_counts_and_checksums(sample: Database) -
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", m["started_at"])
     assert m["database"] == {"host": "localhost", "port": sample.cluster.port, "dbname": sample.name,
                              "user": "postgres", "server_version": m["database"]["server_version"]}
-    assert m["database"]["server_version"].startswith("15.")
+    assert m["database"]["server_version"].startswith(f"{sample.cluster.major}.")
     assert re.fullmatch(r"[0-9A-F]+-[0-9A-F]+-\d+", m["snapshot_id"])
     assert (m["format"], m["compression"]) == ("jsonl", "gzip")
     assert [t["table"] for t in m["tables"]] == ["customers", "orders"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trustme
 
 from .conftest import Database
@@ -74,6 +75,7 @@ def test_wrong_password_is_an_auth_error(db: Database) -> None:
     assert "wrong" not in result.stderr.replace("wrong password", "")
 
 
+@pytest.mark.requires("tls")
 def test_verify_full_rejects_an_unknown_ca(db: Database, tmp_path: Path) -> None:
     other_ca = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other_ca))
@@ -84,12 +86,14 @@ def test_verify_full_rejects_an_unknown_ca(db: Database, tmp_path: Path) -> None
     assert result.files() == []
 
 
+@pytest.mark.requires("tls")
 def test_verify_full_rejects_a_host_name_mismatch(db: Database) -> None:
     result = db.dump("--host", "127.0.0.1")  # the certificate names only 'localhost'
     assert result.code == 3
     assert "not accepted" in result.stderr and "IP address mismatch" in result.stderr
 
 
+@pytest.mark.requires("tls")
 def test_verify_ca_accepts_the_same_mismatch(db: Database) -> None:
     db.sql("CREATE TABLE t (i int); INSERT INTO t VALUES (1);")
     result = db.dump("--host", "127.0.0.1", "--sslmode", "verify-ca")
@@ -97,6 +101,7 @@ def test_verify_ca_accepts_the_same_mismatch(db: Database) -> None:
     assert result.rows("public", "t") == [{"i": 1}]
 
 
+@pytest.mark.requires("tls")
 def test_plaintext_is_refused_by_a_tls_only_server(db: Database) -> None:
     result = db.dump("--sslmode", "disable")
     assert result.code == 3
@@ -104,6 +109,7 @@ def test_plaintext_is_refused_by_a_tls_only_server(db: Database) -> None:
     assert "NOT encrypted" in result.stdout  # the loud warning
 
 
+@pytest.mark.requires("tls")
 def test_missing_ca_file_is_a_usage_error(db: Database) -> None:
     result = db.dump("--sslrootcert", "/nonexistent/ca.pem")
     assert result.code == 2
@@ -119,11 +125,13 @@ def test_nothing_listening_is_a_connection_error_after_retries(db: Database) -> 
     assert '"attempt":1,"of":2' in result.stdout
 
 
+@pytest.mark.requires("tls")
 def test_auth_and_tls_failures_are_not_retried(db: Database) -> None:
     assert "retrying" not in db.dump(password="wrong").stdout
     assert "retrying" not in db.dump("--host", "127.0.0.1").stdout
 
 
+@pytest.mark.requires("tls")
 def test_sslmode_require_encrypts_without_checking_the_certificate(db: Database) -> None:
     import subprocess
     import sys
@@ -152,6 +160,7 @@ def test_a_host_that_does_not_resolve_is_exit_3_naming_the_option(db: Database) 
     assert "--host: cannot resolve 'no-such-host.invalid'" in result.stderr
 
 
+@pytest.mark.requires("tls")
 def test_a_server_that_refuses_tls_is_exit_3(db: Database) -> None:
     import socket
     import threading
@@ -182,7 +191,8 @@ def test_a_server_that_refuses_tls_is_exit_3(db: Database) -> None:
 def test_a_server_that_refuses_the_login_is_exit_3(db: Database) -> None:
     db.sql("CREATE ROLE shut_out LOGIN PASSWORD 'pw';")
     try:
-        with db.cluster.hba_rule("hostssl all shut_out 127.0.0.1/32 reject\nhostssl all shut_out ::1/128 reject"):
+        host = db.cluster.hba_host
+        with db.cluster.hba_rule(f"{host} all shut_out 127.0.0.1/32 reject\n{host} all shut_out ::1/128 reject"):
             result = db.dump(user="shut_out", password="pw")
     finally:
         db.sql("DROP ROLE shut_out;")
