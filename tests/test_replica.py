@@ -37,7 +37,8 @@ def on(replica: Cluster) -> dict[str, str]:
 
 
 def replay_caught_up(db: Database, replica: Cluster) -> None:
-    target = db.cluster.psql("SELECT pg_current_wal_lsn()").strip()
+    # The insert position: with synchronous_commit = off the write position can lag the last commit.
+    target = db.cluster.psql("SELECT pg_current_wal_insert_lsn()").strip()
     wait_until(lambda: replica.psql(f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn").strip() == "t")
 
 
