@@ -29,8 +29,9 @@ EXIT_CODES = """exit codes:
   2    usage or configuration error (nothing was written)
   3    cannot connect or authenticate (network, TLS, IAM, password)
   4    permission denied on a table (missing GRANT, row-level security)
-  5    the dump failed while reading (server error, lock timeout, lost connection)
-  6    the output could not be written
+  5    the dump failed while reading (server error, lock timeout, lost connection, stall,
+       a standby's conflict with recovery)
+  6    the output could not be written (or stalled)
   7    verify found a mismatch
   130  interrupted by SIGINT, 143 by SIGTERM (no manifest was written)"""
 
