@@ -373,6 +373,7 @@ def test_sigterm_exits_anyway_when_clean_up_outlasts_the_grace_period(db: Databa
     big_table(db)
     host, port = moto.endpoint.removeprefix("http://").split(":")
     proxy = CuttingProxy(host, int(port), cut_after=1 << 20, stall=True).start()  # the abort cannot finish
+    proc: subprocess.Popen[str] | None = None
     try:
         proc = db.spawn("run", "--jobs", "1", "--stall-timeout", "0", "--grace-seconds", "1",
                         env={**s3_env(moto, DUMPER_S3_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}"),
@@ -387,6 +388,9 @@ def test_sigterm_exits_anyway_when_clean_up_outlasts_the_grace_period(db: Databa
         _, stderr = proc.communicate(timeout=60)
         took = time.monotonic() - started
     finally:
+        if proc is not None and proc.poll() is None:  # outlived the bound: the test fails, leaving no process
+            proc.kill()
+            proc.communicate()
         proxy.stop()
     assert proc.returncode == 143, stderr
     assert "clean-up took longer than --grace-seconds 1" in stderr
