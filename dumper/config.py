@@ -165,6 +165,8 @@ OPTIONS: tuple[Option, ...] = (
            switch=True),
 )
 
+_FLAGS = {option.name: option.flag for option in OPTIONS}
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -263,7 +265,7 @@ def with_url_files(settings: Settings, read: Callable[[str], str]) -> Settings:
         path = getattr(settings, f"{name}_file")
         if not path:
             continue
-        flag = "--" + name.replace("_", "-") + "-file"
+        flag = _FLAGS[f"{name}_file"]
         try:
             url = read(path).strip()
         except OSError as exc:
@@ -353,8 +355,8 @@ def resolve(
             "--sslmode verify-full with --sslrootcert (the RDS CA bundle)")
     for name in ("notify_url", "pushgateway_url"):
         if values.get(name) and values.get(f"{name}_file"):
-            raise ConfigError(f"--{name.replace('_', '-')} and --{name.replace('_', '-')}-file: give one of them")
+            raise ConfigError(f"{_FLAGS[name]} and {_FLAGS[f'{name}_file']}: give one of them")
         if values.get(name):
-            _http_url("--" + name.replace("_", "-"), values[name])
+            _http_url(_FLAGS[name], values[name])
     values.setdefault("run_id", default_run_id(now or dt.datetime.now(dt.UTC)))
     return Settings(**values)
