@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PG_BIN ?= /usr/lib/postgresql/15/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit bench postgres constraints clean image-test podman
+.PHONY: demo test lint unit bench postgres constraints clean image-test podman coverage
 
 # The virtualenv, with the package (editable) and everything tests need, from pinned versions.
 $(STAMP): pyproject.toml constraints.txt
@@ -33,6 +33,13 @@ MAJORS ?= 15,18
 test: $(STAMP) postgres lint
 	DUMPER_TEST_MAJORS=$(MAJORS) $(BIN)/pytest
 
+# The suite under coverage, spawned CLI processes included; one major by default (the code paths are the same).
+coverage: $(STAMP) postgres
+	rm -f .coverage .coverage.*
+	DUMPER_TEST_MAJORS=$(or $(COVERAGE_MAJORS),15) $(BIN)/coverage run -m pytest -p no:cacheprovider
+	$(BIN)/coverage combine -q
+	$(BIN)/coverage report --sort=cover
+
 # podman, debootstrap and runc from Debian, for building and running the image here.
 podman:
 	@if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null; then \
@@ -50,4 +57,4 @@ constraints: $(STAMP)
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^dumper' > constraints.txt
 
 clean:
-	rm -rf $(VENV) dumps .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) dumps .demo .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*

@@ -6,6 +6,8 @@ output MB/s, client CPU, database server CPU and peak client RSS, plus the
 ratios dumper/baseline. Server CPU is the postmaster's reaped-children CPU
 (cutime+cstime in /proc/<pid>/stat) across a method's run: exactly the CPU of
 the backends that served it, read after they have exited (autovacuum is off).
+Restores (r*) load the mixed table into an empty copy in another database,
+against psql's `\\copy ... FROM` of the same rows as CSV.
 
     python -m bench.run [--rows 2000000] [--narrow-rows 5000000] [--repeat 3] [--only a,b]
 """
@@ -159,6 +161,23 @@ def main() -> int:
                         "--s3-endpoint-url", moto, *extra]
             return command
 
+        # Restore: the same table loaded into an empty copy, against psql's \copy FROM of its CSV.
+        cluster.psql("CREATE DATABASE target;")
+        cluster.psql(MIXED_SQL.format(name="mixed", rows=0), "target")
+        source = work / "source"
+        subprocess.run([*dumper, "--output", str(source), "--run-id", "src", "--include", "public.mixed"],
+                       env=env, check=True, stdout=subprocess.DEVNULL)
+        cluster.psql(f"\\copy mixed TO '{work}/mixed.csv' CSV", "bench")
+
+        def emptied(command: list[str]) -> Callable[[Path], list[str]]:
+            def fresh(out: Path) -> list[str]:
+                cluster.psql("TRUNCATE mixed; CHECKPOINT;", "target")
+                return command
+            return fresh
+
+        psql_target = ["psql", "-X", "-q", "-h", "localhost", "-p", str(cluster.port), "-U", SUPERUSER, "target"]
+        restore_cmd = [*dumper[:-1], "restore", str(source / "src"), "--dbname", "target"]
+
         half = args.rows // 2
         one = ("--jobs", "1")  # one connection, one table: the issue's "single job"
         methods: dict[str, tuple[Callable[[Path], list[str]], int]] = {
@@ -172,6 +191,9 @@ def main() -> int:
             "n1_narrow_small": (dump("--include", "public.narrow_small", *one), args.narrow_rows // 10),
             "n2_narrow": (dump("--include", "public.narrow", *one), args.narrow_rows),
             "n3_narrow_jobs2_split": (dump("--include", "public.narrow", "--jobs", "2"), args.narrow_rows),
+            "r0_baseline_copy_from_csv": (emptied([*psql_target, "-c", f"\\copy mixed FROM '{work}/mixed.csv' CSV"]),
+                                          args.rows),
+            "r1_dumper_restore": (emptied(restore_cmd), args.rows),
         }
         if args.only:
             wanted = set(args.only.split(","))
@@ -242,9 +264,10 @@ def summarize(methods: dict[str, tuple[Callable[[Path], list[str]], int]],
             "server_cpu_s": round(statistics.median(s.server_cpu for s in runs), 2),
             "peak_rss_mb": round(max(s.peak_rss_mb for s in runs), 1),
         }
-    base = report.get("a_baseline_to_json_copy")
-    if base:
-        for entry in report.values():
+    for name, entry in report.items():
+        # Restores (r*) compare with loading the same table's CSV; dumps with to_json's COPY.
+        base = report.get("r0_baseline_copy_from_csv" if name.startswith("r") else "a_baseline_to_json_copy")
+        if base:
             entry["rows_per_s_vs_baseline"] = round(entry["rows_per_s"] / base["rows_per_s"], 2)
             base_cpu = max(base["server_cpu_s"], 0.01)
             entry["server_cpu_vs_baseline"] = round(entry["server_cpu_s"] / base_cpu, 2)

@@ -1,5 +1,6 @@
 """`make demo`: a throwaway PostgreSQL with TLS and sample data, dumped to ./dumps
-by the real `dumper` CLI, then verified; the server is stopped at the end."""
+by the real `dumper` CLI, verified, then restored into an empty copy of the
+schema (`shop_copy`); the server is stopped at the end."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ def main() -> int:
         cluster.psql("CREATE DATABASE shop;")
         cluster.psql((ROOT / "devtools" / "sample_data.sql").read_text(), "shop")
         cluster.psql(f"CREATE ROLE dumper_demo LOGIN PASSWORD '{password}';"
-                     "GRANT pg_read_all_data TO dumper_demo;")
+                     "GRANT pg_read_all_data TO dumper_demo;"
+                     f"CREATE ROLE restore_demo LOGIN PASSWORD '{password}';"
+                     "GRANT pg_write_all_data TO restore_demo;")
         print(f"loaded the sample database 'shop' (port {cluster.port})\n", flush=True)
         args = ["--host", "localhost", "--port", str(cluster.port), "--dbname", "shop",
                 "--user", "dumper_demo", "--auth", "password", "--sslmode", "verify-full",
@@ -36,7 +39,19 @@ def main() -> int:
             return run.returncode
         run_id = (Path("dumps") / "LATEST").read_text().strip()
         print(f"\n$ dumper verify dumps/{run_id}", flush=True)
-        return subprocess.run([DUMPER, "verify", f"dumps/{run_id}"], check=False).returncode
+        verified = subprocess.run([DUMPER, "verify", f"dumps/{run_id}"], check=False).returncode
+        if verified:
+            return verified
+        # The way back: the schema from pg_dump --schema-only, the rows from the dump.
+        cluster.psql("CREATE DATABASE shop_copy;")
+        schema = subprocess.run([str(cluster.bin / "pg_dump"), "--schema-only", "-h", str(cluster.socket_dir),
+                                 "-p", str(cluster.port), "-U", "postgres", "shop"],
+                                capture_output=True, text=True, check=True).stdout
+        cluster.psql(schema, "shop_copy")
+        restore = ["restore", f"dumps/{run_id}", *args[:4], "--dbname", "shop_copy", "--user", "restore_demo",
+                   *args[8:14], "--jobs", "2", "--log-format", "text"]
+        print(f"\n(schema from pg_dump --schema-only into shop_copy)\n$ dumper {' '.join(restore)}\n", flush=True)
+        return subprocess.run([DUMPER, *restore], env=env, check=False).returncode
     finally:
         cluster.stop()
         print("stopped the throwaway PostgreSQL", flush=True)

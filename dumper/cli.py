@@ -15,7 +15,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
-from . import __version__, auth, job, preflight, schedule
+from . import __version__, auth, job, preflight, restore, schedule
 from .config import OPTIONS, Settings, redact_url, resolve, with_url_files
 from .errors import ConfigError, DumperError, Interrupted, VerifyError
 from .logs import log, setup
@@ -37,6 +37,10 @@ EXIT_CODES = """exit codes:
 
 
 VERIFY_OPTIONS = ("s3_endpoint_url", "s3_region", "s3_expected_bucket_owner")
+RESTORE_OPTIONS = ("host", "port", "dbname", "user", "auth", "region", "sslmode", "sslrootcert", "include",
+                   "exclude", "jobs", "lock_timeout", "statement_timeout", "stall_timeout", "connect_attempts",
+                   "grace_seconds", "log_format", "truncate", "create_tables", "single_transaction",
+                   *VERIFY_OPTIONS)
 T = TypeVar("T")
 
 
@@ -80,10 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     verify_cmd.add_argument("path", help="the run's folder or URL: <output>/<run_id>")
     _add_options(verify_cmd, "verify", only=VERIFY_OPTIONS)
+    summary = "load a dump back into a database: verified first, parents before children"
+    restore_cmd = commands.add_parser("restore", help=summary, description=summary + " (docs/restore.md)",
+                                      epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    restore_cmd.add_argument("source", help="the run's folder or URL: <output>/<run_id>")
+    _add_options(restore_cmd, "restore", only=RESTORE_OPTIONS)
     return parser
 
 
-def _run_main(coro: Coroutine[Any, Any, T], grace_seconds: float = 20.0) -> T:
+def _run_main(coro: Coroutine[Any, Any, T], grace_seconds: float = 20.0,
+              left: str = "no manifest was written") -> T:
     """asyncio.run, with SIGTERM/SIGINT cancelling the work: clean-up (aborting
     uploads, removing partial files) runs in finally blocks; if it takes longer
     than `grace_seconds`, the process exits anyway with the signal's code."""
@@ -111,8 +121,7 @@ def _run_main(coro: Coroutine[Any, Any, T], grace_seconds: float = 20.0) -> T:
             return await coro
         except asyncio.CancelledError:
             if received:
-                error = Interrupted(f"stopped by {signal.Signals(received[0]).name}; "
-                                    "no manifest was written")
+                error = Interrupted(f"stopped by {signal.Signals(received[0]).name}; {left}")
                 error.exit_code = 128 + received[0]
                 raise error from None
             raise
@@ -129,6 +138,14 @@ def _human_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+def _print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
+    """Aligned columns: the first left, the others right."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        print("  ".join(cells).rstrip(), file=out)
+
+
 def print_report(outcome: Outcome, json_lines: bool, out: TextIO) -> None:
     tables = outcome.tables
     if json_lines:
@@ -141,11 +158,7 @@ def print_report(outcome: Outcome, json_lines: bool, out: TextIO) -> None:
         return
     rows = [(f"{t.schema}.{t.table}", f"{t.rows:,}", _human_bytes(t.bytes), f"{t.seconds:.2f}") for t in tables]
     rows.append((f"total ({len(tables)} tables)", f"{outcome.rows:,}", _human_bytes(outcome.bytes), ""))
-    header = ("table", "rows", "bytes", "seconds")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    for r in [header, *rows]:
-        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
-        print("  ".join(cells).rstrip(), file=out)
+    _print_table([("table", "rows", "bytes", "seconds"), *rows], out)
     print(f"\ndump complete: {outcome.location}/{MANIFEST_NAME}", file=out)
 
 
@@ -220,6 +233,27 @@ def cmd_token(settings: Settings, stdout: TextIO) -> int:
     return 0
 
 
+def cmd_restore(settings: Settings, stdout: TextIO) -> int:
+    json_lines = _start_logging(settings, stdout)
+    password = auth.password_provider(settings)
+    log.info("restore started", extra={"source": redact_url(settings.output), "host": settings.host,
+                                       "dbname": settings.dbname})
+    outcome = _run_main(restore.run(settings, password), settings.grace_seconds,
+                        "tables committed before it stay loaded, the others are as they were")
+    if json_lines:
+        for t in outcome.tables:
+            log.info("table restored", extra={"table": f"{t.schema}.{t.table}", "rows": t.rows,
+                                              "seconds": t.seconds})
+        log.info("restore finished", extra={"status": "success", "tables": len(outcome.tables),
+                                            "rows": outcome.rows, "target": outcome.target})
+        return 0
+    rows = [(f"{t.schema}.{t.table}", f"{t.rows:,}", f"{t.seconds:.2f}") for t in outcome.tables]
+    rows.append((f"total ({len(outcome.tables)} tables)", f"{outcome.rows:,}", ""))
+    _print_table([("table", "rows", "seconds"), *rows], stdout)
+    print(f"\nrestore complete: {outcome.target}", file=stdout)
+    return 0
+
+
 def cmd_verify(settings: Settings, stdout: TextIO) -> int:
     path = settings.output
     output = Output.for_settings(settings)
@@ -262,6 +296,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.command == "verify":
             flags = {**vars(args), "output": args.path}
             return cmd_verify(resolve(flags, environ, database=False), stdout)
+        if args.command == "restore":
+            return cmd_restore(resolve({**vars(args), "output": args.source}, environ), stdout)
         settings = with_url_files(resolve(vars(args), environ), lambda path: Path(path).read_text())
         command = {"run": cmd_run, "schedule": cmd_schedule, "check": cmd_check, "token": cmd_token}[args.command]
         return command(settings, stdout)

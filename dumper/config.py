@@ -28,6 +28,7 @@ S3_SSE = ("none", "AES256", "aws:kms")
 NOTIFY_ON = ("always", "failure")
 RUNS = ("run", "schedule")
 SCHEDULE = ("schedule",)
+RESTORE = ("restore",)
 S3_STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR",
                       "GLACIER", "DEEP_ARCHIVE", "REDUCED_REDUNDANCY", "EXPRESS_ONEZONE")
 
@@ -163,6 +164,12 @@ OPTIONS: tuple[Option, ...] = (
            300.0, _seconds, commands=SCHEDULE),
     Option("run_now", "schedule: start with a run, then follow --cron", False, _boolean, commands=SCHEDULE,
            switch=True),
+    Option("truncate", "restore: empty the target tables first (one TRUNCATE; without it, a table that holds "
+           "rows is refused)", False, _boolean, commands=RESTORE, switch=True),
+    Option("create_tables", "restore: create missing schemas and tables from the manifest's column names and "
+           "types (no constraints, indexes or defaults)", False, _boolean, commands=RESTORE, switch=True),
+    Option("single_transaction", "restore: load every table in one transaction (all or nothing; one "
+           "connection)", False, _boolean, commands=RESTORE, switch=True),
 )
 
 _FLAGS = {option.name: option.flag for option in OPTIONS}
@@ -215,6 +222,9 @@ class Settings:
     jitter: float = 0.0
     misfire_grace: float = 300.0
     run_now: bool = False
+    truncate: bool = False
+    create_tables: bool = False
+    single_transaction: bool = False
     # Read from PGPASSWORD only with --auth password; never printed.
     password: str | None = field(default=None, repr=False)
     # AWS_ROLE_ARN, to name the role in an IRSA error (not a secret, not an option).

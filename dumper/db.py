@@ -268,18 +268,18 @@ def _quote_literal(text: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def preparing(settings: Settings) -> AsyncIterator[None]:
-    """Errors while taking the snapshot and reading the catalog, said plainly."""
+async def preparing(settings: Settings, where: str = "while taking the snapshot and reading the catalog"
+                    ) -> AsyncIterator[None]:
+    """Errors while taking the snapshot and reading the catalog (or `where`), said plainly."""
     try:
-        async with stall_guard(settings.stall_timeout, "while taking the snapshot and reading the catalog"):
+        async with stall_guard(settings.stall_timeout, where):
             yield
     except LOST as exc:
-        raise ConnectionLost(f"the connection was lost while preparing the run: {exc}") from exc
+        raise ConnectionLost(f"the connection was lost {where}: {exc}") from exc
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         if getattr(exc, "sqlstate", None) == replica.RECOVERY_CONFLICT:
             raise RecoveryConflict(f"while taking the snapshot: {exc}") from exc
-        raise DumpError(f"while taking the snapshot and reading the catalog: "
-                        f"{type(exc).__name__}: {exc}") from exc
+        raise DumpError(f"{where}: {type(exc).__name__}: {exc}") from exc
 
 
 async def lock_table(conn: Any, relation_sql: str, table: str, settings: Settings) -> None:

@@ -21,7 +21,7 @@ from .assemble import PROGRESS_EVERY, Assembly
 from .config import Settings
 from .discover import Table, discover, measured
 from .encode import Framer, encode_rows
-from .errors import ConnectionLost, DumperError, RecoveryConflict, SnapshotLost
+from .errors import ConnectionLost, DumperError, RecoveryConflict, SnapshotLost, first_error
 from .logs import current_table, log
 from .manifest import LATEST_NAME, MANIFEST_NAME, Manifest, TableEntry, table_file_name, unique_file_names
 from .sinks import Output
@@ -156,21 +156,6 @@ async def _read_piece(conn: Any, piece: Piece, assembly: Assembly, settings: Set
             batcher.seen(count, size, largest)
 
 
-def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:
-    """The error to report from a TaskGroup: ours before anything else."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    return next((e for e in leaves if isinstance(e, DumperError)), leaves[0])
-
-
 def _entry(piece: Piece, assembly: Assembly) -> TableEntry:
     table = piece.table
     return TableEntry(
@@ -250,7 +235,7 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
             for _ in range(jobs):
                 group.create_task(worker())
     except BaseExceptionGroup as exc:
-        first = _first_error(exc)
+        first = first_error(exc)
         raise first from first.__cause__  # not the group: the error, with the server's own words behind it
     finally:
         beat.cancel()

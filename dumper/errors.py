@@ -18,6 +18,8 @@ never contain a password or token: callers pass only names and server text.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DumperError(Exception):
     exit_code = 1
@@ -61,3 +63,18 @@ class VerifyError(DumperError):
 
 class Interrupted(DumperError):
     exit_code = 130
+
+
+def first_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The error to report from a TaskGroup: ours before anything else."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return next((e for e in leaves if isinstance(e, DumperError)), leaves[0])

@@ -114,16 +114,27 @@ class Database:
             code = cli.main(["run", *args], environ, stdout=out)
         return Result(code, out.getvalue(), err.getvalue(), Path(environ["DUMPER_OUTPUT"]))
 
+    def restore(self, source: Path | str, *args: str, env: Mapping[str, str] | None = None,
+                user: str = SUPERUSER, password: str = SUPERUSER_PASSWORD) -> Result:
+        """Run `dumper restore SOURCE ARGS` into this database, in this process."""
+        environ = {**self.base_env(user, password), **(env or {})}
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = cli.main(["restore", str(source), *args], environ, stdout=out)
+        return Result(code, out.getvalue(), err.getvalue(), Path(environ["DUMPER_OUTPUT"]))
+
     @contextlib.contextmanager
-    def locked(self, table: str) -> Iterator[None]:
-        """ACCESS EXCLUSIVE on `table`, held by another session for the block:
-        a run that reaches the table waits, as long as the test wants."""
+    def locked(self, table: str, mode: str = "ACCESS EXCLUSIVE") -> Iterator[None]:
+        """A lock on `table` (default ACCESS EXCLUSIVE; SHARE blocks writers only),
+        held by another session for the block: a run that reaches the table
+        waits, as long as the test wants."""
         holder = subprocess.Popen(
             ["psql", "-X", "-q", "-h", str(self.cluster.socket_dir), "-p", str(self.cluster.port), "-U", SUPERUSER,
-             "-d", self.name, "-c", f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600);"],
+             "-d", self.name, "-c", f"BEGIN; LOCK TABLE {table} IN {mode} MODE; SELECT pg_sleep(600);"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        lock_name = mode.title().replace(" ", "") + "Lock"  # pg_locks' spelling: AccessExclusiveLock
         held = ("SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                "WHERE c.relname = $1 AND l.mode = 'AccessExclusiveLock' AND l.granted")
+                f"WHERE c.relname = $1 AND l.mode = '{lock_name}' AND l.granted")
         try:
             wait_until(lambda: self.fetch(held, table))
             yield
@@ -186,6 +197,18 @@ def db(cluster: Cluster, tmp_path: Path) -> Iterator[Database]:
     cluster.psql(f"CREATE DATABASE {name}")
     try:
         yield Database(cluster, name, tmp_path)
+    finally:
+        cluster.psql(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def target(cluster: Cluster, tmp_path: Path) -> Iterator[Database]:
+    """A second fresh database, to restore into."""
+    name = "r_" + uuid.uuid4().hex[:12]
+    cluster.psql(f"CREATE DATABASE {name}")
+    (tmp_path / "target").mkdir()
+    try:
+        yield Database(cluster, name, tmp_path / "target")
     finally:
         cluster.psql(f"DROP DATABASE {name} WITH (FORCE)")
 

@@ -214,3 +214,33 @@ def test_webhook_says_interrupted_when_sigterm_stops_a_run(db: Database) -> None
     body = parse_json(request.body)
     assert (body["status"], body["exit_code"]) == ("interrupted", 143)
     assert body["location"] is None and body["totals"]["tables"] == 0
+
+
+class _BrokenTerminal:
+    """A stdout that fails on write with an error no code path expects: a bug's stand-in."""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise RuntimeError("the terminal went away in an unexpected way")
+
+    def flush(self) -> None:
+        pass
+
+
+def test_an_unexpected_error_exits_1_with_its_traceback(db: Database) -> None:
+    import contextlib
+    import io
+
+    from dumper import cli
+
+    tables(db)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(["run", "--run-id", "u1", "--log-format", "text"], db.base_env(),
+                        stdout=_BrokenTerminal())  # type: ignore[arg-type]
+    assert code == 1
+    text = err.getvalue()
+    assert "unexpected error" in text and "Traceback (most recent call last)" in text
+    assert "RuntimeError: the terminal went away in an unexpected way" in text

@@ -161,6 +161,23 @@ def test_access_denied_names_the_bucket_and_the_permissions(db: Database, s3: An
     assert keys(s3) == []
 
 
+def test_kms_refusing_the_key_is_said_with_the_permissions(db: Database, s3: Any, moto: Moto) -> None:
+    """moto does not check KMS keys; a real S3 endpoint in front of it answers an
+    SSE-KMS write as S3 does when the role may not use the key."""
+    from .http_capture import kms_refusing_s3
+
+    big_table(db, 10)
+    with kms_refusing_s3(moto.endpoint) as front:
+        result = db.dump(env=s3_env(moto, DUMPER_S3_ENDPOINT_URL=front.url, DUMPER_S3_SSE="aws:kms",
+                                    DUMPER_S3_KMS_KEY_ID="alias/dumper"))
+    assert result.code == 6, result.stderr
+    assert "KMS refused the key" in result.stderr and "kms:GenerateDataKey" in result.stderr
+    assert "--s3-kms-key-id" in result.stderr
+    assert any(r.headers.get("x-amz-server-side-encryption") == "aws:kms" for r in front.requests)
+    assert '"event":"started"' not in result.stdout, "fails before reading any table"
+    assert keys(s3) == [] and pending_uploads(s3) == []
+
+
 def test_other_fsspec_urls_work(db: Database) -> None:
     big_table(db, 100)
     fs = fsspec.filesystem("memory")

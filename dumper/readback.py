@@ -1,0 +1,164 @@
+"""A stored table file read back as batches of rows (JSON texts), for restore.
+
+Pure: stored chunks in (as `stored.read_stats` takes them), rows out, with
+the stored bytes counted and hashed on the way so that a file changed after
+`verify` ran is still caught before its table is committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Iterator
+
+import orjson
+from isal import isal_zlib
+
+from .errors import VerifyError
+from .stored import CORRUPT, GZIP, OUT_PIECE
+
+BATCH_BYTES = 4 << 20  # JSON per INSERT: round trips stay rare, memory stays a few MB
+
+
+class RowBatches:
+    """Iterate over lists of row texts (each a JSON object, no separator),
+    about BATCH_BYTES each. After the last batch, `check()` compares what was
+    read with the manifest entry."""
+
+    def __init__(self, chunks: Iterable[bytes], compression: str, fmt: str, name: str,
+                 batch_bytes: int = BATCH_BYTES) -> None:
+        self._chunks = chunks
+        self._unzip = isal_zlib.decompressobj(GZIP) if compression == "gzip" else None
+        self._array = fmt == "json"
+        self._name = name
+        self._batch_bytes = batch_bytes
+        self._sha = hashlib.sha256()
+        self.stored_bytes = 0
+        self.rows = 0
+
+    def _content(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self._sha.update(chunk)
+            self.stored_bytes += len(chunk)
+            if self._unzip is None:
+                yield chunk
+                continue
+            data = chunk
+            try:
+                while data:  # a bounded piece at a time: a gzip bomb stays small
+                    yield self._unzip.decompress(data, OUT_PIECE)
+                    data = self._unzip.unconsumed_tail
+            except CORRUPT as exc:
+                raise VerifyError(f"{self._name}: not a valid gzip file: {exc}") from None
+        if self._unzip is not None:
+            yield self._unzip.flush()
+
+    def _lines(self) -> Iterator[bytes]:
+        partial: list[bytes] = []  # pieces of a line not yet ended (a 96 MB row is many pieces)
+        for piece in self._content():
+            if b"\n" not in piece:
+                if piece:
+                    partial.append(piece)
+                continue
+            lines = piece.split(b"\n")
+            if partial:
+                lines[0] = b"".join([*partial, lines[0]])
+                partial = []
+            rest = lines.pop()
+            if rest:
+                partial.append(rest)
+            yield from lines
+        if partial:
+            raise VerifyError(f"{self._name}: the file does not end with a newline (truncated?)")
+
+    def _rows(self) -> Iterator[bytes]:
+        lines = self._lines()
+        if not self._array:
+            yield from lines
+            return
+        # JSON array layout (encode.Framer): '[', 'row,' ..., 'row', ']'
+        if next(lines, None) != b"[":
+            raise VerifyError(f"{self._name}: not a JSON array file written by dumper")
+        last = None
+        for line in lines:
+            if last is not None:
+                yield last[:-1] if last.endswith(b",") else last
+            last = line
+        if last != b"]":
+            raise VerifyError(f"{self._name}: the JSON array does not end with ']' (truncated?)")
+
+    def __iter__(self) -> Iterator[list[bytes]]:
+        batch: list[bytes] = []
+        size = 0
+        for row in self._rows():
+            batch.append(row)
+            size += len(row)
+            self.rows += 1
+            if size >= self._batch_bytes:
+                yield batch
+                batch, size = [], 0
+        if batch:
+            yield batch
+
+    def check(self, rows: int, stored_bytes: int, sha256: str) -> None:
+        """The file as read equals the manifest's entry (call after the last batch)."""
+        if self.stored_bytes != stored_bytes or self._sha.hexdigest() != sha256:
+            raise VerifyError(f"{self._name}: changed since it was verified ({self.stored_bytes} bytes, "
+                              f"sha256 {self._sha.hexdigest()}; the manifest says {stored_bytes} bytes, "
+                              f"sha256 {sha256})")
+        if self.rows != rows:
+            raise VerifyError(f"{self._name}: {self.rows} rows, the manifest says {rows}")
+
+
+def json_array(rows: list[bytes]) -> bytes:
+    """One batch as the JSON array text the server parses."""
+    return b"[" + b",".join(rows) + b"]"
+
+
+# --- rows that hold a NUL escape ------------------------------------------------
+# The server de-escapes every string of a document it takes apart, and text
+# cannot hold U+0000: a json value containing "\u0000" (valid JSON, kept as is by
+# the json type) cannot pass through json_populate_recordset. Such a row is split
+# here and its json values sent to the server untouched (see restore).
+
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]', re.DOTALL)
+_NUL_ESCAPE = re.compile(rb'(?:^|[^\\])(?:\\\\)*\\u0000')
+
+
+def may_hold_nul(row: bytes) -> bool:
+    return b"\\u0000" in row
+
+
+def holds_nul(value: bytes) -> bool:
+    """Whether JSON text has a \\u0000 escape (not an escaped backslash before 'u0000')."""
+    return _NUL_ESCAPE.search(value) is not None
+
+
+def split_object(row: bytes) -> list[tuple[bytes, str, bytes]]:
+    """A row's members as (raw key, key, raw value), in order."""
+    members = []
+    tokens = _TOKEN.finditer(row, 1)
+    for key_token in tokens:
+        if key_token.group() == b"}":
+            break
+        raw_key = key_token.group()
+        colon = next(tokens)
+        start, depth = colon.end(), 0
+        for token in tokens:
+            text = token.group()
+            if text in (b"{", b"["):
+                depth += 1
+            elif text in (b"]", b"}") and depth:
+                depth -= 1
+            elif depth == 0 and text in (b",", b"}"):
+                members.append((raw_key, orjson.loads(raw_key), row[start:token.start()]))
+                break
+        else:
+            raise ValueError("not a complete JSON object")
+        if text == b"}":
+            break
+    return members
+
+
+def join_object(members: list[tuple[bytes, str, bytes]]) -> bytes:
+    return b"{" + b",".join(raw_key + b":" + value for raw_key, _, value in members) + b"}"

@@ -1,0 +1,389 @@
+"""`dumper restore` against the real server: dump -> restore into an empty copy
+of the schema -> dump again gives the same bytes, for every built-in type and
+for a schema with identity, generated and partitioned tables, triggers, a
+self-reference and a foreign-key cycle; refusals that change nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import BUCKET, Database, Moto, Result, parse_json
+from .test_contract import create_every_type
+
+SCHEMA_SQL = """
+CREATE TABLE teams (id int PRIMARY KEY, name text NOT NULL, owner_id int);
+CREATE TABLE users (
+    id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    team_id int NOT NULL REFERENCES teams,
+    manager_id int REFERENCES users,
+    email text NOT NULL UNIQUE,
+    domain text GENERATED ALWAYS AS (split_part(email, '@', 2)) STORED);
+ALTER TABLE teams ADD CONSTRAINT teams_owner FOREIGN KEY (owner_id) REFERENCES users;
+CREATE TABLE orders (id bigserial, user_id int NOT NULL REFERENCES users, placed date NOT NULL,
+                     total numeric(10,2), PRIMARY KEY (id, placed)) PARTITION BY RANGE (placed);
+CREATE TABLE orders_2025 PARTITION OF orders FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE orders_2026 PARTITION OF orders FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE TABLE order_lines (order_id bigint NOT NULL, placed date NOT NULL, line int NOT NULL, sku text,
+                          PRIMARY KEY (order_id, placed, line),
+                          FOREIGN KEY (order_id, placed) REFERENCES orders (id, placed));
+-- Children of categories come before their parents on disk, across batches of the load (~6 MB).
+CREATE TABLE categories (id int PRIMARY KEY, parent_id int REFERENCES categories, label text);
+CREATE TABLE load_log (n int);
+CREATE FUNCTION count_line() RETURNS trigger LANGUAGE plpgsql AS
+    $$BEGIN INSERT INTO public.load_log VALUES (NEW.line); RETURN NEW; END$$;
+CREATE TRIGGER counted AFTER INSERT ON order_lines FOR EACH ROW EXECUTE FUNCTION count_line();
+"""
+
+DATA_SQL = """
+INSERT INTO teams VALUES (1, 'core', NULL), (2, 'ops', NULL);
+INSERT INTO users (team_id, manager_id, email) VALUES (1, NULL, 'a@x.io'), (1, 1, 'b@x.io'), (2, 1, 'c@y.io');
+UPDATE teams SET owner_id = 1 WHERE id = 1; UPDATE teams SET owner_id = 3 WHERE id = 2;
+INSERT INTO orders (user_id, placed, total)
+    SELECT 1 + g % 3, DATE '2025-06-01' + g, g * 1.25 FROM generate_series(1, 400) g;
+INSERT INTO order_lines SELECT o.id, o.placed, l, 'sku-' || l FROM orders o, generate_series(1, 3) l;
+INSERT INTO categories SELECT g, NULL, repeat('c', 2000) FROM generate_series(1, 3000) g;
+UPDATE categories SET parent_id = id + 1 WHERE id < 3000;
+"""
+
+TABLES = ("categories", "order_lines", "orders", "teams", "users")
+
+
+def file_bytes(result: Result, table: str) -> bytes:
+    path = result.run_dir / result.entry("public", table)["path"]
+    data = path.read_bytes()
+    return gzip.decompress(data) if path.name.endswith(".gz") else data
+
+
+def count(db: Database, table: str) -> int:
+    return int(db.fetch(f"SELECT count(*) FROM {table}")[0][0])
+
+
+@contextlib.contextmanager
+def writer(db: Database) -> Iterator[str]:
+    """A login role with only pg_write_all_data (and CONNECT), dropped afterwards."""
+    role = "w_" + uuid.uuid4().hex[:8]
+    db.cluster.psql(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'; GRANT pg_write_all_data TO {role};")
+    try:
+        yield role
+    finally:
+        db.sql(f"DROP OWNED BY {role}")
+        db.cluster.psql(f"DROP ROLE {role}")
+
+
+@pytest.mark.parametrize("fmt,compression", [("jsonl", "none"), ("json", "gzip")])
+def test_every_type_round_trips_exactly(db: Database, target: Database, fmt: str, compression: str) -> None:
+    create_every_type(db)
+    first = db.dump("--format", fmt, "--compression", compression, "--run-id", "src")
+    assert first.code == 0, first.stderr
+    create_every_type(target, rows=False)
+
+    loaded = target.restore(first.run_dir)
+    assert loaded.code == 0, loaded.stderr
+    again = target.dump("--format", fmt, "--compression", compression, "--run-id", "again")
+    assert again.code == 0, again.stderr
+    assert file_bytes(again, "every_type") == file_bytes(first, "every_type")
+    assert "public.every_type" in loaded.stdout and "restore complete" not in loaded.stdout  # JSON lines
+    events = [parse_json(line) for line in loaded.stdout.splitlines()]
+    assert {"event": "table restored", "table": "public.every_type", "rows": first.entry("public", "every_type")[
+        "rows"]}.items() <= next(e for e in events if e["event"] == "table restored").items()
+
+
+def test_a_realistic_schema_round_trips_with_its_cycle_and_triggers(db: Database, target: Database) -> None:
+    db.sql(SCHEMA_SQL + DATA_SQL)
+    first = db.dump("--run-id", "src", "--exclude", "public.load_log")
+    assert first.code == 0, first.stderr
+    target.sql(SCHEMA_SQL)
+
+    loaded = target.restore(first.run_dir, "--jobs", "3")
+    assert loaded.code == 0, loaded.stderr + loaded.stdout
+    again = target.dump("--run-id", "again", "--exclude", "public.load_log")
+    for table in TABLES:
+        assert file_bytes(again, table) == file_bytes(first, table), table
+    # Identity (GENERATED ALWAYS) values kept, generated columns computed by the target.
+    users = "SELECT id, domain FROM users ORDER BY id"
+    assert target.fetch(users) == db.fetch(users)
+    assert count(target, "orders_2026") == count(db, "orders_2026") > 0
+    # Triggers fire as the restoring role, except in the cycle loaded with session_replication_role = replica.
+    assert count(target, "load_log") == count(db, "order_lines") == 1200
+    assert "foreign-key cycle" in loaded.stdout and "public.teams, public.users" in loaded.stdout
+
+
+def test_a_role_with_only_write_rights_is_told_what_the_cycle_needs(db: Database, target: Database) -> None:
+    db.sql(SCHEMA_SQL + DATA_SQL)
+    first = db.dump("--run-id", "src", "--exclude", "public.load_log")
+    target.sql(SCHEMA_SQL)
+    with writer(target) as role:
+        refused = target.restore(first.run_dir, user=role, password="pw")
+        assert refused.code == 4, refused.stderr
+        assert "public.teams <-> public.users" in refused.stderr
+        assert f"GRANT SET ON PARAMETER session_replication_role TO {role}" in refused.stderr
+        assert all(count(target, t) == 0 for t in TABLES), "nothing was changed"
+
+        # With the cycle's keys DEFERRABLE, the cycle loads in one transaction, checked at COMMIT.
+        target.sql("ALTER TABLE teams ALTER CONSTRAINT teams_owner DEFERRABLE;"
+                   "ALTER TABLE users ALTER CONSTRAINT users_team_id_fkey DEFERRABLE;"
+                   "ALTER TABLE users ALTER CONSTRAINT users_manager_id_fkey DEFERRABLE;")
+        loaded = target.restore(first.run_dir, user=role, password="pw")
+    assert loaded.code == 0, loaded.stderr
+    again = target.dump("--run-id", "again", "--exclude", "public.load_log")
+    for table in TABLES:
+        assert file_bytes(again, table) == file_bytes(first, table), table
+    assert count(target, "load_log") == 1200
+
+
+def test_a_self_reference_across_batches_loads_in_one_statement(db: Database, target: Database) -> None:
+    """Row 1 references row 2, ..., across ~6 MB: checked per batch, the first batch would fail."""
+    db.sql(SCHEMA_SQL + DATA_SQL)
+    first = db.dump("--run-id", "src", "--include", "public.categories")
+    target.sql(SCHEMA_SQL)
+    loaded = target.restore(first.run_dir)
+    assert loaded.code == 0, loaded.stderr
+    assert count(target, "categories") == 3000
+    assert target.fetch("SELECT parent_id FROM categories WHERE id = 1")[0][0] == 2
+
+
+def test_a_tampered_file_is_refused_before_anything_is_loaded(db: Database, target: Database) -> None:
+    db.sql("CREATE TABLE a (id int); INSERT INTO a VALUES (1), (2); CREATE TABLE b (id int); INSERT INTO b VALUES (3);")
+    first = db.dump("--run-id", "src")
+    target.sql("CREATE TABLE a (id int); CREATE TABLE b (id int);")
+    path = first.run_dir / "public.b.jsonl"
+    path.write_bytes(path.read_bytes().replace(b"3", b"4"))
+    refused = target.restore(first.run_dir)
+    assert refused.code == 7, refused.stderr
+    assert "public.b (public.b.jsonl): sha256" in refused.stdout and "nothing was loaded" in refused.stderr
+    assert count(target, "a") == count(target, "b") == 0
+
+
+def test_tables_that_hold_rows_are_refused_unless_truncate(db: Database, target: Database) -> None:
+    db.sql(SCHEMA_SQL + DATA_SQL)
+    first = db.dump("--run-id", "src", "--exclude", "public.load_log")
+    target.sql(SCHEMA_SQL + DATA_SQL + "DELETE FROM order_lines; DELETE FROM load_log;")
+    refused = target.restore(first.run_dir)
+    assert refused.code == 2, refused.stderr
+    for table in ("categories", "orders", "teams", "users"):
+        assert f"public.{table}" in refused.stderr
+    assert "public.order_lines" not in refused.stderr and "nothing was changed" in refused.stderr
+    assert count(target, "orders") == 400 and count(target, "order_lines") == 0
+
+    loaded = target.restore(first.run_dir, "--truncate")
+    assert loaded.code == 0, loaded.stderr
+    again = target.dump("--run-id", "again", "--exclude", "public.load_log")
+    for table in TABLES:
+        assert file_bytes(again, table) == file_bytes(first, table), table
+
+
+def test_a_table_the_role_cannot_read_is_judged_by_its_pages(db: Database, target: Database) -> None:
+    db.sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
+    first = db.dump("--run-id", "src")
+    target.sql("CREATE TABLE t (id int); INSERT INTO t VALUES (6);")
+    with writer(target) as role:
+        refused = target.restore(first.run_dir, user=role, password="pw")
+    assert refused.code == 2, refused.stderr
+    assert "public.t (has pages; this role cannot read it" in refused.stderr
+
+
+def test_create_tables_builds_plain_tables_and_names_a_missing_type(db: Database, target: Database) -> None:
+    db.sql("CREATE SCHEMA app; CREATE TABLE app.plain (id int PRIMARY KEY, v numeric(12,2), tags text[], "
+           "at timestamptz); INSERT INTO app.plain VALUES (1, 2.50, '{a,b}', '2024-01-01 00:00:00+00');"
+           "CREATE TYPE mood AS ENUM ('ok'); CREATE TABLE public.feel (m mood); INSERT INTO public.feel VALUES ('ok');")
+    first = db.dump("--run-id", "src", "--schema", "app", "--schema", "public")
+    assert first.code == 0, first.stderr
+
+    refused = target.restore(first.run_dir, "--create-tables")
+    assert refused.code == 2, refused.stderr
+    assert "type public.mood of column public.feel.m" in refused.stderr
+    assert target.fetch("SELECT count(*) FROM pg_namespace WHERE nspname = 'app'")[0][0] == 0
+
+    without = target.restore(first.run_dir, "--include", "app.*")
+    assert without.code == 2 and "--create-tables" in without.stderr
+
+    loaded = target.restore(first.run_dir, "--create-tables", "--include", "app.*")
+    assert loaded.code == 0, loaded.stderr
+    assert target.fetch("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                        "WHERE attrelid = 'app.plain'::regclass AND attnum > 0 ORDER BY attnum") == [
+        ("integer",), ("numeric(12,2)",), ("text[]",), ("timestamp with time zone",)]
+    assert target.fetch("SELECT v::text, tags FROM app.plain") == [("2.50", ["a", "b"])]
+
+
+def test_a_column_that_differs_is_named(db: Database, target: Database) -> None:
+    db.sql("CREATE TABLE t (id int, note text); INSERT INTO t VALUES (1, 'x');")
+    first = db.dump("--run-id", "src")
+    target.sql("CREATE TABLE t (id bigint)")
+    refused = target.restore(first.run_dir)
+    assert refused.code == 2
+    assert "table public.t: column 'id' is bigint, the dump's is integer" in refused.stderr
+    assert "table public.t: has no column 'note' (text)" in refused.stderr
+
+
+def test_a_failed_table_is_left_as_it_was_or_everything_is(db: Database, target: Database) -> None:
+    db.sql("CREATE TABLE a (id int); INSERT INTO a VALUES (1); CREATE TABLE b (id int); INSERT INTO b VALUES (-1);")
+    first = db.dump("--run-id", "src")
+    target.sql("CREATE TABLE a (id int); CREATE TABLE b (id int CHECK (id > 0));")
+    each = target.restore(first.run_dir, "--jobs", "1")
+    assert each.code == 5 and "table public.b: CheckViolationError (constraint b_id_check)" in each.stderr
+    assert (count(target, "a"), count(target, "b")) == (1, 0)
+
+    target.sql("TRUNCATE a")
+    together = target.restore(first.run_dir, "--single-transaction")
+    assert together.code == 5, together.stderr
+    assert (count(target, "a"), count(target, "b")) == (0, 0)
+
+
+def test_restore_from_s3(db: Database, target: Database, s3: Any, moto: Moto) -> None:
+    db.sql(SCHEMA_SQL + DATA_SQL)
+    env = {"DUMPER_OUTPUT": f"s3://{BUCKET}/nightly", "DUMPER_S3_ENDPOINT_URL": moto.endpoint}
+    first = db.dump("--run-id", "src", "--compression", "gzip", "--exclude", "public.load_log", env=env)
+    assert first.code == 0, first.stderr
+    local = db.dump("--run-id", "local", "--exclude", "public.load_log")
+    target.sql(SCHEMA_SQL)
+    loaded = target.restore(f"s3://{BUCKET}/nightly/src", "--s3-endpoint-url", moto.endpoint)
+    assert loaded.code == 0, loaded.stderr
+    again = target.dump("--run-id", "again", "--exclude", "public.load_log")
+    for table in TABLES:
+        assert file_bytes(again, table) == file_bytes(local, table), table
+
+
+def test_a_missing_manifest_is_not_a_dump(target: Database, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    refused = target.restore(tmp_path / "empty")
+    assert refused.code == 7 and "manifest.json does not exist: not a complete dump" in refused.stderr
+
+
+# --- the pure parts: load order and reading files back ---------------------------
+
+
+def test_load_order_puts_parents_first_and_groups_cycles() -> None:
+    from dumper.loadplan import ForeignKey, plan
+
+    keys = [ForeignKey("s.child", "s.parent", False, "k1"), ForeignKey("s.parent", "s.grand", False, "k2"),
+            ForeignKey("s.a", "s.b", False, "k3"), ForeignKey("s.b", "s.a", False, "k4"),
+            ForeignKey("s.c", "s.d", True, "k5"), ForeignKey("s.d", "s.c", True, "k6"),
+            ForeignKey("s.tree", "s.tree", False, "k7"), ForeignKey("s.child", "other.t", False, "k8")]
+    units = plan(["s.a", "s.b", "s.c", "s.child", "s.d", "s.grand", "s.parent", "s.tree"], keys)
+    by_table = {t: i for i, u in enumerate(units) for t in u.tables}
+    assert units[by_table["s.a"]].tables == ("s.a", "s.b") and units[by_table["s.a"]].method == "replica"
+    assert units[by_table["s.c"]].tables == ("s.c", "s.d") and units[by_table["s.c"]].method == "deferred"
+    assert units[by_table["s.tree"]].method == "one_statement"
+    assert units[by_table["s.child"]].after == {by_table["s.parent"]}
+    assert units[by_table["s.parent"]].after == {by_table["s.grand"]}
+    assert by_table["s.grand"] < by_table["s.parent"] < by_table["s.child"]
+    assert units[by_table["s.grand"]].method == "plain" and len(units) == 6
+
+
+def test_a_long_chain_of_keys_needs_no_recursion() -> None:
+    from dumper.loadplan import ForeignKey, plan
+
+    names = [f"s.t{i:05d}" for i in range(5000)]
+    units = plan(names, [ForeignKey(names[i], names[i + 1], False, "k") for i in range(4999)])
+    assert [u.tables[0] for u in units] == names[::-1]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_files_read_back_as_the_rows_they_hold(fmt: str) -> None:
+    from dumper.encode import Framer
+    from dumper.readback import RowBatches
+
+    rows = [b'{"a":%d,"s":"x,}\\"]"}' % i for i in range(1000)]
+    framer = Framer(fmt)
+    data = framer.header() + framer.place(framer.join([r + b"\n" for r in rows]), len(rows)) + framer.footer()
+    pieces = [data[i:i + 7] for i in range(0, len(data), 7)]  # rows cut anywhere
+    reader = RowBatches(pieces, "none", fmt, "t", batch_bytes=500)
+    got = [row for batch in reader for row in batch]
+    assert got == rows
+    import hashlib
+    reader.check(1000, len(data), hashlib.sha256(data).hexdigest())
+    with pytest.raises(Exception, match="changed since it was verified"):
+        reader.check(1000, len(data), "0" * 64)
+
+
+def test_a_truncated_file_is_not_read_as_complete() -> None:
+    from dumper.errors import VerifyError
+    from dumper.readback import RowBatches
+
+    with pytest.raises(VerifyError, match="does not end with a newline"):
+        list(RowBatches([b'{"a":1}\n{"a":'], "none", "jsonl", "t"))
+    with pytest.raises(VerifyError, match=r"does not end with '\]'"):
+        list(RowBatches([b'[\n{"a":1},\n{"a":2}\n'], "none", "json", "t"))
+
+
+def test_a_row_splits_into_its_raw_values() -> None:
+    from dumper.readback import holds_nul, join_object, split_object
+
+    row = b'{"a":1,"j":{"e": "\\u0000", "n":[1,{"b":"},"}]},"t":"q\\\\u0000","z":null}'
+    members = split_object(row)
+    assert [(name, value) for _, name, value in members] == [
+        ("a", b"1"), ("j", b'{"e": "\\u0000", "n":[1,{"b":"},"}]}'), ("t", b'"q\\\\u0000"'), ("z", b"null")]
+    assert [holds_nul(value) for _, _, value in members] == [False, True, False, False]
+    assert join_object(members) == row
+
+
+def test_a_held_lock_ends_the_restore_at_the_lock_or_statement_timeout(db: Database, target: Database) -> None:
+    db.sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
+    first = db.dump("--run-id", "src")
+    target.sql("CREATE TABLE t (id int);")
+    with target.locked("t", "SHARE"):  # the checks may read it; the INSERT waits
+        locked = target.restore(first.run_dir, "--lock-timeout", "1")
+        timed = target.restore(first.run_dir, "--lock-timeout", "0", "--statement-timeout", "1")
+    assert locked.code == 5 and "table public.t: could not lock it within --lock-timeout" in locked.stderr
+    assert timed.code == 5 and "canceling statement due to statement timeout" in timed.stderr
+    assert count(target, "t") == 0
+
+
+def test_a_stalled_server_ends_the_restore(db: Database, target: Database) -> None:
+    """The restore's backend is SIGSTOPped while it waits for a lock: the server
+    can no longer end the wait, the client's bound (lock + stall timeout) does."""
+    import os
+    import signal
+
+    from .conftest import wait_until
+
+    db.sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
+    first = db.dump("--run-id", "src")
+    target.sql("CREATE TABLE t (id int);")
+    waiting = ("SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+               "WHERE c.relname = 't' AND NOT l.granted")
+    with target.locked("t", "SHARE"):
+        proc = target.spawn("restore", str(first.run_dir), "--lock-timeout", "5", "--stall-timeout", "2")
+        stopped: list[int] = []
+        try:
+            wait_until(lambda: target.fetch(waiting))
+            stopped = [r[0] for r in target.fetch(waiting)]
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+            proc.kill()
+    assert proc.returncode == 5, err
+    assert "table public.t: the database sent nothing for 7 s (--stall-timeout)" in err
+    assert count(target, "t") == 0
+
+
+def test_sigterm_leaves_the_waiting_table_as_it_was(db: Database, target: Database) -> None:
+    import signal
+
+    from .conftest import wait_until
+
+    db.sql("CREATE TABLE a (id int); INSERT INTO a VALUES (1); CREATE TABLE b (id int); INSERT INTO b VALUES (2);")
+    first = db.dump("--run-id", "src")
+    target.sql("CREATE TABLE a (id int); CREATE TABLE b (id int);")
+    with target.locked("b", "SHARE"):
+        proc = target.spawn("restore", str(first.run_dir), "--jobs", "1", "--include", "public.b",
+                            "--lock-timeout", "0")
+        try:
+            wait_until(lambda: target.waiting_for_lock("b"))
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM; tables committed before it stay loaded" in err
+    assert count(target, "b") == 0
