@@ -15,9 +15,9 @@ from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
-from . import __version__, auth, job, preflight, restore, schedule
+from . import __version__, auth, job, preflight, prune, restore, schedule
 from .config import OPTIONS, Settings, redact_url, resolve, with_url_files
-from .errors import ConfigError, DumperError, Interrupted, VerifyError
+from .errors import ConfigError, DumperError, Interrupted, OutputError, VerifyError
 from .logs import log, setup
 from .manifest import MANIFEST_NAME, parse, verify
 from .notify import Outcome
@@ -37,6 +37,7 @@ EXIT_CODES = """exit codes:
 
 
 VERIFY_OPTIONS = ("s3_endpoint_url", "s3_region", "s3_expected_bucket_owner")
+PRUNE_OPTIONS = ("output", "keep", "dry_run", "log_format", "stall_timeout", *VERIFY_OPTIONS)
 RESTORE_OPTIONS = ("host", "port", "dbname", "user", "auth", "region", "sslmode", "sslrootcert", "include",
                    "exclude", "jobs", "lock_timeout", "statement_timeout", "stall_timeout", "connect_attempts",
                    "grace_seconds", "log_format", "truncate", "create_tables", "single_transaction",
@@ -84,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     verify_cmd.add_argument("path", help="the run's folder or URL: <output>/<run_id>")
     _add_options(verify_cmd, "verify", only=VERIFY_OPTIONS)
+    summary = "keep the N newest complete runs of --output, remove older runs and a killed run's leftovers"
+    prune_cmd = commands.add_parser("prune", help=summary, description=summary, epilog=EXIT_CODES,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_options(prune_cmd, "prune", only=PRUNE_OPTIONS)
     summary = "load a dump back into a database: verified first, parents before children"
     restore_cmd = commands.add_parser("restore", help=summary, description=summary + " (docs/restore.md)",
                                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -254,6 +259,30 @@ def cmd_restore(settings: Settings, stdout: TextIO) -> int:
     return 0
 
 
+def cmd_prune(settings: Settings, stdout: TextIO) -> int:
+    json_lines = _json_mode(settings.log_format, stdout)
+    setup(json_lines, stdout if json_lines else sys.stderr)
+    if settings.keep < 1:
+        raise ConfigError("--keep: `dumper prune` needs --keep N (N >= 1), the number of complete runs to keep")
+    output = Output.for_settings(settings)
+    result = prune.prune(output, settings.keep, settings.dry_run)
+    for decision in result.decisions:
+        event = ("would remove" if settings.dry_run else "removed") if decision.remove else "kept"
+        if decision.name in result.failed:
+            event = "prune failed"
+        where = output.url_of(decision.name)
+        if json_lines:
+            log.info(event, extra={"run": decision.name, "why": decision.why, "location": where,
+                                   "error": result.failed.get(decision.name)})
+        else:
+            print(f"{event} {where}: {decision.why}" + (f" ({result.failed[decision.name]})"
+                                                       if decision.name in result.failed else ""), file=stdout)
+    if result.failed:
+        raise OutputError(f"{len(result.failed)} run(s) could not be removed: {', '.join(result.failed)}; the role "
+                          "needs s3:DeleteObject (deploy/iam/prune-policy.json) or write access to the folder")
+    return 0
+
+
 def cmd_verify(settings: Settings, stdout: TextIO) -> int:
     path = settings.output
     output = Output.for_settings(settings)
@@ -296,6 +325,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.command == "verify":
             flags = {**vars(args), "output": args.path}
             return cmd_verify(resolve(flags, environ, database=False), stdout)
+        if args.command == "prune":
+            return cmd_prune(resolve(vars(args), environ, database=False), stdout)
         if args.command == "restore":
             return cmd_restore(resolve({**vars(args), "output": args.source}, environ), stdout)
         settings = with_url_files(resolve(vars(args), environ), lambda path: Path(path).read_text())

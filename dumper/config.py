@@ -29,6 +29,7 @@ NOTIFY_ON = ("always", "failure")
 RUNS = ("run", "schedule")
 SCHEDULE = ("schedule",)
 RESTORE = ("restore",)
+KEEPERS = ("run", "schedule", "prune")
 S3_STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR",
                       "GLACIER", "DEEP_ARCHIVE", "REDUCED_REDUNDANCY", "EXPRESS_ONEZONE")
 
@@ -164,6 +165,11 @@ OPTIONS: tuple[Option, ...] = (
            300.0, _seconds, commands=SCHEDULE),
     Option("run_now", "schedule: start with a run, then follow --cron", False, _boolean, commands=SCHEDULE,
            switch=True),
+    Option("keep", "keep the N newest complete runs in --output, removing older runs and a killed run's leftovers "
+           "(run/schedule: after each successful run; 0 = keep everything)", 0, _within(int, 0, math.inf,
+           "a whole number >= 0"), commands=KEEPERS),
+    Option("dry_run", "prune: say what would be removed, remove nothing", False, _boolean, commands=("prune",),
+           switch=True),
     Option("truncate", "restore: empty the target tables first (one TRUNCATE; without it, a table that holds "
            "rows is refused)", False, _boolean, commands=RESTORE, switch=True),
     Option("create_tables", "restore: create missing schemas and tables from the manifest's column names and "
@@ -222,6 +228,8 @@ class Settings:
     jitter: float = 0.0
     misfire_grace: float = 300.0
     run_now: bool = False
+    keep: int = 0
+    dry_run: bool = False
     truncate: bool = False
     create_tables: bool = False
     single_transaction: bool = False

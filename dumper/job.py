@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from . import db, dump
+from . import db, dump, prune
 from .config import Settings
 from .errors import DumperError
 from .logs import log
@@ -31,5 +31,7 @@ async def run_job(settings: Settings, password: db.PasswordProvider) -> Outcome:
     else:
         outcome = Outcome(settings.run_id, "success", started, time.time(), 0, None,
                           output.url_of(settings.run_id), manifest.tables)
+        if settings.keep:
+            await prune.after_run(output, settings.keep)
     await publish(settings, outcome)
     return outcome
