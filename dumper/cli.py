@@ -15,7 +15,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
-from . import __version__, auth, job, preflight, prune, restore, schedule
+from . import __version__, auth, job, preflight, progress, prune, restore, schedule
 from .config import OPTIONS, Settings, redact_url, resolve, with_url_files
 from .errors import ConfigError, DumperError, Interrupted, OutputError, VerifyError
 from .logs import log, setup
@@ -195,7 +195,9 @@ def cmd_run(settings: Settings, stdout: TextIO) -> int:
     password = auth.password_provider(settings)  # configuration errors before anything starts
     log.info("run started", extra={"run_id": settings.run_id, "host": settings.host,
                                    "dbname": settings.dbname, "output": redact_url(settings.output)})
-    outcome = _run_main(job.run_job(settings, password), settings.grace_seconds)
+    live = progress.LiveDisplay(stdout) if not json_lines and stdout.isatty() else None
+    with live or contextlib.nullcontext():
+        outcome = _run_main(job.run_job(settings, password, live.update if live else None), settings.grace_seconds)
     if outcome.status != "success":
         print(f"dumper: error: {outcome.error}", file=sys.stderr)
         return outcome.exit_code
@@ -208,7 +210,13 @@ def cmd_schedule(settings: Settings, stdout: TextIO) -> int:
     # One provider for every run: the SDK session keeps its credentials, a valid token is reused.
     password = auth.password_provider(settings)
     Output.for_settings(settings)  # a bad --output is a configuration error now, not at the first tick
-    scheduler = schedule.Scheduler(settings, functools.partial(job.run_job, password=password))
+    job_run: schedule.Job = functools.partial(job.run_job, password=password)
+    if not _json_mode(settings.log_format, stdout) and stdout.isatty():
+        async def job_run_shown(run_settings: Settings) -> Outcome:  # the live display during each run
+            with progress.LiveDisplay(stdout) as live:
+                return await job.run_job(run_settings, password, live.update)
+        job_run = job_run_shown
+    scheduler = schedule.Scheduler(settings, job_run)
 
     async def serve() -> None:
         stop = asyncio.Event()

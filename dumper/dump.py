@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import gc
 import time
 from collections import deque
@@ -24,6 +25,7 @@ from .encode import Framer, encode_rows
 from .errors import ConnectionLost, DumperError, RecoveryConflict, SnapshotLost, first_error
 from .logs import current_table, log
 from .manifest import LATEST_NAME, MANIFEST_NAME, Manifest, TableEntry, table_file_name, unique_file_names
+from .progress import Display, TableProgress
 from .sinks import Output
 from .stored import StoredWriter
 
@@ -167,7 +169,7 @@ def _entry(piece: Piece, assembly: Assembly) -> TableEntry:
 
 async def _dump_tables(settings: Settings, password: db.PasswordProvider, output: Output,
                        work: list[tuple[Table, str]], snapshot_id: str, piece_pages: int,
-                       committed: list[str]) -> list[TableEntry]:
+                       committed: list[str], display: Display | None = None) -> list[TableEntry]:
     # Largest first, so one big table does not start last and run alone; a
     # split table's pieces in file order, so all connections share it.
     queue = deque(piece for table, relpath in sorted(work, key=lambda item: -item[0].pages)
@@ -229,7 +231,9 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
             await db.close(conn)  # read-only: ending the session ends its transaction
 
     jobs = max(1, min(settings.jobs, len(queue)))
-    beat = asyncio.create_task(_heartbeat(assemblies, results))
+    estimates = {relpath: table.rows_estimate for table, relpath in work}
+    beat = asyncio.create_task(_heartbeat(assemblies, results, display and functools.partial(
+        _show, display, estimates, assemblies, results)))
     try:
         async with asyncio.TaskGroup() as group:
             for _ in range(jobs):
@@ -245,11 +249,23 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
     return [results[relpath] for _, relpath in work]
 
 
-async def _heartbeat(assemblies: dict[str, Assembly], finished: dict[str, TableEntry]) -> None:
+def _show(display: Display, estimates: dict[str, float], assemblies: dict[str, Assembly],
+          finished: dict[str, TableEntry]) -> None:
+    """Every table's progress, to the live display (a terminal)."""
+    display([TableProgress(a.name, estimates[relpath], a.started, a.rows_received, a.writer.bytes,
+                           relpath in finished) for relpath, a in assemblies.items()]
+            + [TableProgress(relpath, -1.0, 0.0) for relpath in estimates if relpath not in assemblies])
+
+
+async def _heartbeat(assemblies: dict[str, Assembly], finished: dict[str, TableEntry],
+                     show: Callable[[], None] | None = None) -> None:
     """A progress line for every running table at least every PROGRESS_EVERY
-    seconds, data or not: a stall shows in the log before it fails the run."""
+    seconds, data or not: a stall shows in the log before it fails the run.
+    And, on a terminal, the live display every second."""
     while True:
         await asyncio.sleep(1.0)
+        if show:
+            show()
         now = time.monotonic()
         for relpath, assembly in list(assemblies.items()):
             if relpath not in finished and now >= assembly.last_report + PROGRESS_EVERY:
@@ -268,7 +284,7 @@ class _Source:
 
 
 async def run(settings: Settings, password: db.PasswordProvider, output: Output,
-              clock: Callable[[], dt.datetime] = _now) -> Manifest:
+              clock: Callable[[], dt.datetime] = _now, display: Display | None = None) -> Manifest:
     """Dump every selected table into <output>/<run_id>/; returns the manifest written.
 
     If the snapshot is lost (the server restarted, the snapshot's connection
@@ -281,7 +297,7 @@ async def run(settings: Settings, password: db.PasswordProvider, output: Output,
     try:
         for attempt in range(1, settings.run_attempts + 1):
             try:
-                return await _run_once(settings, password, output, clock, source)
+                return await _run_once(settings, password, output, clock, source, display)
             except (SnapshotLost, ConnectionLost) as exc:
                 error = await _name_recovery_conflict(settings, password, source, exc)
                 if attempt == settings.run_attempts:
@@ -318,7 +334,7 @@ async def _name_recovery_conflict(settings: Settings, password: db.PasswordProvi
 
 
 async def _run_once(settings: Settings, password: db.PasswordProvider, output: Output,
-                    clock: Callable[[], dt.datetime], source: _Source) -> Manifest:
+                    clock: Callable[[], dt.datetime], source: _Source, display: Display | None) -> Manifest:
     started = clock()
     run_dir = settings.run_id
     committed: list[str] = []
@@ -348,7 +364,7 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
             work = [(t, f"{run_dir}/{name}") for t, name in zip(tables, names, strict=True)]
             with _young_gc_only():
                 entries = await _dump_tables(settings, password, output, work, snapshot_id, piece_pages,
-                                             committed)
+                                             committed, display)
         finally:
             await db.close(coordinator)
         manifest = Manifest(

@@ -11,16 +11,17 @@ from .config import Settings
 from .errors import DumperError
 from .logs import log
 from .notify import Outcome, publish
+from .progress import Display
 from .sinks import Output
 
 
-async def run_job(settings: Settings, password: db.PasswordProvider) -> Outcome:
+async def run_job(settings: Settings, password: db.PasswordProvider, display: Display | None = None) -> Outcome:
     """Dump once; never raises for a failed run (the outcome says how it ended),
     except CancelledError, which propagates after the outcome is published."""
     started = time.time()
     try:
         output = Output.for_settings(settings)
-        manifest = await dump.run(settings, password, output)
+        manifest = await dump.run(settings, password, output, display=display)
     except DumperError as exc:
         outcome = Outcome(settings.run_id, "failed", started, time.time(), exc.exit_code, str(exc))
         log.error("run failed", extra={"status": "failed", "error": str(exc), "exit_code": exc.exit_code})
