@@ -100,10 +100,10 @@ class Target:
         """INSERT of the rows `source` yields as records of this table's row type
         (a column named in `instead` takes that expression)."""
         instead = instead or {}
-        cols = ", ".join(quote_ident(c) for c in self.columns)
+        cols = f" ({', '.join(quote_ident(c) for c in self.columns)})" if self.columns else ""  # none: defaults
         picked = ", ".join(instead.get(c, f"{prefix}{quote_ident(c)}") for c in self.columns)
         overriding = " OVERRIDING SYSTEM VALUE" if self.overriding else ""
-        return f"INSERT INTO {self.relation_sql} ({cols}){overriding} SELECT {picked} FROM {source}"
+        return f"INSERT INTO {self.relation_sql}{cols}{overriding} SELECT {picked} FROM {source}"
 
 
 @dataclass(frozen=True)

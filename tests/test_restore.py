@@ -387,3 +387,40 @@ def test_sigterm_leaves_the_waiting_table_as_it_was(db: Database, target: Databa
     assert proc.returncode == 143, err
     assert "stopped by SIGTERM; tables committed before it stay loaded" in err
     assert count(target, "b") == 0
+
+
+def test_hostile_names_and_tables_without_columns_round_trip(db: Database, target: Database) -> None:
+    ddl = ('CREATE SCHEMA "we""ird sch.ema"; '
+           'CREATE TABLE "we""ird sch.ema"."Tab;le ""x"" ☺" ("Col ""a""" int, "sp ace,col" text, "ünï" jsonb);'
+           'CREATE TABLE "we""ird sch.ema".empty_cols ();'
+           'CREATE TABLE "we""ird sch.ema".only_generated (g int GENERATED ALWAYS AS (1) STORED);')
+    db.sql(ddl + 'INSERT INTO "we""ird sch.ema"."Tab;le ""x"" ☺" VALUES (1, \'a"b\', \'{"k": "v"}\'), '
+           '(NULL, NULL, NULL);'
+           'INSERT INTO "we""ird sch.ema".empty_cols SELECT FROM generate_series(1, 3);'
+           'INSERT INTO "we""ird sch.ema".only_generated SELECT FROM generate_series(1, 2);')
+    first = db.dump("--run-id", "src", "--schema", 'we"ird sch.ema')
+    assert first.code == 0, first.stderr
+    target.sql(ddl)
+    loaded = target.restore(first.run_dir)
+    assert loaded.code == 0, loaded.stderr
+    again = target.dump("--run-id", "again", "--schema", 'we"ird sch.ema')
+    for entry in first.manifest()["tables"]:
+        assert (again.run_dir / entry["path"]).read_bytes() == (first.run_dir / entry["path"]).read_bytes()
+    assert count(target, '"we""ird sch.ema".empty_cols') == 3
+    assert count(target, '"we""ird sch.ema".only_generated') == 2
+
+
+def test_a_role_without_insert_is_told_what_to_grant(db: Database, target: Database) -> None:
+    db.sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
+    first = db.dump("--run-id", "src")
+    target.sql("CREATE TABLE t (id int);")
+    role = "n_" + uuid.uuid4().hex[:8]
+    target.cluster.psql(f"CREATE ROLE {role} LOGIN PASSWORD 'pw';")
+    try:
+        refused = target.restore(first.run_dir, user=role, password="pw")
+    finally:
+        target.sql(f"DROP OWNED BY {role}")
+        target.cluster.psql(f"DROP ROLE {role}")
+    assert refused.code == 4, refused.stderr
+    assert "table public.t: permission denied" in refused.stderr
+    assert "GRANT pg_write_all_data TO <user>" in refused.stderr and "GRANT INSERT ON public.t" in refused.stderr
