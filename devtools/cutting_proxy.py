@@ -4,7 +4,8 @@ and keeps what clients sent (`requests()` parses it as HTTP/1.1).
 Stands in for a network or S3 endpoint failing mid-upload: small requests
 (create/abort multipart upload, list) pass, large part uploads are cut. With
 stall=True the connection is not cut but held open without reading: the
-client's send window closes, as with a frozen endpoint or a black hole.
+client's send window closes, as with a frozen endpoint or a black hole. With
+stall_replies_after, replies stop after N bytes (a download that freezes).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from devtools.background import BackgroundServer
 
 class CuttingProxy:
     def __init__(self, upstream_host: str, upstream_port: int, cut_after: int | None = None,
-                 stall: bool = False, cut_when: bytes | None = None) -> None:
+                 stall: bool = False, cut_when: bytes | None = None, stall_replies_after: int | None = None) -> None:
         self.upstream = (upstream_host, upstream_port)
+        self.stall_replies_after = stall_replies_after  # hold each reply after this many bytes (a frozen server)
         self.cut_after = cut_after
         self.cut_when = cut_when  # cut a connection as soon as the client sends these bytes
         self.stall = stall
@@ -28,7 +30,8 @@ class CuttingProxy:
         self.sent: list[bytearray] = []  # what each client connection sent, in order
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    limit: int | None, keep: bytearray | None = None) -> None:
+                    limit: int | None, keep: bytearray | None = None, stall: bool | None = None) -> None:
+        stall = self.stall if stall is None else stall
         sent = 0
         try:
             while data := await reader.read(65536):
@@ -38,7 +41,7 @@ class CuttingProxy:
                         self.cuts += 1
                         break
                 if limit is not None and sent + len(data) > limit:
-                    if self.stall:
+                    if stall:
                         self.stalls += 1
                         await asyncio.get_running_loop().create_future()  # read nothing more, until stop()
                     self.cuts += 1
@@ -59,7 +62,8 @@ class CuttingProxy:
             up_r, up_w = await asyncio.open_connection(*self.upstream)
             keep = bytearray()
             self.sent.append(keep)
-            await asyncio.gather(self._pipe(client_r, up_w, self.cut_after, keep), self._pipe(up_r, client_w, None))
+            await asyncio.gather(self._pipe(client_r, up_w, self.cut_after, keep),
+                                 self._pipe(up_r, client_w, self.stall_replies_after, stall=True))
         finally:
             client_w.close()
             self._handlers.discard(task)

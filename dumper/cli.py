@@ -21,7 +21,7 @@ from .errors import ConfigError, DumperError, Interrupted, OutputError, VerifyEr
 from .logs import log, setup
 from .manifest import MANIFEST_NAME, parse, verify
 from .notify import Outcome
-from .sinks import Output
+from .sinks import FAILURES, Output
 
 EXIT_CODES = """exit codes:
   0    success
@@ -298,7 +298,10 @@ def cmd_verify(settings: Settings, stdout: TextIO) -> int:
         doc = parse(output.read(MANIFEST_NAME))
     except FileNotFoundError:
         raise VerifyError(f"{output.path(MANIFEST_NAME)} does not exist: not a complete dump") from None
-    problems = verify(doc, output.chunks)
+    try:
+        problems = verify(doc, output.chunks)
+    except FAILURES as exc:  # the storage failed (a stall, the network), not a file
+        raise output.reading_error(exc) from exc
     if problems:
         for problem in problems:
             print(f"MISMATCH {problem}", file=stdout)

@@ -18,6 +18,7 @@ never contain a password or token: callers pass only names and server text.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
@@ -55,6 +56,17 @@ class RecoveryConflict(SnapshotLost):
 
 class OutputError(DumperError):
     exit_code = 6
+
+
+class OutputStalled(TimeoutError):
+    """An object-store request that made no progress within --stall-timeout (an
+    OSError with errno ETIMEDOUT, as libraries that inspect args expect)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ETIMEDOUT, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class VerifyError(DumperError):

@@ -130,6 +130,8 @@ def verify(doc: dict[str, Any], open_chunks: Callable[[str], Iterable[bytes] | N
         except CORRUPT as exc:
             problems.append(f"{name}: not a valid gzip file: {exc}")
             continue
+        except (TimeoutError, ConnectionError):
+            raise  # the storage or the network failed, not the file: the caller says so
         except OSError as exc:  # e.g. a symlink where the file should be
             problems.append(f"{name}: cannot be read as a plain file ({exc.strerror or exc})")
             continue

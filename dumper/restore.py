@@ -318,7 +318,7 @@ class _Loader:
                 except (VerifyError, OutputError):
                     raise
                 except FAILURES as exc:
-                    raise OutputError(f"cannot read {self.source.url_of(target.entry['path'])}: {exc}") from exc
+                    raise self.source.reading_error(exc, target.entry["path"]) from exc
             return asyncio.ensure_future(asyncio.to_thread(guarded))
 
         def prepared() -> tuple[list[bytes], bytes | None] | None:
@@ -473,7 +473,12 @@ async def run(settings: Settings, password: db.PasswordProvider) -> RestoreOutco
     source = Output.for_settings(settings)
     doc = await asyncio.to_thread(_read_manifest, source)
     entries = chosen_entries(doc, settings.include, settings.exclude)
-    problems = await asyncio.to_thread(verify, {**doc, "tables": entries}, source.chunks)
+    problems = []
+    for entry in entries:
+        try:
+            problems += await asyncio.to_thread(verify, {**doc, "tables": [entry]}, source.chunks)
+        except FAILURES as exc:
+            raise source.reading_error(exc, entry["path"]) from exc
     if problems:
         for problem in problems:
             log.error(f"MISMATCH {problem}")

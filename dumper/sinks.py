@@ -21,9 +21,10 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from .config import Settings, redact_url
-from .errors import ConfigError, OutputError
+from .errors import ConfigError, OutputError, OutputStalled
 
 CHUNK = 1 << 20
+READ_RANGE = 8 << 20  # bytes per GET when reading back from an object store
 MIB = 1 << 20
 MAX_PART = 5 * 1024 * MIB  # S3's largest part
 PARTS_PER_STEP = 1000  # part size doubles every 1000 parts (see part_size)
@@ -55,10 +56,6 @@ def private_file(path: str) -> int:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     os.fchmod(fd, 0o600)
     return fd
-
-
-class OutputStalled(OSError):
-    """An object-store request that made no progress within --stall-timeout."""
 
 
 def _bounded_s3(stall_timeout: float, options: dict[str, Any]) -> Any:
@@ -127,8 +124,9 @@ def storage_options(settings: Settings) -> dict[str, Any]:
         "client_kwargs": client,
         "cache_regions": not settings.s3_region,
         # A dying endpoint must fail the run in seconds, not retry for many minutes.
-        "config_kwargs": {"retries": {"max_attempts": 3, "mode": "standard"},
-                          "connect_timeout": 10, "read_timeout": 60},
+        # A reply that stops mid-body (a download) is bounded here: aiohttp's read timeout.
+        "config_kwargs": {"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 10,
+                          "read_timeout": min(settings.stall_timeout or 60.0, 60.0)},
         "skip_instance_cache": True,
         "expected_bucket_owner": settings.s3_expected_bucket_owner,
     }
@@ -242,7 +240,7 @@ class Output:
     def _explain(self, exc: BaseException, what: str) -> str:
         where = what if self.local else f"{self.protocol}://{what}"
         text = str(exc) or type(exc).__name__
-        if isinstance(exc, OutputStalled):
+        if isinstance(exc, TimeoutError):  # OutputStalled, or a response that never came (read timeout)
             return (f"cannot write {where}: the output accepted nothing for the --stall-timeout ({text}): the "
                     "object store, or the network to it, stalled; the upload was aborted")
         if self.protocol in ("s3", "s3a"):
@@ -327,12 +325,26 @@ class Output:
 
     def _iter_chunks(self, path: str) -> Iterator[bytes]:
         if self.local:  # never through a symlink: verify reads only what the run wrote
-            f: Any = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
-        else:
-            f = self.fs.open(path, "rb")
-        with f:
-            while chunk := f.read(CHUNK):
-                yield chunk
+            with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
+                while chunk := f.read(CHUNK):
+                    yield chunk
+            return
+        # Ranged GETs, not fsspec's file object: s3fs's file read crashes on a read
+        # timeout (IndexError on the error's args) instead of raising it.
+        size = int(self.fs.info(path)["size"])
+        for start in range(0, size, READ_RANGE):
+            data = self.fs.cat_file(path, start=start, end=min(start + READ_RANGE, size))
+            for at in range(0, len(data), CHUNK):
+                yield data[at:at + CHUNK]
+
+    def reading_error(self, exc: BaseException, relpath: str | None = None) -> OutputError:
+        """A failure to read a stored file (or, without relpath, the location), said
+        so an operator can act on it."""
+        where = self.url_of(relpath) if relpath else redact_url(self.url)
+        if isinstance(exc, TimeoutError):  # a stalled request, or a reply that stopped mid-body
+            return OutputError(f"cannot read {where}: the object store sent nothing for the --stall-timeout "
+                               f"({type(exc).__name__}: {exc}); check the endpoint and the network to it")
+        return OutputError(f"cannot read {where}: {type(exc).__name__}: {exc}")
 
     def remove(self, relpath: str) -> bool:
         """Best effort (a failed run's clean-up); False if it could not be removed."""

@@ -424,3 +424,30 @@ def test_a_role_without_insert_is_told_what_to_grant(db: Database, target: Datab
     assert refused.code == 4, refused.stderr
     assert "table public.t: permission denied" in refused.stderr
     assert "GRANT pg_write_all_data TO <user>" in refused.stderr and "GRANT INSERT ON public.t" in refused.stderr
+
+
+def test_an_s3_source_that_stops_sending_ends_the_restore(db: Database, target: Database, s3: Any,
+                                                           moto: Moto) -> None:
+    import time
+
+    from devtools.cutting_proxy import CuttingProxy
+
+    db.sql("CREATE TABLE big AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 100000) g;")
+    env = {"DUMPER_OUTPUT": f"s3://{BUCKET}/nightly", "DUMPER_S3_ENDPOINT_URL": moto.endpoint}
+    first = db.dump("--run-id", "src", env=env)
+    assert first.code == 0, first.stderr
+    target.sql("CREATE TABLE big (id int, h text);")
+    host, port = moto.endpoint.removeprefix("http://").split(":")
+    proxy = CuttingProxy(host, int(port), stall_replies_after=256 << 10).start()
+    try:
+        started = time.monotonic()
+        refused = target.restore(f"s3://{BUCKET}/nightly/src", "--s3-endpoint-url", f"http://127.0.0.1:{proxy.port}",
+                                 "--stall-timeout", "2")
+        took = time.monotonic() - started
+    finally:
+        proxy.stop()
+    assert refused.code == 6, refused.stderr
+    assert took < 60, took
+    assert "cannot read s3://dumps/nightly/src/public.big.jsonl: the object store sent nothing for the " \
+        "--stall-timeout" in refused.stderr
+    assert count(target, "big") == 0
