@@ -30,9 +30,10 @@ EXIT_CODES = """exit codes:
   3    cannot connect or authenticate (network, TLS, IAM, password)
   4    permission denied on a table (missing GRANT, row-level security)
   5    the dump failed while reading (server error, lock timeout, lost connection, stall,
-       a standby's conflict with recovery)
-  6    the output could not be written (or stalled)
-  7    verify found a mismatch
+       a standby's conflict with recovery); restore: a table failed to load
+  6    the output could not be written (or stalled); verify/restore: the dump could not be
+       read; prune: a run could not be removed
+  7    verify (or restore, before loading) found a mismatch
   130  interrupted by SIGINT, 143 by SIGTERM (no manifest was written)"""
 
 
