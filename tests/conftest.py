@@ -102,7 +102,9 @@ class Database:
         return asyncio.run(go())
 
     def base_env(self, user: str = SUPERUSER, password: str = SUPERUSER_PASSWORD) -> dict[str, str]:
-        return {**self.cluster.env(self.name, user, password), "DUMPER_LOG_FORMAT": "json",
+        # `make coverage` measures the CLI processes tests spawn: they need coverage's own variables.
+        measured = {k: v for k, v in os.environ.items() if k.startswith("COVERAGE_")}
+        return {**measured, **self.cluster.env(self.name, user, password), "DUMPER_LOG_FORMAT": "json",
                 "DUMPER_OUTPUT": str(self.tmp / "out"), **self.env}
 
     def dump(self, *args: str, env: Mapping[str, str] | None = None, user: str = SUPERUSER,
