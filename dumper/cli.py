@@ -37,7 +37,7 @@ EXIT_CODES = """exit codes:
   130  interrupted by SIGINT, 143 by SIGTERM (no manifest was written)"""
 
 
-VERIFY_OPTIONS = ("s3_endpoint_url", "s3_region", "s3_expected_bucket_owner")
+VERIFY_OPTIONS = ("s3_endpoint_url", "s3_region", "s3_expected_bucket_owner", "stall_timeout")
 PRUNE_OPTIONS = ("output", "keep", "dry_run", "log_format", "stall_timeout", *VERIFY_OPTIONS)
 RESTORE_OPTIONS = ("host", "port", "dbname", "user", "auth", "region", "sslmode", "sslrootcert", "include",
                    "exclude", "jobs", "lock_timeout", "statement_timeout", "stall_timeout", "connect_attempts",

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from dumper import cli
 
 from .conftest import BUCKET, Database, Moto, Result, parse_json
 from .test_contract import create_every_type
@@ -143,9 +146,12 @@ def test_a_self_reference_across_batches_loads_in_one_statement(db: Database, ta
     db.sql(SCHEMA_SQL + DATA_SQL)
     first = db.dump("--run-id", "src", "--include", "public.categories")
     target.sql(SCHEMA_SQL)
-    loaded = target.restore(first.run_dir)
+    loaded = target.restore(first.run_dir, env={"DUMPER_LOG_FORMAT": "text"})
     assert loaded.code == 0, loaded.stderr
     assert count(target, "categories") == 3000
+    report = loaded.stdout.splitlines()  # text mode: the table, then where it went
+    assert report[0].split() == ["table", "rows", "seconds"] and report[1].split()[:2] == ["public.categories", "3,000"]
+    assert report[-1] == f"restore complete: {target.cluster.host}:{target.cluster.port}/{target.name}"
     assert target.fetch("SELECT parent_id FROM categories WHERE id = 1")[0][0] == 2
 
 
@@ -444,8 +450,14 @@ def test_an_s3_source_that_stops_sending_ends_the_restore(db: Database, target: 
         refused = target.restore(f"s3://{BUCKET}/nightly/src", "--s3-endpoint-url", f"http://127.0.0.1:{proxy.port}",
                                  "--stall-timeout", "2")
         took = time.monotonic() - started
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):  # verify reads the same way: the storage failed, not a file
+            verified = cli.main(["verify", f"s3://{BUCKET}/nightly/src", "--s3-endpoint-url",
+                                 f"http://127.0.0.1:{proxy.port}", "--stall-timeout", "2"], target.base_env(),
+                                stdout=io.StringIO())
     finally:
         proxy.stop()
+    assert verified == 6 and "the object store sent nothing for the --stall-timeout" in err.getvalue()
     assert refused.code == 6, refused.stderr
     assert took < 60, took
     assert "cannot read s3://dumps/nightly/src/public.big.jsonl: the object store sent nothing for the " \
