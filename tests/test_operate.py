@@ -244,3 +244,26 @@ def test_an_unexpected_error_exits_1_with_its_traceback(db: Database) -> None:
     text = err.getvalue()
     assert "unexpected error" in text and "Traceback (most recent call last)" in text
     assert "RuntimeError: the terminal went away in an unexpected way" in text
+
+
+def test_missed_ticks_coalesce_into_one_run(db: Database) -> None:
+    """The process is frozen (SIGSTOP) for 10 s, missing about 3 ticks (every 3 s) that are
+    all within --misfire-grace: on waking, one catch-up run starts, not one per missed tick
+    (without coalescing, each missed time would be tried back to back and skipped)."""
+    import os
+
+    tables(db, 10)
+    # Every 3 s: a run of a 10-row table never lasts that long, so a regular tick is never skipped.
+    proc = db.spawn("schedule", "--cron", "*/3 * * * * *", "--misfire-grace", "300", "--grace-seconds", "60")
+    events = events_while(proc, lambda ev: len(named(ev, "scheduled run ended")) >= 1)
+    os.kill(proc.pid, signal.SIGSTOP)
+    time.sleep(10)  # the missed ticks: made to happen on purpose, not hoped for
+    os.kill(proc.pid, signal.SIGCONT)
+    events += events_while(proc, lambda ev: len(named(events + ev, "scheduled run ended")) >= 2)
+    events += events_until(proc, lambda ev: True)  # stop now: a backlog of runs would have to finish first
+    assert proc.returncode == 0
+    (stopped,) = named(events, "schedule stopped")
+    # The first run, the one catch-up run, and at most one regular tick that came before the stop;
+    # the missed ticks were not queued up behind the catch-up run (each would be a "run skipped").
+    assert 2 <= stopped["runs"] <= 3, stopped
+    assert stopped["skipped"] == 0 and not named(events, "run skipped: the previous run is still running")
