@@ -7,15 +7,13 @@ the stored bytes counted and hashed on the way so that a file changed after
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Iterator
 
 import orjson
-from isal import isal_zlib
 
 from .errors import VerifyError
-from .stored import CORRUPT, GZIP, OUT_PIECE
+from .stored import CORRUPT, Tally, content
 
 BATCH_BYTES = 4 << 20  # JSON per INSERT: round trips stay rare, memory stays a few MB
 
@@ -27,31 +25,18 @@ class RowBatches:
 
     def __init__(self, chunks: Iterable[bytes], compression: str, fmt: str, name: str,
                  batch_bytes: int = BATCH_BYTES) -> None:
-        self._chunks = chunks
-        self._unzip = isal_zlib.decompressobj(GZIP) if compression == "gzip" else None
+        self._tally = Tally(chunks)
+        self._compression = compression
         self._array = fmt == "json"
         self._name = name
         self._batch_bytes = batch_bytes
-        self._sha = hashlib.sha256()
-        self.stored_bytes = 0
         self.rows = 0
 
     def _content(self) -> Iterator[bytes]:
-        for chunk in self._chunks:
-            self._sha.update(chunk)
-            self.stored_bytes += len(chunk)
-            if self._unzip is None:
-                yield chunk
-                continue
-            data = chunk
-            try:
-                while data:  # a bounded piece at a time: a gzip bomb stays small
-                    yield self._unzip.decompress(data, OUT_PIECE)
-                    data = self._unzip.unconsumed_tail
-            except CORRUPT as exc:
-                raise VerifyError(f"{self._name}: not a valid gzip file: {exc}") from None
-        if self._unzip is not None:
-            yield self._unzip.flush()
+        try:
+            yield from content(self._tally, self._compression)
+        except CORRUPT as exc:
+            raise VerifyError(f"{self._name}: not a valid gzip file: {exc}") from None
 
     def _lines(self) -> Iterator[bytes]:
         partial: list[bytes] = []  # pieces of a line not yet ended (a 96 MB row is many pieces)
@@ -102,10 +87,10 @@ class RowBatches:
 
     def check(self, rows: int, stored_bytes: int, sha256: str) -> None:
         """The file as read equals the manifest's entry (call after the last batch)."""
-        if self.stored_bytes != stored_bytes or self._sha.hexdigest() != sha256:
-            raise VerifyError(f"{self._name}: changed since it was verified ({self.stored_bytes} bytes, "
-                              f"sha256 {self._sha.hexdigest()}; the manifest says {stored_bytes} bytes, "
-                              f"sha256 {sha256})")
+        read = self._tally
+        if read.bytes != stored_bytes or read.sha256 != sha256:
+            raise VerifyError(f"{self._name}: changed since it was verified ({read.bytes} bytes, "
+                              f"sha256 {read.sha256}; the manifest says {stored_bytes} bytes, sha256 {sha256})")
         if self.rows != rows:
             raise VerifyError(f"{self._name}: {self.rows} rows, the manifest says {rows}")
 

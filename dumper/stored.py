@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -59,22 +59,42 @@ class StoredStats:
     newlines: int
 
 
-def read_stats(chunks: Iterable[bytes], compression: str) -> StoredStats:
-    """Size and sha256 of stored bytes, and '\\n' count of their content."""
-    sha = hashlib.sha256()
-    size = newlines = 0
-    unzip = isal_zlib.decompressobj(GZIP) if compression == "gzip" else None
+class Tally:
+    """Stored chunks passed through, counted and hashed on the way."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = chunks
+        self._sha = hashlib.sha256()
+        self.bytes = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self._sha.update(chunk)
+            self.bytes += len(chunk)
+            yield chunk
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+
+def content(chunks: Iterable[bytes], compression: str) -> Iterator[bytes]:
+    """The content of stored chunks, decompressed at most OUT_PIECE bytes at a
+    time: a small gzip bomb stays small. A damaged stream raises CORRUPT."""
+    if compression != "gzip":
+        yield from chunks
+        return
+    unzip = isal_zlib.decompressobj(GZIP)
     for chunk in chunks:
-        sha.update(chunk)
-        size += len(chunk)
-        if unzip is None:
-            newlines += chunk.count(b"\n")
-            continue
-        # At most OUT_PIECE bytes decompressed at a time: a small gzip bomb stays small.
         data = chunk
         while data:
-            newlines += unzip.decompress(data, OUT_PIECE).count(b"\n")
+            yield unzip.decompress(data, OUT_PIECE)
             data = unzip.unconsumed_tail
-    if unzip:
-        newlines += unzip.flush().count(b"\n")
-    return StoredStats(size, sha.hexdigest(), newlines)
+    yield unzip.flush()
+
+
+def read_stats(chunks: Iterable[bytes], compression: str) -> StoredStats:
+    """Size and sha256 of stored bytes, and '\\n' count of their content."""
+    tally = Tally(chunks)
+    newlines = sum(piece.count(b"\n") for piece in content(tally, compression))
+    return StoredStats(tally.bytes, tally.sha256, newlines)
