@@ -306,7 +306,7 @@ def cmd_verify(settings: Settings, stdout: TextIO) -> int:
     if problems:
         for problem in problems:
             print(f"MISMATCH {problem}", file=stdout)
-        raise VerifyError(f"{len(problems)} mismatch(es) in {path}")
+        raise VerifyError(f"{len(problems)} mismatch(es) in {redact_url(path)}")
     rows = sum(t["rows"] for t in doc["tables"])
     print(f"OK {path}: {len(doc['tables'])} tables, {rows:,} rows match the manifest", file=stdout)
     return 0

@@ -282,12 +282,17 @@ async def preparing(settings: Settings, where: str = "while taking the snapshot 
         raise DumpError(f"{where}: {type(exc).__name__}: {exc}") from exc
 
 
+def lock_wait_bound(settings: Settings) -> float:
+    """The stall bound of a statement that may first wait for a lock: the server
+    ends the wait at --lock-timeout, so past lock + stall timeout the server is
+    stalled (0, no bound, when either is 0: waiting forever was asked for)."""
+    return settings.lock_timeout + settings.stall_timeout if settings.lock_timeout and settings.stall_timeout else 0
+
+
 async def lock_table(conn: Any, relation_sql: str, table: str, settings: Settings) -> None:
     """ACCESS SHARE, as pg_dump takes: no DROP/ALTER until the run ends."""
-    # The server ends a lock wait at --lock-timeout; past that, the server is stalled.
-    bound = settings.lock_timeout + settings.stall_timeout if settings.lock_timeout and settings.stall_timeout else 0
     try:
-        async with stall_guard(bound, f"table {table}: while locking it"):
+        async with stall_guard(lock_wait_bound(settings), f"table {table}: while locking it"):
             await conn.execute(f"LOCK TABLE {relation_sql} IN ACCESS SHARE MODE")
     except LOST as exc:
         raise ConnectionLost(f"table {table}: the connection was lost while locking it: {exc}") from exc

@@ -110,7 +110,6 @@ class LiveDisplay:
         self._console = Console(file=stream)
         self._live = Live(console=self._console, refresh_per_second=4, transient=True,
                           redirect_stdout=False, redirect_stderr=False)
-        self._tables: list[TableProgress] = []
         self._quiet: list[tuple[logging.StreamHandler[TextIO], int, TextIO]] = []
 
     def __enter__(self) -> LiveDisplay:
@@ -124,7 +123,6 @@ class LiveDisplay:
         return self
 
     def update(self, tables: list[TableProgress]) -> None:
-        self._tables = tables
         self._live.update(render(tables, time.monotonic()))
 
     def __exit__(self, *exc: object) -> None:

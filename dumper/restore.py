@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from . import db, loadplan
-from .config import Settings
+from .config import Settings, redact_url
 from .discover import quote_ident, select_tables
 from .errors import (
     ConfigError,
@@ -40,8 +40,7 @@ JSON, JSON_ARRAY = 114, 199  # type OIDs
 UNIT_ATTEMPTS = 3  # a unit whose connection dies is loaded again (its transaction rolled back)
 
 _TARGETS_SQL = """
-SELECT w.i, c.oid, c.relkind OPERATOR(pg_catalog.=) 'p' AS partitioned,
-       pg_catalog.has_table_privilege(c.oid, 'SELECT') AS can_select
+SELECT w.i, c.oid
 FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[]))
      WITH ORDINALITY AS w(nspname, relname, i)
 JOIN pg_catalog.pg_namespace n ON n.nspname OPERATOR(pg_catalog.=) w.nspname
@@ -83,7 +82,6 @@ SELECT COALESCE((SELECT pg_catalog.sum(pg_catalog.pg_relation_size(p.relid))::pg
 class Target:
     entry: dict[str, Any]  # the manifest's table entry
     oid: int  # 0: created by --create-tables
-    partitioned: bool
     columns: tuple[str, ...]  # the manifest's columns the server does not generate
     overriding: bool  # an identity column GENERATED ALWAYS: keep the dump's values
     json_columns: dict[str, int] = field(default_factory=dict)  # name -> JSON or JSON_ARRAY
@@ -169,7 +167,7 @@ async def _inspect(conn: Any, entries: list[dict[str, Any]], create: bool) -> tu
             names = tuple(c["name"] for c in entry["columns"])
             json_columns = {c["name"]: {"json": JSON, "json[]": JSON_ARRAY}[c["type"]] for c in entry["columns"]
                             if c["type"] in ("json", "json[]")}
-            targets.append(Target(entry, 0, False, names, False, json_columns))
+            targets.append(Target(entry, 0, names, False, json_columns))
             continue
         row = found[i]
         have = {c["attname"]: c for c in columns.get(row["oid"], [])}
@@ -182,7 +180,7 @@ async def _inspect(conn: Any, entries: list[dict[str, Any]], create: bool) -> tu
         kept = tuple(c["name"] for c in entry["columns"] if c["name"] in have and not have[c["name"]]["generated"])
         overriding = any(have[c]["identity_always"] for c in kept)
         json_columns = {c: have[c]["base"] for c in kept if have[c]["base"] in (JSON, JSON_ARRAY)}
-        targets.append(Target(entry, row["oid"], row["partitioned"], kept, overriding, json_columns))
+        targets.append(Target(entry, row["oid"], kept, overriding, json_columns))
     if problems:
         raise ConfigError("the target tables do not match the dump: " + "; ".join(problems)
                           + " (create them from the same schema, e.g. the application's migrations or "
@@ -272,8 +270,7 @@ def load_error(exc: BaseException, table: str) -> DumperError:
         return PermissionDenied(f"table {table}: {text}; the restoring role needs INSERT on it, e.g. GRANT "
                                 f"pg_write_all_data TO <user> (PostgreSQL 14+) or GRANT INSERT ON {table} TO <user>")
     if isinstance(exc, asyncpg.LockNotAvailableError):
-        return DumpError(f"table {table}: could not lock it within --lock-timeout (another session holds a "
-                         f"conflicting lock): {text}")
+        return db.table_error(exc, table)  # the same words as when a dump waits for its lock
     constraint = getattr(exc, "constraint_name", None)
     named = f" (constraint {constraint})" if constraint else ""
     return DumpError(f"table {table}: {type(exc).__name__}{named}: {text}")
@@ -288,9 +285,7 @@ class _Loader:
         self.doc = doc
         self.by_name = {t.qualified: t for t in targets}
         self.restored: dict[str, Restored] = {}
-        # A statement may first wait --lock-timeout for its lock; past that the server is stalled.
-        s = settings
-        self.bound = s.lock_timeout + s.stall_timeout if s.lock_timeout and s.stall_timeout else 0
+        self.bound = db.lock_wait_bound(settings)
 
     async def statement(self, conn: Any, sql: str, table: str, *args: Any, bounded: bool = True) -> str:
         try:
@@ -300,9 +295,6 @@ class _Loader:
             raise
         except (asyncpg.PostgresError, asyncpg.InterfaceError, *db.LOST) as exc:
             raise load_error(exc, table) from exc
-
-    async def begin(self, conn: Any, table: str) -> None:
-        await self.statement(conn, "BEGIN", table)
 
     async def batches(self, target: Target) -> AsyncIterator[tuple[list[bytes], bytes | None]]:
         """The table's rows, a batch at a time, with the batch as one JSON array
@@ -482,7 +474,7 @@ async def run(settings: Settings, password: db.PasswordProvider) -> RestoreOutco
     if problems:
         for problem in problems:
             log.error(f"MISMATCH {problem}")
-        raise VerifyError(f"{len(problems)} mismatch(es) in {settings.output}: nothing was loaded")
+        raise VerifyError(f"{len(problems)} mismatch(es) in {redact_url(settings.output)}: nothing was loaded")
     log.info("dump verified", extra={"tables": len(entries), "rows": sum(e["rows"] for e in entries),
                                      "run_id": doc["run_id"]})
 
@@ -519,7 +511,7 @@ async def _load(settings: Settings, password: db.PasswordProvider, source: Outpu
     if settings.truncate and existing:  # one statement: tables that reference each other empty together
         prepare.append("TRUNCATE " + ", ".join(existing))
     if settings.single_transaction:
-        await loader.begin(conn, first)
+        await loader.statement(conn, "BEGIN", first)
         for sql in prepare:
             await loader.statement(conn, sql, first, bounded=False)
         for unit in units:
@@ -527,7 +519,7 @@ async def _load(settings: Settings, password: db.PasswordProvider, source: Outpu
         await loader.statement(conn, "COMMIT", first, bounded=False)
     else:
         if prepare:
-            await loader.begin(conn, first)
+            await loader.statement(conn, "BEGIN", first)
             for sql in prepare:
                 await loader.statement(conn, sql, first, bounded=False)
             await loader.statement(conn, "COMMIT", first)
@@ -537,7 +529,7 @@ async def _load(settings: Settings, password: db.PasswordProvider, source: Outpu
                 if not slot:
                     slot.append(await _connect(settings, password))
                 try:
-                    await loader.begin(slot[0], unit.tables[0])
+                    await loader.statement(slot[0], "BEGIN", unit.tables[0])
                     await loader.load_unit(slot[0], unit)
                     await loader.statement(slot[0], "COMMIT", unit.tables[0], bounded=False)
                     return

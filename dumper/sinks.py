@@ -316,7 +316,7 @@ class Output:
         except FileNotFoundError:
             raise
         except OSError as exc:
-            raise OutputError(f"cannot read {self.url_of(relpath)}: {exc}") from exc
+            raise self.reading_error(exc, relpath) from exc
 
     def chunks(self, relpath: str) -> Iterator[bytes] | None:
         if not self.exists(relpath):
