@@ -25,6 +25,21 @@ class Capture:
 
 
 @contextmanager
+def _serving(handler: type[http.server.BaseHTTPRequestHandler], result: Capture) -> Iterator[None]:
+    """`handler` on a free port of 127.0.0.1 in a thread; result.url says where."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    result.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@contextmanager
 def capture(status: int = 200, body: bytes = b"", content_type: str = "text/plain") -> Iterator[Capture]:
     result = Capture("")
 
@@ -43,16 +58,8 @@ def capture(status: int = 200, body: bytes = b"", content_type: str = "text/plai
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    result.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with _serving(Handler, result):
         yield result
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 KMS_REFUSAL = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>User: '
@@ -102,13 +109,5 @@ def kms_refusing_s3(upstream: str) -> Iterator[Capture]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    result.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with _serving(Handler, result):
         yield result
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
