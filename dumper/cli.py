@@ -15,7 +15,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
-from . import __version__, auth, job, preflight, progress, prune, restore, schedule
+from . import __version__, auth, drill, job, preflight, progress, prune, restore, schedule
 from .config import OPTIONS, Settings, redact_url, resolve, with_url_files
 from .errors import ConfigError, DumperError, Interrupted, OutputError, VerifyError
 from .logs import log, setup
@@ -33,7 +33,8 @@ EXIT_CODES = """exit codes:
        a standby's conflict with recovery); restore: a table failed to load
   6    the output could not be written (or stalled); verify/restore: the dump could not be
        read; prune: a run could not be removed
-  7    verify (or restore, before loading) found a mismatch
+  7    verify (or restore, before loading) found a mismatch; drill: a table did not come
+       back exactly
   130  interrupted by SIGINT, 143 by SIGTERM (no manifest was written)"""
 
 
@@ -41,8 +42,12 @@ VERIFY_OPTIONS = ("s3_endpoint_url", "s3_region", "s3_expected_bucket_owner", "s
 PRUNE_OPTIONS = ("output", "keep", "dry_run", "log_format", "stall_timeout", *VERIFY_OPTIONS)
 RESTORE_OPTIONS = ("host", "port", "dbname", "user", "auth", "region", "sslmode", "sslrootcert", "include",
                    "exclude", "jobs", "lock_timeout", "statement_timeout", "stall_timeout", "connect_attempts",
-                   "grace_seconds", "log_format", "truncate", "create_tables", "single_transaction",
-                   *VERIFY_OPTIONS)
+                   "grace_seconds", "log_format", "truncate", "create_tables", "single_transaction", "with_schema",
+                   "no_sequences", *VERIFY_OPTIONS)
+DRILL_OPTIONS = ("host", "port", "dbname", "user", "auth", "region", "sslmode", "sslrootcert", "jobs", "split_mib",
+                 "lock_timeout", "statement_timeout", "stall_timeout", "connect_attempts", "grace_seconds",
+                 "log_format", "scratch_dbname", "metrics_file", "pushgateway_url", "pushgateway_url_file",
+                 "notify_url", "notify_url_file", "notify_on", *VERIFY_OPTIONS)
 T = TypeVar("T")
 
 
@@ -95,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     restore_cmd.add_argument("source", help="the run's folder or URL: <output>/<run_id>")
     _add_options(restore_cmd, "restore", only=RESTORE_OPTIONS)
+    summary = "prove a dump: restore it into a scratch database, dump that again, compare every table"
+    drill_cmd = commands.add_parser("drill", help=summary, description=summary + " (docs/drill.md)",
+                                    epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    drill_cmd.add_argument("source", help="the run's folder or URL: <output>/<run_id>")
+    _add_options(drill_cmd, "drill", only=DRILL_OPTIONS)
     return parser
 
 
@@ -259,12 +269,31 @@ def cmd_restore(settings: Settings, stdout: TextIO) -> int:
             log.info("table restored", extra={"table": f"{t.schema}.{t.table}", "rows": t.rows,
                                               "seconds": t.seconds})
         log.info("restore finished", extra={"status": "success", "tables": len(outcome.tables),
-                                            "rows": outcome.rows, "target": outcome.target})
+                                            "rows": outcome.rows, "sequences": outcome.sequences,
+                                            "target": outcome.target})
         return 0
     rows = [(f"{t.schema}.{t.table}", f"{t.rows:,}", f"{t.seconds:.2f}") for t in outcome.tables]
     rows.append((f"total ({len(outcome.tables)} tables)", f"{outcome.rows:,}", ""))
     _print_table([("table", "rows", "seconds"), *rows], stdout)
-    print(f"\nrestore complete: {outcome.target}", file=stdout)
+    print(f"\nsequences set: {outcome.sequences}\nrestore complete: {outcome.target}", file=stdout)
+    return 0
+
+
+def cmd_drill(settings: Settings, stdout: TextIO) -> int:
+    json_lines = _start_logging(settings, stdout)
+    password = auth.password_provider(settings)
+    log.info("drill started", extra={"source": redact_url(settings.output), "host": settings.host})
+    outcome = _run_main(drill.run(settings, password), settings.grace_seconds,
+                        "the scratch database and the temporary files were removed")
+    seconds = outcome.finished_at - outcome.started_at
+    if json_lines:
+        log.info("drill finished", extra={"status": "success", "tables": len(outcome.tables), "rows": outcome.rows,
+                                          "seconds": round(seconds, 3), "source": outcome.location})
+        return 0
+    rows = [(f"{t.schema}.{t.table}", f"{t.rows:,}", "same") for t in outcome.tables]
+    rows.append((f"total ({len(outcome.tables)} tables)", f"{outcome.rows:,}", ""))
+    _print_table([("table", "rows", "restored"), *rows], stdout)
+    print(f"\ndrill passed in {seconds:.1f} s: every table of {outcome.location} came back exactly", file=stdout)
     return 0
 
 
@@ -341,6 +370,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return cmd_prune(resolve(vars(args), environ, database=False), stdout)
         if args.command == "restore":
             return cmd_restore(resolve({**vars(args), "output": args.source}, environ), stdout)
+        if args.command == "drill":
+            settings = resolve({**vars(args), "output": args.source}, environ)
+            return cmd_drill(with_url_files(settings, lambda path: Path(path).read_text()), stdout)
         settings = with_url_files(resolve(vars(args), environ), lambda path: Path(path).read_text())
         command = {"run": cmd_run, "schedule": cmd_schedule, "check": cmd_check, "token": cmd_token}[args.command]
         return command(settings, stdout)

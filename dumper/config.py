@@ -29,6 +29,8 @@ NOTIFY_ON = ("always", "failure")
 RUNS = ("run", "schedule")
 SCHEDULE = ("schedule",)
 RESTORE = ("restore",)
+DRILL = ("drill",)
+SCHEMA_FILES = ("auto", "require", "off")
 KEEPERS = ("run", "schedule", "prune")
 S3_STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR",
                       "GLACIER", "DEEP_ARCHIVE", "REDUCED_REDUNDANCY", "EXPRESS_ONEZONE")
@@ -113,6 +115,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("include", "glob on schema.table to dump (repeatable; default: all)", (), repeatable=True),
     Option("exclude", "glob on schema.table to skip (repeatable)", (), repeatable=True),
     Option("output", "output directory or fsspec URL", "./dumps"),
+    Option("schema_files", "write schema.pre-data.sql and schema.post-data.sql (pg_dump, same snapshot): auto "
+           "(when a pg_dump at least the server's major is found, else a warning), require (else exit 2), off",
+           "auto", choices=SCHEMA_FILES, commands=RUNS),
+    Option("pg_dump", "the pg_dump program for the schema files (default: the newest on PATH or under "
+           "/usr/lib/postgresql/*/bin)", commands=RUNS),
     Option("format", "jsonl (one object per line) or json (one array per file)", "jsonl", choices=FORMATS),
     Option("compression", "file compression", "none", choices=COMPRESSIONS),
     Option("gzip_level", "gzip level, 1 (fastest) to 9 (smallest); 1-3 use ISA-L (fast), 4-9 zlib", 1, _level),
@@ -174,6 +181,13 @@ OPTIONS: tuple[Option, ...] = (
            "rows is refused)", False, _boolean, commands=RESTORE, switch=True),
     Option("create_tables", "restore: create missing schemas and tables from the manifest's column names and "
            "types (no constraints, indexes or defaults)", False, _boolean, commands=RESTORE, switch=True),
+    Option("with_schema", "restore: build the tables from the dump's schema files first (pre-data, rows, "
+           "post-data, sequences); the target must hold none of the dump's schemas' objects", False, _boolean,
+           commands=RESTORE, switch=True),
+    Option("no_sequences", "restore: leave sequences as they are (default: set those of the loaded tables to "
+           "the dump's positions)", False, _boolean, commands=RESTORE, switch=True),
+    Option("scratch_dbname", "drill: the scratch database to create, restore into and drop (default: "
+           "dumper_drill_<run id>)", commands=DRILL),
     Option("single_transaction", "restore: load every table in one transaction (all or nothing; one "
            "connection)", False, _boolean, commands=RESTORE, switch=True),
 )
@@ -195,6 +209,8 @@ class Settings:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     output: str = "./dumps"
+    schema_files: str = "auto"
+    pg_dump: str | None = None
     format: str = "jsonl"
     compression: str = "none"
     gzip_level: int = 1
@@ -233,6 +249,9 @@ class Settings:
     truncate: bool = False
     create_tables: bool = False
     single_transaction: bool = False
+    with_schema: bool = False
+    no_sequences: bool = False
+    scratch_dbname: str | None = None
     # Read from PGPASSWORD only with --auth password; never printed.
     password: str | None = field(default=None, repr=False)
     # AWS_ROLE_ARN, to name the role in an IRSA error (not a secret, not an option).

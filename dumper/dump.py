@@ -8,23 +8,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import gc
+import hashlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__, db, replica
+from . import __version__, db, pgdump, replica, sequences
 from .assemble import PROGRESS_EVERY, Assembly
 from .config import Settings
 from .discover import Table, discover, measured
 from .encode import Framer, encode_rows
 from .errors import ConnectionLost, DumperError, RecoveryConflict, SnapshotLost, first_error
 from .logs import current_table, log
-from .manifest import LATEST_NAME, MANIFEST_NAME, Manifest, TableEntry, table_file_name, unique_file_names
+from .manifest import (
+    LATEST_NAME,
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    TableEntry,
+    table_file_name,
+    unique_file_names,
+)
 from .progress import Display, TableProgress
 from .sinks import Output
 from .stored import StoredWriter
@@ -350,6 +360,7 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
                 source.standby = await replica.standby(coordinator)
                 if source.standby and not source.conflicts:
                     source.conflicts = await replica.conflicts(coordinator)
+            pg_dump = await pgdump.choose(settings, (await db.scan_facts(coordinator))[0] // 10000, version)
             log.info("snapshot taken", extra={
                 "snapshot_id": snapshot_id, "tables": len(tables), "server_version": version,
                 **(source.standby.fields() if source.standby else {"standby": False})})
@@ -359,12 +370,27 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
                 await db.lock_table(coordinator, table.relation_sql(), table.qualified, settings)
             async with db.preparing(settings):
                 tables = await measured(coordinator, tables)
+                positions = await sequences.read(coordinator, settings.schema)
+                excluded = await _not_dumped(coordinator, settings.schema, tables) if pg_dump else []
             names = unique_file_names([
                 table_file_name(t.schema, t.name, settings.format, settings.compression) for t in tables])
             work = [(t, f"{run_dir}/{name}") for t, name in zip(tables, names, strict=True)]
             with _young_gc_only():
-                entries = await _dump_tables(settings, password, output, work, snapshot_id, piece_pages,
-                                             committed, display)
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        tables_done = group.create_task(_dump_tables(
+                            settings, password, output, work, snapshot_id, piece_pages, committed, display))
+                        if pg_dump:  # while the snapshot is held: the schema the rows were read in
+                            files_done = group.create_task(_schema_files(
+                                settings, password, output, pg_dump, snapshot_id, excluded, committed))
+                except BaseExceptionGroup as exc:
+                    first = first_error(exc)
+                    raise first from first.__cause__
+                entries = tables_done.result()
+                schema_files = ({"status": "written", "pg_dump": pg_dump.version,
+                                 "files": [dataclasses.asdict(f) for f in files_done.result()]} if pg_dump else
+                                {"status": "absent", "reason": "--schema-files off" if settings.schema_files == "off"
+                                 else "no pg_dump at least the server's major version was found"})
         finally:
             await db.close(coordinator)
         manifest = Manifest(
@@ -373,7 +399,7 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
             database={"host": settings.host, "port": settings.port, "dbname": settings.dbname,
                       "user": settings.user, "server_version": version},
             snapshot_id=snapshot_id, format=settings.format, compression=settings.compression,
-            tables=entries)
+            tables=entries, schemas=list(settings.schema), schema_files=schema_files, sequences=positions)
         await output.put(f"{run_dir}/{MANIFEST_NAME}", manifest.to_bytes())
         done = True
     finally:
@@ -381,6 +407,41 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
             await asyncio.shield(asyncio.to_thread(_remove_all, output, committed))
     await output.put(LATEST_NAME, settings.run_id.encode() + b"\n", exclusive=False)
     return manifest
+
+
+_NOT_DUMPED_SQL = """
+SELECT n.nspname, c.relname
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+WHERE n.nspname OPERATOR(pg_catalog.=) ANY($1::pg_catalog.text[])
+  AND c.relkind IN ('r', 'p', 'f')
+  AND NOT c.oid OPERATOR(pg_catalog.=) ANY($2::pg_catalog.oid[])
+  AND NOT (c.relispartition
+           AND pg_catalog.pg_partition_root(c.oid)::pg_catalog.oid OPERATOR(pg_catalog.=) ANY($2::pg_catalog.oid[]))
+ORDER BY 1, 2
+"""
+
+
+async def _not_dumped(conn: Any, schemas: tuple[str, ...], tables: list[Table]) -> list[tuple[str, str]]:
+    """Tables of the chosen schemas whose rows the run does not dump (--include /
+    --exclude, foreign tables, partitions of such roots): left out of the schema
+    files too, so that restoring them creates only tables that get their rows."""
+    return [(r[0], r[1]) for r in await conn.fetch(_NOT_DUMPED_SQL, list(schemas), [t.oid for t in tables])]
+
+
+async def _schema_files(settings: Settings, password: db.PasswordProvider, output: Output, pg_dump: pgdump.PgDump,
+                        snapshot_id: str, excluded: list[tuple[str, str]], committed: list[str]) -> list[FileEntry]:
+    """pg_dump's pre-data and post-data sections, written into the run folder."""
+    files = []
+    for section in pgdump.SECTIONS:
+        data = await pgdump.section(settings, password, pg_dump, snapshot_id, section, excluded)
+        name = pgdump.file_name(section)
+        relpath = f"{settings.run_id}/{name}"
+        await output.put(relpath, data)
+        committed.append(relpath)
+        files.append(FileEntry(section, name, len(data), hashlib.sha256(data).hexdigest()))
+    log.info("schema files written", extra={"pg_dump": pg_dump.version, "bytes": sum(f.bytes for f in files)})
+    return files
 
 
 async def _piece_pages(conn: Any, settings: Settings) -> int:

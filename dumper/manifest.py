@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import string
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
@@ -67,6 +67,22 @@ class TableEntry:
 
 
 @dataclass(frozen=True)
+class FileEntry:
+    """A file of the run that holds no rows: a schema file."""
+
+    section: str
+    path: str
+    bytes: int
+    sha256: str
+
+
+def schema_files(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The schema files a manifest lists (none in a run without them, or before they existed)."""
+    listed = doc.get("schema_files") or {}
+    return list(listed.get("files", [])) if listed.get("status") == "written" else []
+
+
+@dataclass(frozen=True)
 class Manifest:
     tool: dict[str, str]
     run_id: str
@@ -77,6 +93,10 @@ class Manifest:
     format: str
     compression: str
     tables: list[TableEntry]
+    schemas: list[str] = field(default_factory=list)
+    # {"status": "written", "pg_dump": version, "files": [FileEntry...]} or {"status": "absent", "reason": ...}
+    schema_files: dict[str, Any] = field(default_factory=lambda: {"status": "absent", "reason": "off"})
+    sequences: list[dict[str, Any]] = field(default_factory=list)
     manifest_version: int = MANIFEST_VERSION
 
     def to_bytes(self) -> bytes:
@@ -87,7 +107,8 @@ class Manifest:
             "bytes": sum(t.bytes for t in self.tables),
         }
         order = ["manifest_version", "tool", "run_id", "started_at", "finished_at", "database",
-                 "snapshot_id", "format", "compression", "tables", "totals"]
+                 "snapshot_id", "format", "compression", "schemas", "tables", "totals", "schema_files",
+                 "sequences"]
         return orjson.dumps({k: data[k] for k in order}, option=orjson.OPT_INDENT_2) + b"\n"
 
 
@@ -109,24 +130,30 @@ def is_file_name(path: Any) -> bool:
             and not set(path) & {"/", "\\", "\0", ":"})
 
 
-def verify(doc: dict[str, Any], open_chunks: Callable[[str], Iterable[bytes] | None]) -> list[str]:
-    """Check every listed file; returns one message per mismatch (empty = all good).
+def verify(doc: dict[str, Any], open_chunks: Callable[[str], Iterable[bytes] | None],
+           tables: Sequence[dict[str, Any]] | None = None, files: bool = True) -> list[str]:
+    """Check every listed file (or only `tables`, and the schema files unless
+    files=False); returns one message per mismatch (empty = all good).
 
     `open_chunks(path)` yields the stored bytes of a file, or None if it is missing.
     """
     problems = []
-    for entry in doc["tables"]:
+    checked = [(e, f"{e['schema']}.{e['table']}") for e in (doc["tables"] if tables is None else tables)]
+    if files:
+        checked += [(e, f"schema file {e['section']}") for e in schema_files(doc)]
+    for entry, what in checked:
         safe = is_file_name(entry["path"])
-        name = f"{entry['schema']}.{entry['table']} ({entry['path'] if safe else repr(entry['path'])})"
+        name = f"{what} ({entry['path'] if safe else repr(entry['path'])})"
         if not safe:
             problems.append(f"{name}: not a file name in the run folder; refused, nothing was read")
             continue
+        is_table = "rows" in entry
         try:
             chunks = open_chunks(entry["path"])
             if chunks is None:
                 problems.append(f"{name}: file is missing")
                 continue
-            stats = read_stats(chunks, doc["compression"])
+            stats = read_stats(chunks, doc["compression"] if is_table else "none")
         except CORRUPT as exc:
             problems.append(f"{name}: not a valid gzip file: {exc}")
             continue
@@ -139,7 +166,7 @@ def verify(doc: dict[str, Any], open_chunks: Callable[[str], Iterable[bytes] | N
             problems.append(f"{name}: {stats.bytes} bytes, manifest says {entry['bytes']}")
         if stats.sha256 != entry["sha256"]:
             problems.append(f"{name}: sha256 {stats.sha256}, manifest says {entry['sha256']}")
-        rows = rows_in(stats.newlines, doc["format"])
-        if rows != entry["rows"]:
+        rows = rows_in(stats.newlines, doc["format"]) if is_table else None
+        if is_table and rows != entry["rows"]:
             problems.append(f"{name}: {rows} rows, manifest says {entry['rows']}")
     return problems

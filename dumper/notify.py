@@ -21,6 +21,7 @@ from .logs import log
 from .manifest import TableEntry
 
 LAST_SUCCESS = "dumper_last_success_timestamp_seconds"
+DRILL_SUCCESS = "dumper_drill_last_success_timestamp_seconds"
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class Outcome:
     error: str | None = None
     location: str | None = None
     tables: list[TableEntry] = field(default_factory=list)
+    kind: str = "dump"  # or "drill": its metrics have their own names, its webhook says so
+    mismatches: list[str] = field(default_factory=list)  # drill: tables whose rows did not come back
 
     @property
     def rows(self) -> int:
@@ -53,6 +56,7 @@ class Outcome:
             "database": {"host": settings.host, "port": settings.port, "dbname": settings.dbname},
             "location": self.location,
             "totals": {"tables": len(self.tables), "rows": self.rows, "bytes": self.bytes},
+            **({"kind": "drill", "mismatches": self.mismatches} if self.kind == "drill" else {}),
         }
 
 
@@ -65,14 +69,22 @@ def registry_for(outcome: Outcome, dbname: str, last_success: float | None) -> C
         g = Gauge(name, doc, names, registry=registry)
         g.labels(dbname, *(extra or {}).values()).set(value)
 
-    gauge("dumper_last_run_timestamp_seconds", "When the last run finished", outcome.finished_at)
-    gauge("dumper_last_run_duration_seconds", "How long the last run took",
+    # A drill's gauges have their own names: its result never hides the nightly dump's.
+    drill = outcome.kind == "drill"
+    prefix, what = ("dumper_drill", "drill") if drill else ("dumper", "run")
+    gauge(f"{prefix}_last_run_timestamp_seconds", f"When the last {what} finished", outcome.finished_at)
+    gauge(f"{prefix}_last_run_duration_seconds", f"How long the last {what} took",
           outcome.finished_at - outcome.started_at)
-    gauge("dumper_last_run_success", "1 if the last run wrote a complete dump, else 0",
-          1.0 if outcome.status == "success" else 0.0)
-    gauge("dumper_last_run_exit_code", "Exit code of the last run", outcome.exit_code)
+    gauge(f"{prefix}_last_run_success", "1 if the last drill gave every row back, else 0" if drill else
+          "1 if the last run wrote a complete dump, else 0", 1.0 if outcome.status == "success" else 0.0)
+    gauge(f"{prefix}_last_run_exit_code", f"Exit code of the last {what}", outcome.exit_code)
     if last_success is not None:
-        gauge(LAST_SUCCESS, "When the last complete dump finished", last_success)
+        gauge(DRILL_SUCCESS if drill else LAST_SUCCESS, f"When the last {'passed drill' if drill else 'complete dump'} "
+              "finished", last_success)
+    if drill:
+        gauge("dumper_drill_last_run_mismatched_tables", "Tables whose rows the last drill did not get back",
+              len(outcome.mismatches))
+        return registry
     if outcome.status == "success":
         gauge("dumper_last_run_rows", "Rows in the last complete dump", outcome.rows)
         gauge("dumper_last_run_bytes", "Bytes stored by the last complete dump", outcome.bytes)
@@ -93,7 +105,7 @@ def _previous_success(path: Path) -> float | None:
     with contextlib.suppress(OSError, ValueError):
         for family in text_string_to_metric_families(path.read_text()):
             for sample in family.samples:
-                if sample.name == LAST_SUCCESS:
+                if sample.name in (LAST_SUCCESS, DRILL_SUCCESS):
                     return float(sample.value)
     return None
 
@@ -118,7 +130,8 @@ def write_textfile(path: str, outcome: Outcome, dbname: str) -> None:
 def push(url: str, outcome: Outcome, dbname: str) -> None:
     """POST (pushadd): a failed run leaves the gateway's last success time in place."""
     last = outcome.finished_at if outcome.status == "success" else None
-    pushadd_to_gateway(url, job="dumper", grouping_key={"database": dbname},
+    job = "dumper" if outcome.kind == "dump" else "dumper-drill"
+    pushadd_to_gateway(url, job=job, grouping_key={"database": dbname},
                        registry=registry_for(outcome, dbname, last), timeout=10)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from . import db, loadplan
+from . import db, loadplan, rebuild, sequences
 from .config import Settings, redact_url
 from .discover import quote_ident, select_tables
 from .errors import (
@@ -32,7 +32,7 @@ from .errors import (
     first_error,
 )
 from .logs import current_table, log
-from .manifest import MANIFEST_NAME, parse, verify
+from .manifest import MANIFEST_NAME, parse, schema_files, verify
 from .readback import RowBatches, holds_nul, join_object, json_array, may_hold_nul, split_object
 from .sinks import FAILURES, Output
 
@@ -113,10 +113,11 @@ class Restored:
     seconds: float
 
 
-@dataclass(frozen=True)
+@dataclass
 class RestoreOutcome:
     tables: list[Restored]
     target: str
+    sequences: int = 0  # sequences set to the dump's positions
 
     @property
     def rows(self) -> int:
@@ -464,13 +465,19 @@ async def _connect(settings: Settings, password: db.PasswordProvider) -> Any:
 async def run(settings: Settings, password: db.PasswordProvider) -> RestoreOutcome:
     source = Output.for_settings(settings)
     doc = await asyncio.to_thread(_read_manifest, source)
+    if settings.with_schema and (settings.truncate or settings.create_tables):
+        raise ConfigError("--with-schema builds the tables in an empty target: --truncate and --create-tables do "
+                          "not go with it")
     entries = chosen_entries(doc, settings.include, settings.exclude)
+    if settings.with_schema and not schema_files(doc):
+        await asyncio.to_thread(rebuild.scripts, source, doc)  # raises: the dump has none
     problems = []
-    for entry in entries:
+    checks = [([entry], False) for entry in entries] + ([([], True)] if settings.with_schema else [])
+    for tables, files in checks:
         try:
-            problems += await asyncio.to_thread(verify, {**doc, "tables": [entry]}, source.chunks)
+            problems += await asyncio.to_thread(verify, doc, source.chunks, tables, files)
         except FAILURES as exc:
-            raise source.reading_error(exc, entry["path"]) from exc
+            raise source.reading_error(exc, tables[0]["path"] if tables else None) from exc
     if problems:
         for problem in problems:
             log.error(f"MISMATCH {problem}")
@@ -480,6 +487,11 @@ async def run(settings: Settings, password: db.PasswordProvider) -> RestoreOutco
 
     conn = await _connect(settings, password)
     try:
+        if settings.with_schema:
+            scripts = await asyncio.to_thread(rebuild.scripts, source, doc)
+            async with db.preparing(settings, "while checking that the target is empty"):
+                existing = await rebuild.refuse_occupied(conn, rebuild.dump_schemas(doc))
+            await rebuild.apply(conn, "pre-data", scripts["pre-data"], existing)
         async with db.preparing(settings, "while checking the target tables"):
             targets, create = await _inspect(conn, entries, settings.create_tables)
             holding = await _holding_rows(conn, targets)
@@ -497,9 +509,32 @@ async def run(settings: Settings, password: db.PasswordProvider) -> RestoreOutco
                 f"they must be off during the load (session_replication_role = replica), which {settings.user} "
                 f"may not set; nothing was changed. Restore as a superuser or rds_superuser, or GRANT SET ON "
                 f"PARAMETER session_replication_role TO {settings.user} (PostgreSQL 15+)")
-        return await _load(settings, password, source, doc, targets, create, units, conn)
+        outcome = await _load(settings, password, source, doc, targets, create, units, conn)
+        if settings.with_schema:
+            await rebuild.apply(conn, "post-data", scripts["post-data"], existing)
+        if settings.with_schema or not settings.no_sequences:
+            outcome.sequences = await _set_sequences(conn, settings, doc, targets)
+        return outcome
     finally:
         conn.terminate()
+
+
+async def _set_sequences(conn: Any, settings: Settings, doc: dict[str, Any], targets: list[Target]) -> int:
+    """The dump's sequence positions: all of them after --with-schema (same
+    names), else those owned by a loaded table's column (found by the column)."""
+    recorded = doc.get("sequences") or []
+    if not settings.with_schema:
+        recorded = sequences.owned_by_tables(recorded, {(t.entry["schema"], t.entry["table"]) for t in targets})
+    try:
+        async with db.preparing(settings, "while setting the sequences"):
+            done, missing = await sequences.set_positions(conn, recorded, by_owner=not settings.with_schema)
+    except DumperError as exc:
+        raise DumpError(f"{exc}; the rows are loaded, the sequences may be behind them (--no-sequences to skip "
+                        "this step)") from exc
+    if missing:
+        log.warning("sequences of the dump not found in the target, not set", extra={"sequences": ", ".join(missing)})
+    log.info("sequences set", extra={"sequences": done})
+    return done
 
 
 async def _load(settings: Settings, password: db.PasswordProvider, source: Output, doc: dict[str, Any],

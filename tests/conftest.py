@@ -105,6 +105,7 @@ class Database:
         # `make coverage` measures the CLI processes tests spawn: they need coverage's own variables.
         measured = {k: v for k, v in os.environ.items() if k.startswith("COVERAGE_")}
         return {**measured, **self.cluster.env(self.name, user, password), "DUMPER_LOG_FORMAT": "json",
+                "DUMPER_PG_DUMP": str(self.cluster.bin / "pg_dump"),  # the server's own major (18: no TLS)
                 "DUMPER_OUTPUT": str(self.tmp / "out"), **self.env}
 
     def dump(self, *args: str, env: Mapping[str, str] | None = None, user: str = SUPERUSER,
@@ -123,6 +124,15 @@ class Database:
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stderr(err):
             code = cli.main(["restore", str(source), *args], environ, stdout=out)
+        return Result(code, out.getvalue(), err.getvalue(), Path(environ["DUMPER_OUTPUT"]))
+
+    def drill(self, source: Path | str, *args: str, env: Mapping[str, str] | None = None,
+              user: str = SUPERUSER, password: str = SUPERUSER_PASSWORD) -> Result:
+        """Run `dumper drill SOURCE ARGS` against this database's server, in this process."""
+        environ = {**self.base_env(user, password), **(env or {})}
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = cli.main(["drill", str(source), *args], environ, stdout=out)
         return Result(code, out.getvalue(), err.getvalue(), Path(environ["DUMPER_OUTPUT"]))
 
     @contextlib.contextmanager

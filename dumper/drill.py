@@ -1,0 +1,244 @@
+"""`dumper drill SOURCE`: prove a dump by restoring it and dumping it again.
+
+A scratch database is created on the server, SOURCE is restored into it with
+its own schema files, the scratch database is dumped again (same format and
+compression) into a private temporary folder, and every table's rows and
+content are compared with SOURCE's manifest. The scratch database and the
+folder are removed on every way out; one left by a killed drill (it carries
+MARKER as its comment) is removed by the next drill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import asyncpg
+
+from . import db, dump, restore
+from .config import Settings, redact_url
+from .discover import quote_ident
+from .errors import ConfigError, DumperError, DumpError, PermissionDenied, VerifyError
+from .logs import log
+from .manifest import MANIFEST_NAME, TableEntry, parse, schema_files
+from .notify import Outcome, publish
+from .rebuild import dump_schemas
+from .sinks import FAILURES, Output
+from .stored import content
+
+MARKER = "dumper drill scratch database (removed when the drill ends)"
+SHOWN = 160  # characters of a differing line shown
+
+_LEFTOVERS_SQL = """
+SELECT d.datname FROM pg_catalog.pg_database d
+WHERE pg_catalog.shobj_description(d.oid, 'pg_database') OPERATOR(pg_catalog.=) $1
+ORDER BY 1
+"""
+
+
+def scratch_name(run_id: str) -> str:
+    """dumper_drill_<run id>, lower case, [a-z0-9_] only, within 63 bytes."""
+    return ("dumper_drill_" + re.sub(r"[^a-z0-9_]", "_", run_id.lower()))[:63]
+
+
+def lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The '\\n'-separated lines of a byte stream."""
+    rest = b""
+    for chunk in chunks:
+        parts = (rest + chunk).split(b"\n")
+        rest = parts.pop()
+        yield from parts
+    if rest:
+        yield rest
+
+
+def first_difference(expected: Iterable[bytes], got: Iterable[bytes]) -> str | None:
+    """'line N: dump has ..., restored has ...' for the first differing line, or None."""
+    ours, theirs = iter(expected), iter(got)
+    number = 0
+    while True:
+        number += 1
+        a, b = next(ours, None), next(theirs, None)
+        if a == b:
+            if a is None:
+                return None
+            continue
+
+        def shown(line: bytes | None) -> str:
+            if line is None:
+                return "no such line"
+            text = line.decode("utf-8", "replace")
+            return repr(text[:SHOWN] + ("..." if len(text) > SHOWN else ""))
+        return f"line {number}: the dump has {shown(a)}, the restored database gives {shown(b)}"
+
+
+def _content_sha(chunks: Iterable[bytes], compression: str) -> str:
+    digest = hashlib.sha256()
+    for piece in content(chunks, compression):
+        digest.update(piece)
+    return digest.hexdigest()
+
+
+def compare(doc: dict[str, Any], source: Output, again: list[TableEntry], again_dir: Output,
+            again_run: str) -> list[str]:
+    """One message per table whose rows did not come back exactly."""
+    compression = doc["compression"]
+    by_name = {(t.schema, t.table): t for t in again}
+    problems = []
+    for entry in doc["tables"]:
+        name = f"{entry['schema']}.{entry['table']}"
+        got = by_name.pop((entry["schema"], entry["table"]), None)
+        if got is None:
+            problems.append(f"{name}: not in the restored database")
+            continue
+        mine = f"{again_run}/{got.path}"
+        if compression == "none":
+            same = got.sha256 == entry["sha256"]
+        else:  # gzip bytes depend on how writes were grouped: compare what they hold
+            same = (_content_sha(source.chunks(entry["path"]) or [], compression)
+                    == _content_sha(again_dir.chunks(mine) or [], compression))
+        if same and got.rows == entry["rows"]:
+            continue
+        difference = first_difference(lines(content(source.chunks(entry["path"]) or [], compression)),
+                                      lines(content(again_dir.chunks(mine) or [], compression)))
+        problems.append(f"{name}: {entry['rows']} rows in the dump, {got.rows} restored"
+                        + (f"; {difference}" if difference else ""))
+    problems += [f"{s}.{t}: in the restored database, not in the dump" for s, t in by_name]
+    return problems
+
+
+async def _admin(settings: Settings, password: db.PasswordProvider) -> Any:
+    return await db.connect(settings, password)
+
+
+async def _drop(conn: Any, name: str, settings: Settings, force: bool) -> bool:
+    """DROP DATABASE; False (and a warning) if it is in use and not forced."""
+    try:
+        async with db.stall_guard(settings.stall_timeout, f"while dropping scratch database {name}"):
+            await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)}" + (" WITH (FORCE)" if force else ""))
+        return True
+    except asyncpg.ObjectInUseError:
+        log.warning("a scratch database of another drill is in use, left alone (a drill running now?)",
+                    extra={"database": name})
+        return False
+
+
+async def _remove_leftovers(conn: Any, settings: Settings) -> None:
+    for (name,) in await conn.fetch(_LEFTOVERS_SQL, MARKER):
+        if await _drop(conn, name, settings, force=False):
+            log.warning("removed the scratch database a killed drill left", extra={"database": name})
+
+
+async def _create(conn: Any, name: str, settings: Settings) -> None:
+    exists = await conn.fetchval("SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM "
+                                 "pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) $1", name)
+    if exists is not None or await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) $1)", name):
+        raise ConfigError(f"--scratch-dbname: database {name!r} exists and is not a drill's scratch database"
+                          if exists != MARKER else
+                          f"--scratch-dbname: a drill of this dump is running now (scratch database {name!r} in use)")
+    try:
+        async with db.stall_guard(settings.stall_timeout, f"while creating scratch database {name}"):
+            await conn.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0 ENCODING 'UTF8'")
+            await conn.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS '{MARKER}'")
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise PermissionDenied(f"cannot create the scratch database {name}: {exc}; the drill's role needs "
+                               f"CREATEDB (ALTER ROLE {settings.user} CREATEDB), best on a scratch instance") from exc
+    except asyncpg.PostgresError as exc:
+        raise DumpError(f"cannot create the scratch database {name}: {type(exc).__name__}: {exc}") from exc
+
+
+@dataclasses.dataclass
+class DrillResult:
+    tables: list[TableEntry]
+    mismatches: list[str]
+    scratch: str
+
+
+async def drill(settings: Settings, password: db.PasswordProvider) -> DrillResult:
+    """Restore SOURCE into a scratch database, dump it again and compare.
+    Raises VerifyError (exit 7) when any table differs."""
+    source = Output.for_settings(settings)
+    try:
+        doc = parse(await asyncio.to_thread(source.read, MANIFEST_NAME))
+    except FileNotFoundError:
+        raise VerifyError(f"{source.url_of(MANIFEST_NAME)} does not exist: not a complete dump") from None
+    if not schema_files(doc):
+        reason = (doc.get("schema_files") or {}).get("reason", "taken before schema files existed")
+        raise ConfigError(f"this dump has no schema files ({reason}): a drill builds the scratch database from "
+                          "them; take dumps with a pg_dump at least the server's major (--schema-files require)")
+    scratch = settings.scratch_dbname or scratch_name(doc["run_id"])
+    conn = await _admin(settings, password)
+    try:
+        async with db.preparing(settings, "while preparing the scratch database"):
+            await _remove_leftovers(conn, settings)
+        await _create(conn, scratch, settings)
+    finally:
+        await db.close(conn)
+    folder = tempfile.mkdtemp(prefix="dumper-drill-")  # private (0700)
+    try:
+        log.info("drill: restoring into the scratch database", extra={"database": scratch})
+        inside = dataclasses.replace(settings, dbname=scratch)
+        await restore.run(dataclasses.replace(inside, with_schema=True, include=(), exclude=(), truncate=False,
+                                              create_tables=False, no_sequences=False), password)
+        log.info("drill: dumping the scratch database again", extra={"database": scratch})
+        again_settings = dataclasses.replace(
+            inside, output=folder, run_id="drill", format=doc["format"], compression=doc["compression"],
+            schema=tuple(dump_schemas(doc)), include=(), exclude=(), schema_files="off", keep=0)
+        again_out = Output.for_settings(again_settings)
+        manifest = await dump.run(again_settings, password, again_out)
+        try:
+            problems = await asyncio.to_thread(compare, doc, source, manifest.tables, again_out, "drill")
+        except FAILURES as exc:
+            raise source.reading_error(exc) from exc
+        return DrillResult(manifest.tables, problems, scratch)
+    finally:
+        await asyncio.shield(_clean_up(settings, password, scratch, folder))
+
+
+async def _clean_up(settings: Settings, password: db.PasswordProvider, scratch: str, folder: str) -> None:
+    await asyncio.to_thread(shutil.rmtree, folder, True)
+    try:
+        conn = await _admin(settings, password)
+        try:
+            await _drop(conn, scratch, settings, force=True)  # ours: its sessions may still be ending
+        finally:
+            await db.close(conn)
+        log.info("drill: scratch database dropped", extra={"database": scratch})
+    except DumperError as exc:
+        log.error("could not drop the scratch database; the next drill removes it", extra={
+            "database": scratch, "error": str(exc)})
+
+
+async def run(settings: Settings, password: db.PasswordProvider) -> Outcome:
+    """A drill with its metrics and webhook; raises for a failed drill after
+    publishing (VerifyError for rows that did not come back)."""
+    started = time.time()
+    status, code, error, result = "failed", 1, None, None
+    try:
+        result = await drill(settings, password)
+        if result.mismatches:
+            for problem in result.mismatches:
+                log.error(f"MISMATCH {problem}")
+            raise VerifyError(f"{len(result.mismatches)} table(s) did not come back exactly from "
+                              f"{redact_url(settings.output)}: {'; '.join(result.mismatches)}")
+        status, code = "success", 0
+    except DumperError as exc:
+        code, error = exc.exit_code, str(exc)
+        raise
+    except asyncio.CancelledError:
+        status, code, error = "interrupted", 143, "stopped by a signal"
+        raise
+    finally:
+        outcome = Outcome(settings.run_id, status, started, time.time(), code, error, redact_url(settings.output),
+                          result.tables if result else [], kind="drill",
+                          mismatches=result.mismatches if result else [])
+        await asyncio.shield(publish(settings, outcome))
+    return outcome

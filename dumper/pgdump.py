@@ -1,0 +1,157 @@
+"""The schema files: pg_dump's pre-data and post-data sections, from the run's snapshot.
+
+pg_dump runs as a child process over the run's own connection settings: the
+password (an IAM token) goes in its environment, never on its command line;
+TLS mode and CA are the run's. It joins the run's exported snapshot
+(--snapshot), so the schema is the one the rows were read in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import __version__, db
+from .config import Settings
+from .errors import ConfigError, DumpError, PermissionDenied
+from .logs import log
+
+SECTIONS = ("pre-data", "post-data")
+SEARCHED = ("/usr/lib/postgresql/*/bin/pg_dump", "/usr/pgsql-*/bin/pg_dump", "/usr/local/pgsql/bin/pg_dump")
+_VERSION = re.compile(rb"pg_dump \(PostgreSQL\) (\d+)(?:\.(\d+))?")
+
+
+def file_name(section: str) -> str:
+    return f"schema.{section}.sql"
+
+
+@dataclass(frozen=True)
+class PgDump:
+    path: str
+    major: int
+    version: str  # e.g. "15.18"
+
+
+async def _version(path: str) -> PgDump | None:
+    try:
+        proc = await asyncio.create_subprocess_exec(path, "--version", stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.DEVNULL, env=_base_env())
+        async with asyncio.timeout(30):
+            out, _ = await proc.communicate()
+    except (OSError, TimeoutError):
+        return None
+    match = _VERSION.search(out)
+    if proc.returncode or not match:
+        return None
+    major = int(match[1])
+    return PgDump(path, major, f"{major}.{int(match[2] or 0)}")
+
+
+async def find(explicit: str | None) -> PgDump | None:
+    """--pg-dump's program, or the newest pg_dump on PATH and in the usual
+    install folders; None when there is none."""
+    if explicit:
+        found = await _version(explicit)
+        if found is None:
+            raise ConfigError(f"--pg-dump: {explicit!r} is not a pg_dump that runs (`{explicit} --version` failed); "
+                              "give the path of PostgreSQL's pg_dump, or leave --pg-dump unset to search for one")
+        return found
+    paths = {p for p in [shutil.which("pg_dump"), *sorted(p for g in SEARCHED for p in glob.glob(g))] if p}
+    versions = [v for v in await asyncio.gather(*map(_version, sorted(paths))) if v]
+    return max(versions, key=lambda v: v.major, default=None)
+
+
+async def choose(settings: Settings, server_major: int, server_version: str) -> PgDump | None:
+    """The pg_dump this run uses, or None (no schema files), per --schema-files:
+    auto warns once and goes on; require is a configuration error."""
+    if settings.schema_files == "off":
+        return None
+    found = await find(settings.pg_dump)
+    if found and found.major >= server_major:
+        return found
+    problem = (f"pg_dump {found.version} ({found.path}) is older than the server (PostgreSQL {server_version}); "
+               "pg_dump must be at least the server's major version" if found else
+               "no pg_dump was found (on PATH or under /usr/lib/postgresql/*/bin)")
+    advice = f"install pg_dump {server_major} or newer (postgresql-client-{server_major}), or give --pg-dump PATH"
+    if settings.schema_files == "require":
+        raise ConfigError(f"--schema-files require: {problem}; {advice}; nothing was dumped")
+    log.warning(f"no schema files in this run: {problem}; the rows are dumped and the manifest says the "
+                f"schema is absent ({advice}, or --schema-files off to silence this)")
+    return None
+
+
+def _base_env() -> dict[str, str]:
+    """A clean environment: no PG* variables, service files or password files of ours."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "PGPASSFILE": os.devnull,
+            "PGSERVICEFILE": os.devnull, "PGSYSCONFDIR": os.devnull}
+
+
+def _conninfo(settings: Settings) -> str:
+    """libpq connection string: the run's server, TLS and keepalives (no password)."""
+    def value(text: str) -> str:
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    tls = settings.sslmode
+    root = settings.sslrootcert or ("system" if tls in ("verify-full", "verify-ca") else None)
+    parts = {"host": settings.host, "port": str(settings.port), "dbname": settings.dbname, "user": settings.user,
+             "sslmode": tls, **({"sslrootcert": root} if root else {}), "connect_timeout": "30",
+             "application_name": f"dumper/{__version__} pg_dump", "keepalives_idle": "30",
+             "keepalives_interval": "10", "keepalives_count": "3"}
+    return " ".join(f"{k}={value(v)}" for k, v in parts.items())
+
+
+def pattern(schema: str, table: str | None = None) -> str:
+    """A pg_dump pattern matching exactly this name: quoted, so '.', '*', '?'
+    and regular-expression characters are literal ('"' doubled)."""
+    def quoted(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+    return quoted(schema) + (f".{quoted(table)}" if table is not None else "")
+
+
+def arguments(settings: Settings, snapshot_id: str, section: str, excluded: Sequence[tuple[str, str]]) -> list[str]:
+    args = ["--section", section, "--snapshot", snapshot_id, "--no-owner", "--no-privileges",
+            "--no-password", "--dbname", _conninfo(settings)]
+    if settings.lock_timeout:
+        args += ["--lock-wait-timeout", f"{int(settings.lock_timeout * 1000)}ms"]
+    for schema in settings.schema:
+        args += ["--schema", pattern(schema)]
+    for schema, table in excluded:
+        args += ["--exclude-table", pattern(schema, table)]
+    return args
+
+
+async def section(settings: Settings, password: db.PasswordProvider, pg_dump: PgDump, snapshot_id: str,
+                  name: str, excluded: Sequence[tuple[str, str]]) -> bytes:
+    """One section's SQL; DumpError (or PermissionDenied) naming pg_dump's own message."""
+    env = _base_env()
+    secret = await password()
+    if secret:
+        env["PGPASSWORD"] = secret  # the environment of a child of ours: not on any command line
+    proc = await asyncio.create_subprocess_exec(
+        pg_dump.path, *arguments(settings, snapshot_id, name, excluded), env=env,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True)  # a SIGINT at the terminal reaches us, and we end it
+    try:
+        async with asyncio.timeout(settings.stall_timeout or None):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        raise DumpError(f"schema file {file_name(name)}: pg_dump did not finish within {settings.stall_timeout:g} s "
+                        "(--stall-timeout); the server or the network to it stalled") from None
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    if proc.returncode:
+        text = err.decode("utf-8", "replace").strip().replace(secret or "\0", "***")
+        lines = " / ".join(line for line in text.splitlines()[-3:] if line)
+        cls = PermissionDenied if "permission denied" in text else DumpError
+        raise cls(f"schema file {file_name(name)}: pg_dump {pg_dump.version} failed (exit {proc.returncode}): "
+                  f"{lines}")
+    return out

@@ -1,0 +1,165 @@
+"""`dumper drill` against the real server: a scratch database is created,
+the dump restored into it with its schema, dumped again and compared; the
+scratch database and temporary files are gone on every way out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dumper.drill import MARKER
+
+from .conftest import Database, Result, wait_until
+from .test_schema_files import RICH_DATA, RICH_SQL
+
+# A check that sleeps, in a drill's scratch database only: the drill's restore waits in it for as long as a test likes.
+SLOW_SQL = """
+CREATE FUNCTION slowly(x int) RETURNS boolean LANGUAGE plpgsql AS
+  $$BEGIN
+    IF pg_catalog.current_database() LIKE 'dumper_drill_%' THEN PERFORM pg_catalog.pg_sleep(3600); END IF;
+    RETURN true;
+  END$$;
+CREATE TABLE slow (x int CHECK (public.slowly(x)));
+INSERT INTO slow VALUES (1);
+"""
+
+
+def scratch_databases(db: Database) -> list[str]:
+    return [r[0] for r in db.fetch("SELECT datname FROM pg_database "
+                                   "WHERE shobj_description(oid, 'pg_database') = $1", MARKER)]
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The drill's temporary folder goes here, to be seen (and seen gone)."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    yield folder
+
+
+def good_dump(db: Database, *args: str) -> Result:
+    db.sql(RICH_SQL + RICH_DATA)
+    result = db.dump("--run-id", "nightly", *args)
+    assert result.code == 0, result.stderr
+    return result
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_a_good_dump_passes_and_leaves_nothing(db: Database, private_tmp: Path, compression: str) -> None:
+    dumped = good_dump(db, "--compression", compression)
+    metrics = db.tmp / "drill.prom"
+    result = db.drill(dumped.run_dir, "--log-format", "text", "--metrics-file", str(metrics))
+    assert result.code == 0, result.stderr
+    assert "public.people" in result.stdout and "drill passed in" in result.stdout
+    assert f"every table of {dumped.run_dir} came back exactly" in result.stdout
+    assert scratch_databases(db) == []
+    assert list(private_tmp.iterdir()) == []
+    text = metrics.read_text()
+    assert f'dumper_drill_last_run_success{{database="{db.name}"}} 1.0' in text
+    assert "dumper_drill_last_run_mismatched_tables" in text
+
+
+def test_rows_that_do_not_come_back_fail_the_drill_naming_the_table(db: Database, private_tmp: Path) -> None:
+    dumped = good_dump(db)
+    # A pre-data that changes rows on their way in (a trigger there fires during the load).
+    pre = dumped.run_dir / "schema.pre-data.sql"
+    pre.write_text(pre.read_text() + "\nCREATE FUNCTION public.mangle() RETURNS trigger LANGUAGE plpgsql AS "
+                   "$$BEGIN NEW.name := NEW.name || '!'; RETURN NEW; END$$;\n"
+                   "CREATE TRIGGER mangled BEFORE INSERT ON public.pets FOR EACH ROW "
+                   "EXECUTE FUNCTION public.mangle();\n")
+    manifest_path = dumped.run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    data = pre.read_bytes()
+    manifest["schema_files"]["files"][0].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    manifest_path.write_text(json.dumps(manifest))
+    metrics = db.tmp / "drill.prom"
+    result = db.drill(dumped.run_dir, "--metrics-file", str(metrics))
+    assert result.code == 7, result.stderr
+    assert "1 table(s) did not come back exactly" in result.stderr
+    assert ("public.pets: 5 rows in the dump, 5 restored; line 1: the dump has "
+            "'{\"id\":1,\"owner_id\":1,\"name\":\"pet 1\"}', the restored database gives "
+            "'{\"id\":1,\"owner_id\":1,\"name\":\"pet 1!\"}'") in result.stderr
+    assert "public.people" not in result.stderr.split("did not come back exactly")[1]
+    assert scratch_databases(db) == []
+    assert list(private_tmp.iterdir()) == []
+    assert f'dumper_drill_last_run_mismatched_tables{{database="{db.name}"}} 1.0' in metrics.read_text()
+    assert f'dumper_drill_last_run_exit_code{{database="{db.name}"}} 7.0' in metrics.read_text()
+
+
+def test_a_dump_without_schema_files_cannot_be_drilled(db: Database) -> None:
+    dumped = good_dump(db, "--schema-files", "off")
+    result = db.drill(dumped.run_dir)
+    assert result.code == 2
+    assert "this dump has no schema files (--schema-files off): a drill builds the scratch database" in result.stderr
+    assert scratch_databases(db) == []
+
+
+def test_a_role_without_createdb_is_told(db: Database) -> None:
+    dumped = good_dump(db)
+    db.cluster.psql("CREATE ROLE no_createdb LOGIN PASSWORD 'pw'")
+    try:
+        result = db.drill(dumped.run_dir, user="no_createdb", password="pw")
+    finally:
+        db.cluster.psql("DROP ROLE no_createdb")
+    assert result.code == 4
+    assert "needs CREATEDB (ALTER ROLE no_createdb CREATEDB)" in result.stderr
+
+
+def sleeping_in_scratch(db: Database) -> bool:
+    return bool(db.fetch("SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'dumper_drill_%' "
+                         "AND wait_event = 'PgSleep'")[0][0])
+
+
+def test_sigterm_mid_drill_leaves_no_database(db: Database, tmp_path: Path) -> None:
+    db.sql(SLOW_SQL)
+    dumped = good_dump(db)
+    scratch_tmp = tmp_path / "scratch-tmp"
+    scratch_tmp.mkdir()
+    proc = db.spawn("drill", str(dumped.run_dir), env={"TMPDIR": str(scratch_tmp)})
+    try:
+        wait_until(lambda: sleeping_in_scratch(db), 60)  # restoring public.slow, held in its check
+        assert len(scratch_databases(db)) == 1
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM; the scratch database and the temporary files were removed" in err
+    assert scratch_databases(db) == []
+    assert list(scratch_tmp.iterdir()) == []
+
+
+def test_a_killed_drills_database_is_removed_by_the_next_drill(db: Database, private_tmp: Path) -> None:
+    db.sql(SLOW_SQL)
+    dumped = good_dump(db)
+    proc = db.spawn("drill", str(dumped.run_dir), "--scratch-dbname", "dumper_drill_killed")
+    try:
+        wait_until(lambda: sleeping_in_scratch(db), 60)
+        proc.kill()  # SIGKILL: no clean-up ran
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert scratch_databases(db) == ["dumper_drill_killed"]
+    # The server ends the dead client's session (TCP keepalive would, later); the database stays.
+    db.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'dumper_drill_killed'")
+    wait_until(lambda: not db.fetch("SELECT 1 FROM pg_stat_activity WHERE datname = 'dumper_drill_killed'"))
+    db.sql("DROP TABLE slow; DROP FUNCTION slowly(int);")
+    again = good_dump_again(db)
+    result = db.drill(again.run_dir)
+    assert result.code == 0, result.stderr
+    assert '"event":"removed the scratch database a killed drill left","database":"dumper_drill_killed"' \
+        in result.stdout
+    assert scratch_databases(db) == []
+
+
+def good_dump_again(db: Database) -> Result:
+    result = db.dump("--run-id", "later")
+    assert result.code == 0, result.stderr
+    return result
