@@ -3,6 +3,7 @@
 #   podman build -t dumper .                                        (fetches the RDS CA bundle over verified HTTPS)
 #   podman build --build-arg RDS_CA_SHA256=<sha256> -t dumper .     (and pins it to a checksum you verified)
 #   podman build --build-arg RDS_CA_FILE=ca.pem -t dumper .         (offline: the bundle from the build context)
+#   podman build --build-arg PG_CLIENT=debian -t dumper .           (pg_dump from Debian's own repository only)
 ARG BASE=docker.io/library/python:3.11-slim-bookworm
 
 FROM ${BASE} AS build
@@ -42,6 +43,30 @@ RUN set -eu; \
 print(f'RDS CA bundle: {n} CA certificates'); assert n > 0"
 
 FROM ${BASE}
+# pg_dump for the schema files must be at least the server's major: the PostgreSQL
+# project's repository (apt.postgresql.org), newest major, reads every major RDS runs.
+# Its signing key comes from Debian's own postgresql-common package (signed by Debian),
+# not from the network. PG_CLIENT=debian installs Debian's client instead (bookworm:
+# 15), for builds that reach only Debian's mirrors (the test suite's build).
+ARG PG_CLIENT=pgdg
+ARG PG_MAJOR=18
+WORKDIR /tmp/pgdg
+# Why unpinned: the newest minor release of the client is the point (security fixes); the
+# major is pinned by PG_MAJOR, the repository by its signing key.
+# hadolint ignore=DL3008
+RUN set -eu; \
+    apt-get update -q; \
+    if [ "${PG_CLIENT}" = pgdg ]; then \
+      apt-get download -q postgresql-common; dpkg-deb -x postgresql-common_*.deb pc; \
+      install -m 644 pc/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc /usr/share/keyrings/pgdg.asc; \
+      . /etc/os-release; \
+      echo "deb [signed-by=/usr/share/keyrings/pgdg.asc] https://apt.postgresql.org/pub/repos/apt ${VERSION_CODENAME}-pgdg main" \
+        > /etc/apt/sources.list.d/pgdg.list; \
+      apt-get update -q; apt-get install -y -q --no-install-recommends "postgresql-client-${PG_MAJOR}"; \
+    else apt-get install -y -q --no-install-recommends postgresql-client; fi; \
+    rm -rf /var/lib/apt/lists/* /tmp/pgdg/*; \
+    ls /usr/lib/postgresql/*/bin/pg_dump
+WORKDIR /
 LABEL org.opencontainers.image.title="dumper" \
       org.opencontainers.image.description="PostgreSQL tables to per-table JSON files, IAM auth, verified manifest"
 COPY --from=build /opt/dumper /opt/dumper

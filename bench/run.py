@@ -194,6 +194,8 @@ def main() -> int:
             "r0_baseline_copy_from_csv": (emptied([*psql_target, "-c", f"\\copy mixed FROM '{work}/mixed.csv' CSV"]),
                                           args.rows),
             "r1_dumper_restore": (emptied(restore_cmd), args.rows),
+            # A drill of the same dump: scratch database, restore with schema, dump again, compare, drop.
+            "x1_dumper_drill": (lambda out: [*dumper[:-1], "drill", str(source / "src")], args.rows),
         }
         if args.only:
             wanted = set(args.only.split(","))
@@ -209,6 +211,10 @@ def main() -> int:
 
         report = summarize(methods, samples)
         print_table(report)
+        per_million = {k: round(v["wall_s"] / v["rows"] * 1e6, 2) for k, v in report.items()}
+        if "x1_dumper_drill" in report and "b_dumper_jsonl" in report:
+            print(f"\ndrill: {per_million['x1_dumper_drill']} s per million rows; the dump alone (b): "
+                  f"{per_million['b_dumper_jsonl']} s per million rows")
         machine = {"cores": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
                    "postgres": cluster.psql("SHOW server_version", "bench").strip()}
         result = {"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

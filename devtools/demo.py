@@ -1,6 +1,7 @@
 """`make demo`: a throwaway PostgreSQL with TLS and sample data, dumped to ./dumps
-by the real `dumper` CLI, verified, then restored into an empty copy of the
-schema (`shop_copy`); the server is stopped at the end."""
+by the real `dumper` CLI, verified, restored with its own schema files into an
+empty database (`shop_copy`), and proved by a drill; the server is stopped at
+the end."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def main() -> int:
         cluster.psql(f"CREATE ROLE dumper_demo LOGIN PASSWORD '{password}';"
                      "GRANT pg_read_all_data TO dumper_demo;"
                      f"CREATE ROLE restore_demo LOGIN PASSWORD '{password}';"
-                     "GRANT pg_write_all_data TO restore_demo;")
+                     f"CREATE ROLE drill_demo LOGIN CREATEDB PASSWORD '{password}';"
+                     "CREATE DATABASE shop_copy OWNER restore_demo;")
         print(f"loaded the sample database 'shop' (port {cluster.port})\n", flush=True)
         args = ["--host", "localhost", "--port", str(cluster.port), "--dbname", "shop",
                 "--user", "dumper_demo", "--auth", "password", "--sslmode", "verify-full",
@@ -42,16 +44,17 @@ def main() -> int:
         verified = subprocess.run([DUMPER, "verify", f"dumps/{run_id}"], check=False).returncode
         if verified:
             return verified
-        # The way back: the schema from pg_dump --schema-only, the rows from the dump.
-        cluster.psql("CREATE DATABASE shop_copy;")
-        schema = subprocess.run([str(cluster.bin / "pg_dump"), "--schema-only", "-h", str(cluster.socket_dir),
-                                 "-p", str(cluster.port), "-U", "postgres", "shop"],
-                                capture_output=True, text=True, check=True).stdout
-        cluster.psql(schema, "shop_copy")
+        # The way back: an empty database, built from the dump alone (schema files, rows, sequences).
         restore = ["restore", f"dumps/{run_id}", *args[:4], "--dbname", "shop_copy", "--user", "restore_demo",
-                   *args[8:14], "--jobs", "2", "--log-format", "text"]
-        print(f"\n(schema from pg_dump --schema-only into shop_copy)\n$ dumper {' '.join(restore)}\n", flush=True)
-        return subprocess.run([DUMPER, *restore], env=env, check=False).returncode
+                   *args[8:14], "--with-schema", "--jobs", "2", "--log-format", "text"]
+        print(f"\n$ dumper {' '.join(restore)}\n", flush=True)
+        restored = subprocess.run([DUMPER, *restore], env=env, check=False).returncode
+        if restored:
+            return restored
+        # And the proof: a scratch database, restored, dumped again, compared, dropped.
+        drill = ["drill", f"dumps/{run_id}", *args[:6], "--user", "drill_demo", *args[8:14], "--log-format", "text"]
+        print(f"\n$ dumper {' '.join(drill)}\n", flush=True)
+        return subprocess.run([DUMPER, *drill], env=env, check=False).returncode
     finally:
         cluster.stop()
         print("stopped the throwaway PostgreSQL", flush=True)

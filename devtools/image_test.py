@@ -58,7 +58,8 @@ def main() -> int:
         shutil.copy(cluster.ca_file, ca_in_context)  # stands in for the RDS bundle (no download here)
         cert = ["-v", f"{HOST_CA}:/host-ca.crt:ro", "--build-arg", "PIP_CERT=/host-ca.crt"] if HOST_CA.exists() else []
         sh("podman", "build", "--network", "host", *cert, "--build-arg", f"BASE={BASE}",
-           "--build-arg", f"RDS_CA_FILE={ca_in_context.name}", "-t", IMAGE, str(ROOT), env=env,
+           "--build-arg", f"RDS_CA_FILE={ca_in_context.name}", "--build-arg", "PG_CLIENT=debian",
+           "-t", IMAGE, str(ROOT), env=env,
            stdout=subprocess.DEVNULL)
         size = sh("podman", "image", "inspect", IMAGE, "--format", "{{.Size}}", env=env,
                   capture_output=True).stdout.strip()
@@ -81,7 +82,10 @@ def main() -> int:
         manifest = json.loads((out / (out / "LATEST").read_text().strip() / "manifest.json").read_text())
         rows = {t["table"]: t["rows"] for t in manifest["tables"]}
         assert rows == {"Audit Log": 3, "orders": 25000}, rows
-        print(f"image test passed: {IMAGE}, {int(size) / 1e6:.0f} MB (base {BASE}), rows {rows}")
+        schema = manifest["schema_files"]  # the image's pg_dump, over TLS with the image's CA file
+        assert schema["status"] == "written", schema
+        print(f"image test passed: {IMAGE}, {int(size) / 1e6:.0f} MB (base {BASE}), rows {rows}, "
+              f"schema files by pg_dump {schema['pg_dump']}")
     finally:
         cluster.stop()
         ca_in_context.unlink(missing_ok=True)

@@ -27,7 +27,7 @@ from .config import Settings, redact_url
 from .discover import quote_ident
 from .errors import ConfigError, DumperError, DumpError, PermissionDenied, VerifyError
 from .logs import log
-from .manifest import MANIFEST_NAME, TableEntry, parse, schema_files
+from .manifest import LATEST_NAME, MANIFEST_NAME, TableEntry, is_file_name, parse, schema_files
 from .notify import Outcome, publish
 from .rebuild import dump_schemas
 from .sinks import FAILURES, Output
@@ -114,6 +114,18 @@ def compare(doc: dict[str, Any], source: Output, again: list[TableEntry], again_
     return problems
 
 
+def _newest_run(output: Output, settings: Settings) -> Output:
+    """SOURCE itself when it is a run folder; its newest run when it is an
+    output folder (LATEST names the newest complete run)."""
+    if output.exists(MANIFEST_NAME) or not output.exists(LATEST_NAME):
+        return output
+    run_id = output.read(LATEST_NAME).decode().strip()
+    if not is_file_name(run_id):
+        raise VerifyError(f"{output.url_of(LATEST_NAME)} does not name a run folder ({run_id[:80]!r})")
+    log.info("drilling the newest run", extra={"run_id": run_id})
+    return Output.for_settings(dataclasses.replace(settings, output=output.url_of(run_id)))
+
+
 async def _admin(settings: Settings, password: db.PasswordProvider) -> Any:
     return await db.connect(settings, password)
 
@@ -160,12 +172,13 @@ class DrillResult:
     tables: list[TableEntry]
     mismatches: list[str]
     scratch: str
+    source: str  # the run folder drilled
 
 
 async def drill(settings: Settings, password: db.PasswordProvider) -> DrillResult:
     """Restore SOURCE into a scratch database, dump it again and compare.
     Raises VerifyError (exit 7) when any table differs."""
-    source = Output.for_settings(settings)
+    source = await asyncio.to_thread(_newest_run, Output.for_settings(settings), settings)
     try:
         doc = parse(await asyncio.to_thread(source.read, MANIFEST_NAME))
     except FileNotFoundError:
@@ -185,7 +198,7 @@ async def drill(settings: Settings, password: db.PasswordProvider) -> DrillResul
     folder = tempfile.mkdtemp(prefix="dumper-drill-")  # private (0700)
     try:
         log.info("drill: restoring into the scratch database", extra={"database": scratch})
-        inside = dataclasses.replace(settings, dbname=scratch)
+        inside = dataclasses.replace(settings, dbname=scratch, output=source.url_of("").rstrip("/"))
         await restore.run(dataclasses.replace(inside, with_schema=True, include=(), exclude=(), truncate=False,
                                               create_tables=False, no_sequences=False), password)
         log.info("drill: dumping the scratch database again", extra={"database": scratch})
@@ -198,7 +211,7 @@ async def drill(settings: Settings, password: db.PasswordProvider) -> DrillResul
             problems = await asyncio.to_thread(compare, doc, source, manifest.tables, again_out, "drill")
         except FAILURES as exc:
             raise source.reading_error(exc) from exc
-        return DrillResult(manifest.tables, problems, scratch)
+        return DrillResult(manifest.tables, problems, scratch, inside.output)
     finally:
         await asyncio.shield(_clean_up(settings, password, scratch, folder))
 
@@ -228,7 +241,7 @@ async def run(settings: Settings, password: db.PasswordProvider) -> Outcome:
             for problem in result.mismatches:
                 log.error(f"MISMATCH {problem}")
             raise VerifyError(f"{len(result.mismatches)} table(s) did not come back exactly from "
-                              f"{redact_url(settings.output)}: {'; '.join(result.mismatches)}")
+                              f"{redact_url(result.source)}: {'; '.join(result.mismatches)}")
         status, code = "success", 0
     except DumperError as exc:
         code, error = exc.exit_code, str(exc)
@@ -237,7 +250,8 @@ async def run(settings: Settings, password: db.PasswordProvider) -> Outcome:
         status, code, error = "interrupted", 143, "stopped by a signal"
         raise
     finally:
-        outcome = Outcome(settings.run_id, status, started, time.time(), code, error, redact_url(settings.output),
+        where = result.source if result else settings.output
+        outcome = Outcome(settings.run_id, status, started, time.time(), code, error, redact_url(where),
                           result.tables if result else [], kind="drill",
                           mismatches=result.mismatches if result else [])
         await asyncio.shield(publish(settings, outcome))

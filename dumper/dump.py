@@ -375,22 +375,16 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
             names = unique_file_names([
                 table_file_name(t.schema, t.name, settings.format, settings.compression) for t in tables])
             work = [(t, f"{run_dir}/{name}") for t, name in zip(tables, names, strict=True)]
+            # First, on one more connection while the tables wait: a pg_dump that fails ends the run early.
+            files = await _schema_files(settings, password, output, pg_dump, snapshot_id, excluded,
+                                        committed) if pg_dump else None
+            schema_files = ({"status": "written", "pg_dump": pg_dump.version,
+                             "files": [dataclasses.asdict(f) for f in files]} if pg_dump and files is not None else
+                            {"status": "absent", "reason": "--schema-files off" if settings.schema_files == "off"
+                             else "no pg_dump at least the server's major version was found"})
             with _young_gc_only():
-                try:
-                    async with asyncio.TaskGroup() as group:
-                        tables_done = group.create_task(_dump_tables(
-                            settings, password, output, work, snapshot_id, piece_pages, committed, display))
-                        if pg_dump:  # while the snapshot is held: the schema the rows were read in
-                            files_done = group.create_task(_schema_files(
-                                settings, password, output, pg_dump, snapshot_id, excluded, committed))
-                except BaseExceptionGroup as exc:
-                    first = first_error(exc)
-                    raise first from first.__cause__
-                entries = tables_done.result()
-                schema_files = ({"status": "written", "pg_dump": pg_dump.version,
-                                 "files": [dataclasses.asdict(f) for f in files_done.result()]} if pg_dump else
-                                {"status": "absent", "reason": "--schema-files off" if settings.schema_files == "off"
-                                 else "no pg_dump at least the server's major version was found"})
+                entries = await _dump_tables(settings, password, output, work, snapshot_id, piece_pages,
+                                             committed, display)
         finally:
             await db.close(coordinator)
         manifest = Manifest(
@@ -434,7 +428,7 @@ async def _schema_files(settings: Settings, password: db.PasswordProvider, outpu
     """pg_dump's pre-data and post-data sections, written into the run folder."""
     files = []
     for section in pgdump.SECTIONS:
-        data = await pgdump.section(settings, password, pg_dump, snapshot_id, section, excluded)
+        data = await pgdump.section_with_retries(settings, password, pg_dump, snapshot_id, section, excluded)
         name = pgdump.file_name(section)
         relpath = f"{settings.run_id}/{name}"
         await output.put(relpath, data)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from . import __version__, db
 from .config import Settings
-from .errors import ConfigError, DumpError, PermissionDenied
+from .errors import ConfigError, ConnectionLost, DumpError, PermissionDenied, SnapshotLost
 from .logs import log
 
 SECTIONS = ("pre-data", "post-data")
@@ -101,7 +101,7 @@ def _conninfo(settings: Settings) -> str:
     root = settings.sslrootcert or ("system" if tls in ("verify-full", "verify-ca") else None)
     parts = {"host": settings.host, "port": str(settings.port), "dbname": settings.dbname, "user": settings.user,
              "sslmode": tls, **({"sslrootcert": root} if root else {}), "connect_timeout": "30",
-             "application_name": f"dumper/{__version__} pg_dump", "keepalives_idle": "30",
+             "application_name": f"dumper/{__version__}", "keepalives_idle": "30",
              "keepalives_interval": "10", "keepalives_count": "3"}
     return " ".join(f"{k}={value(v)}" for k, v in parts.items())
 
@@ -150,8 +150,38 @@ async def section(settings: Settings, password: db.PasswordProvider, pg_dump: Pg
             await proc.wait()
     if proc.returncode:
         text = err.decode("utf-8", "replace").strip().replace(secret or "\0", "***")
-        lines = " / ".join(line for line in text.splitlines()[-3:] if line)
-        cls = PermissionDenied if "permission denied" in text else DumpError
-        raise cls(f"schema file {file_name(name)}: pg_dump {pg_dump.version} failed (exit {proc.returncode}): "
-                  f"{lines}")
+        lines = " / ".join(line.strip() for line in text.splitlines()[-3:] if line.strip())
+        raise _error_class(text)(f"schema file {file_name(name)}: pg_dump {pg_dump.version} failed "
+                                 f"(exit {proc.returncode}): {lines}")
     return out
+
+
+_SNAPSHOT_GONE = re.compile(r'snapshot "[^"]*" does not exist|invalid snapshot identifier')
+_CONNECTION = re.compile(r"connection to server .* failed|server closed the connection|terminated abnormally|"
+                         r"SSL SYSCALL|could not (receive|send) data|the database system is|too many connections|"
+                         r"terminating connection|no connection to the server")
+
+
+def _error_class(text: str) -> type[DumpError | PermissionDenied]:
+    """What pg_dump's message means for the run: a lost snapshot starts the run
+    again, a lost connection runs pg_dump again, the rest is said as it is."""
+    if _SNAPSHOT_GONE.search(text):
+        return SnapshotLost
+    if _CONNECTION.search(text):
+        return ConnectionLost
+    return PermissionDenied if "permission denied" in text else DumpError
+
+
+async def section_with_retries(settings: Settings, password: db.PasswordProvider, pg_dump: PgDump,
+                               snapshot_id: str, name: str, excluded: Sequence[tuple[str, str]]) -> bytes:
+    """section(), again after a lost connection (in the same snapshot), up to --connect-attempts."""
+    for attempt in range(1, settings.connect_attempts + 1):
+        try:
+            return await section(settings, password, pg_dump, snapshot_id, name, excluded)
+        except ConnectionLost as exc:
+            if attempt == settings.connect_attempts:
+                raise
+            log.warning("pg_dump could not connect or lost its connection, retrying", extra={
+                "attempt": attempt + 1, "of": settings.connect_attempts, "error": str(exc)})
+            await asyncio.sleep(min(0.5 * 2 ** attempt, 8.0))
+    raise AssertionError("unreachable")

@@ -45,12 +45,15 @@ WHERE EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.
 -- 3. Connect to this database.
 SELECT pg_catalog.format('GRANT CONNECT ON DATABASE %I TO %I', pg_catalog.current_database(), :'role') \gexec
 
--- 4. The default: SELECT on the tables of the dumped schemas, and on the tables their
---    owners create later. (Tables another role creates there need that role's own
---    ALTER DEFAULT PRIVILEGES, or a run of this script after they appear.)
+-- 4. The default: SELECT on the tables and sequences of the dumped schemas (a sequence's
+--    position goes into the manifest; SELECT reads it, it cannot advance it), and on
+--    those their owners create later. (Objects another role creates there need that
+--    role's own ALTER DEFAULT PRIVILEGES, or a run of this script after they appear.)
 SELECT pg_catalog.format('GRANT USAGE ON SCHEMA %1$I TO %2$I; '
                          'GRANT SELECT ON ALL TABLES IN SCHEMA %1$I TO %2$I; '
-                         'ALTER DEFAULT PRIVILEGES FOR ROLE %3$I IN SCHEMA %1$I GRANT SELECT ON TABLES TO %2$I',
+                         'GRANT SELECT ON ALL SEQUENCES IN SCHEMA %1$I TO %2$I; '
+                         'ALTER DEFAULT PRIVILEGES FOR ROLE %3$I IN SCHEMA %1$I GRANT SELECT ON TABLES TO %2$I; '
+                         'ALTER DEFAULT PRIVILEGES FOR ROLE %3$I IN SCHEMA %1$I GRANT SELECT ON SEQUENCES TO %2$I',
                          n.nspname, :'role', pg_catalog.pg_get_userbyid(n.nspowner))
 FROM pg_catalog.pg_namespace n
 WHERE n.nspname OPERATOR(pg_catalog.=) ANY (pg_catalog.string_to_array(:'schemas', ','))

@@ -10,12 +10,14 @@ import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dumper.drill import MARKER
 
-from .conftest import Database, Result, wait_until
+from .conftest import BUCKET, Database, Moto, Result, wait_until
+from .test_s3 import _user_with_policy, s3_env
 from .test_schema_files import RICH_DATA, RICH_SQL
 
 # A check that sleeps, in a drill's scratch database only: the drill's restore waits in it for as long as a test likes.
@@ -163,3 +165,25 @@ def good_dump_again(db: Database) -> Result:
     result = db.dump("--run-id", "later")
     assert result.code == 0, result.stderr
     return result
+
+
+def test_the_newest_run_on_s3_drills_with_the_shipped_drill_policy(db: Database, s3: Any, moto: Moto,
+                                                                     private_tmp: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/iam/drill-policy.json (read the bucket, nothing else), moto enforcing it;
+    SOURCE is the output folder: its LATEST names the run."""
+    from moto.core import enable_iam_authentication
+
+    db.sql(RICH_SQL + RICH_DATA)
+    assert db.dump("--run-id", "older", "--compression", "gzip", env=s3_env(moto)).code == 0
+    db.sql("INSERT INTO pets (owner_id, name) VALUES (2, 'newest')")
+    assert db.dump("--run-id", "newest", "--compression", "gzip", env=s3_env(moto)).code == 0
+    for var, value in _user_with_policy(moto, "driller", "drill-policy.json").items():
+        monkeypatch.setenv(var, value)
+    with enable_iam_authentication():
+        result = db.drill(f"s3://{BUCKET}/nightly", "--s3-endpoint-url", moto.endpoint, "--log-format", "text")
+    assert result.code == 0, result.stderr
+    assert "public.pets" in result.stdout and "6" in result.stdout.split("public.pets", 1)[1].split("\n")[0]
+    assert f"every table of s3://{BUCKET}/nightly/newest came back exactly" in result.stdout
+    assert scratch_databases(db) == []
+    assert list(private_tmp.iterdir()) == []

@@ -37,7 +37,9 @@ def test_manifest_lists_every_file_with_counts_and_checksums(sample: Database) -
     m = result.manifest()
     assert m["manifest_version"] == 1
     assert list(m) == ["manifest_version", "tool", "run_id", "started_at", "finished_at", "database",
-                       "snapshot_id", "format", "compression", "tables", "totals"]
+                       "snapshot_id", "format", "compression", "schemas", "tables", "totals", "schema_files",
+                       "sequences"]
+    assert m["schemas"] == ["public"]
     assert m["tool"]["name"] == "dumper" and m["run_id"] == "r1"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", m["started_at"])
     assert m["database"] == {"host": "localhost", "port": sample.cluster.port, "dbname": sample.name,
@@ -58,7 +60,8 @@ def test_manifest_lists_every_file_with_counts_and_checksums(sample: Database) -
     assert m["totals"] == {"tables": 2, "rows": 5002, "bytes": sum(t["bytes"] for t in m["tables"])}
     assert (result.output / "LATEST").read_text() == "r1\n"
     assert result.files() == ["LATEST", "r1/manifest.json", "r1/public.customers.jsonl.gz",
-                              "r1/public.orders.jsonl.gz"]
+                              "r1/public.orders.jsonl.gz", "r1/schema.post-data.sql", "r1/schema.pre-data.sql"]
+    assert [f["path"] for f in m["schema_files"]["files"]] == ["schema.pre-data.sql", "schema.post-data.sql"]
     assert "postgres-superuser-local-only" not in (result.run_dir / "manifest.json").read_text()
 
 

@@ -62,9 +62,14 @@ def test_s3_objects_equal_the_local_files(db: Database, s3: Any, moto: Moto, fmt
     local = db.dump(*args)
     assert local.code == 0, local.stderr
     manifest = local.manifest()
-    assert keys(s3) == sorted(["nightly/LATEST", "nightly/r1/manifest.json"]
+    schema = ["nightly/r1/schema.pre-data.sql", "nightly/r1/schema.post-data.sql"]
+    assert keys(s3) == sorted(["nightly/LATEST", "nightly/r1/manifest.json", *schema]
                               + [f"nightly/r1/{t['path']}" for t in manifest["tables"]])
     remote_manifest = cli.parse(body(s3, "nightly/r1/manifest.json"))  # type: ignore[attr-defined]
+    for listed in remote_manifest["schema_files"]["files"]:
+        stored = body(s3, f"nightly/r1/{listed['path']}")
+        assert (hashlib.sha256(stored).hexdigest(), len(stored)) == (listed["sha256"], listed["bytes"])
+    assert b"CREATE TABLE public.big (" in body(s3, schema[0])
     for t, r in zip(manifest["tables"], remote_manifest["tables"], strict=True):
         stored = body(s3, f"nightly/r1/{t['path']}")
         assert (hashlib.sha256(stored).hexdigest(), len(stored)) == (r["sha256"], r["bytes"]), "as the manifest says"
@@ -96,7 +101,7 @@ def test_s3_upload_memory_stays_bounded(db: Database, s3: Any, moto: Moto) -> No
            "FROM generate_series(1, 1000000) g;")
     aws = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     peak = peak_rss_mb(db, "--jobs", "1", env={**s3_env(moto, DUMPER_PART_SIZE="16"), **aws})
-    assert len(keys(s3)) == 3, "table, manifest and LATEST were uploaded"
+    assert len(keys(s3)) == 5, "table, two schema files, manifest and LATEST were uploaded"
     assert peak < 150, f"S3 upload peaked at {peak:.0f} MB"
 
 
@@ -225,7 +230,7 @@ def _dump_until_an_upload_is_pending(db: Database, s3: Any, moto: Moto) -> subpr
                                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                                 "AWS_EC2_METADATA_DISABLED": "true"})
     deadline = time.monotonic() + 60
-    while not pending_uploads(s3):
+    while not any(key.endswith("public.big.jsonl") for key in pending_uploads(s3)):  # not a schema file's
         if time.monotonic() > deadline or proc.poll() is not None:
             proc.kill()
             pytest.fail(f"no upload started: {proc.communicate()}")
