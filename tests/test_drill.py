@@ -16,7 +16,8 @@ import pytest
 
 from dumper.drill import MARKER
 
-from .conftest import BUCKET, Database, Moto, Result, wait_until
+from .conftest import BUCKET, Database, Moto, Result, parse_json, wait_until
+from .http_capture import capture
 from .test_s3 import _user_with_policy, s3_env
 from .test_schema_files import RICH_DATA, RICH_SQL
 
@@ -82,8 +83,14 @@ def test_rows_that_do_not_come_back_fail_the_drill_naming_the_table(db: Database
     manifest["schema_files"]["files"][0].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
     manifest_path.write_text(json.dumps(manifest))
     metrics = db.tmp / "drill.prom"
-    result = db.drill(dumped.run_dir, "--metrics-file", str(metrics))
+    with capture(204) as hook:
+        result = db.drill(dumped.run_dir, "--metrics-file", str(metrics), "--notify-url", hook.url)
     assert result.code == 7, result.stderr
+    (request,) = hook.requests
+    body = parse_json(request.body)
+    assert (body["kind"], body["status"], body["exit_code"]) == ("drill", "failed", 7)
+    assert body["mismatches"] == [m for m in body["mismatches"] if m.startswith("public.pets: 5 rows in the dump")]
+    assert len(body["mismatches"]) == 1 and body["location"] == str(dumped.run_dir)
     assert "1 table(s) did not come back exactly" in result.stderr
     assert ("public.pets: 5 rows in the dump, 5 restored; line 1: the dump has "
             "'{\"id\":1,\"owner_id\":1,\"name\":\"pet 1\"}', the restored database gives "

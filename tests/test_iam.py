@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import time
 from collections.abc import Iterator
@@ -294,3 +295,30 @@ def test_check_fails_when_a_table_is_not_readable(db: Database, irsa: IamLdapSer
     assert "  public.hidden: NOT READABLE: row-level security" in out
     assert "  public.open: readable" in out
     assert "1 table(s) cannot be read: public.hidden" in err
+
+
+def test_pg_dump_logs_in_with_the_token_never_on_its_command_line(db: Database, irsa: IamLdapServer,
+                                                                   tmp_path: Path) -> None:
+    """The schema files' pg_dump, wrapped to record what it was given: the token
+    arrives in its environment only, and the IAM login succeeds."""
+    db.sql("CREATE TABLE t (id serial PRIMARY KEY); INSERT INTO t DEFAULT VALUES;")
+    seen = tmp_path / "seen"
+    wrapper = tmp_path / "pg_dump"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> {seen}/argv\n'
+                       f'printf "%s" "$PGPASSWORD" | sha256sum >> {seen}/password\n'
+                       f'exec {db.cluster.bin / "pg_dump"} "$@"\n')
+    wrapper.chmod(0o700)
+    seen.mkdir()
+    result = db.dump(env=iam_env(DUMPER_PG_DUMP=str(wrapper)))
+    assert result.code == 0, result.stderr
+    assert result.manifest()["schema_files"]["status"] == "written"
+    assert "CREATE TABLE public.t" in (result.run_dir / "schema.pre-data.sql").read_text()
+    argv = (seen / "argv").read_text()
+    assert "--snapshot" in argv and "sslmode='verify-full'" in argv
+    hashes = {hashlib.sha256(token.encode()).hexdigest() for token in irsa.tokens}
+    given = {line.split()[0] for line in (seen / "password").read_text().splitlines()}
+    given.discard(hashlib.sha256(b"").hexdigest())  # `pg_dump --version` needs no password
+    assert given and given <= hashes, "pg_dump got the run's IAM token"
+    for token in irsa.tokens:
+        assert token not in argv
+    assert {user for user, _ in irsa.binds} == {IAM_USER} and all(reason is None for _, reason in irsa.binds)
