@@ -11,6 +11,7 @@ MARKER as its comment) is removed by the next drill.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import re
@@ -159,7 +160,12 @@ async def _create(conn: Any, name: str, settings: Settings) -> None:
     try:
         async with db.stall_guard(settings.stall_timeout, f"while creating scratch database {name}"):
             await conn.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0 ENCODING 'UTF8'")
-            await conn.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS '{MARKER}'")
+            try:  # the mark is what lets the next drill remove it if this one is killed
+                await conn.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS '{MARKER}'")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await _drop(conn, name, settings, force=True)
+                raise
     except asyncpg.InsufficientPrivilegeError as exc:
         raise PermissionDenied(f"cannot create the scratch database {name}: {exc}; the drill's role needs "
                                f"CREATEDB (ALTER ROLE {settings.user} CREATEDB), best on a scratch instance") from exc
