@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary = "prove a dump: restore it into a scratch database, dump that again, compare every table"
     drill_cmd = commands.add_parser("drill", help=summary, description=summary + " (docs/drill.md)",
                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    drill_cmd.add_argument("source", help="the run's folder or URL: <output>/<run_id>")
+    drill_cmd.add_argument("source", help="the run's folder or URL, <output>/<run_id>; or <output>, its newest run")
     _add_options(drill_cmd, "drill", only=DRILL_OPTIONS)
     return parser
 
