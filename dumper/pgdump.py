@@ -137,21 +137,26 @@ async def section(settings: Settings, password: db.PasswordProvider, pg_dump: Pg
         pg_dump.path, *arguments(settings, snapshot_id, name, excluded), env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         start_new_session=True)  # a SIGINT at the terminal reaches us, and we end it
+    # A bound on the whole of pg_dump: its table locks wait up to --lock-timeout, and
+    # its catalog queries are short (quiet until the catalog is read: silence alone proves nothing).
+    bound = settings.stall_timeout + settings.lock_timeout if settings.stall_timeout else 0.0
     try:
-        async with asyncio.timeout(settings.stall_timeout or None):
+        async with asyncio.timeout(bound or None):
             out, err = await proc.communicate()
     except TimeoutError:
-        raise DumpError(f"schema file {file_name(name)}: pg_dump did not finish within {settings.stall_timeout:g} s "
-                        "(--stall-timeout); the server or the network to it stalled") from None
+        raise DumpError(f"schema file {file_name(name)}: pg_dump did not finish within {bound:g} s (--stall-timeout "
+                        "plus --lock-timeout): the server, or the network to it, stalled; check the server's health "
+                        "and load, or raise --stall-timeout (a catalog of very many tables takes longer)") from None
     finally:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
     if proc.returncode:
-        text = err.decode("utf-8", "replace").strip().replace(secret or "\0", "***")
-        lines = " / ".join(line.strip() for line in text.splitlines()[-3:] if line.strip())
-        raise _error_class(text)(f"schema file {file_name(name)}: pg_dump {pg_dump.version} failed "
+        text = err.decode("utf-8", "replace").replace(secret or "\0", "***")
+        said = [line.strip() for line in text.splitlines() if re.search(r"error:|detail:|hint:|FATAL", line)]
+        lines = " / ".join(said or [line.strip() for line in text.splitlines()[-3:]])
+        raise _error_class(lines)(f"schema file {file_name(name)}: pg_dump {pg_dump.version} failed "
                                  f"(exit {proc.returncode}): {lines}")
     return out
 

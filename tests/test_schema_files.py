@@ -8,6 +8,8 @@ import hashlib
 import io
 import re
 import stat
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -217,3 +219,22 @@ def test_an_existing_schema_is_kept_and_the_restrict_lines_removed() -> None:
     assert "CREATE SCHEMA public;" not in out and "COMMENT ON SCHEMA public" not in out
     assert 'CREATE SCHEMA "Odd";' in out and "CREATE TABLE public.t (x int);" in out and "SET x = 1;" in out
     assert 'CREATE SCHEMA "Odd";' not in schemasql.runnable(script, ["Odd"])
+
+
+def test_a_pg_dump_that_never_finishes_ends_the_run_and_is_killed(db: Database, tmp_path: Path) -> None:
+    """pg_dump must finish within --stall-timeout plus --lock-timeout; here it is
+    held on purpose, as by a server that answers nothing."""
+    db.sql("CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
+    wrapper = tmp_path / "pg_dump"
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then exec {db.cluster.bin / "pg_dump"} "$@"; fi\n'
+                       "exec sleep 3599.25\n")  # a pg_dump whose server answers nothing
+    wrapper.chmod(0o700)
+    started = time.monotonic()
+    result = db.dump("--pg-dump", str(wrapper), "--stall-timeout", "2", "--lock-timeout", "1", "--run-id", "r")
+    took = time.monotonic() - started
+    assert result.code == 5, result.stderr
+    assert "schema file schema.pre-data.sql: pg_dump did not finish within 3 s (--stall-timeout" in result.stderr
+    assert took < 30, f"ended after {took:.0f} s"
+    assert not (result.output / "r").exists(), "a failed run leaves no folder"
+    left = subprocess.run(["pgrep", "-f", "sleep 3599.25"], capture_output=True, text=True, check=False)
+    assert left.stdout == "", "the held pg_dump was killed"
