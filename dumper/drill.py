@@ -26,7 +26,7 @@ import asyncpg
 from . import db, dump, restore
 from .config import Settings, redact_url
 from .discover import quote_ident
-from .errors import ConfigError, DumperError, DumpError, PermissionDenied, VerifyError
+from .errors import ConfigError, DumperError, DumpError, LoadError, PermissionDenied, VerifyError
 from .logs import log
 from .manifest import LATEST_NAME, MANIFEST_NAME, TableEntry, is_file_name, parse, schema_files
 from .notify import Outcome, publish
@@ -205,8 +205,11 @@ async def drill(settings: Settings, password: db.PasswordProvider) -> DrillResul
     try:
         log.info("drill: restoring into the scratch database", extra={"database": scratch})
         inside = dataclasses.replace(settings, dbname=scratch, output=source.url_of("").rstrip("/"))
-        await restore.run(dataclasses.replace(inside, with_schema=True, include=(), exclude=(), truncate=False,
-                                              create_tables=False, no_sequences=False), password)
+        try:
+            await restore.run(dataclasses.replace(inside, with_schema=True, include=(), exclude=(), truncate=False,
+                                                  create_tables=False, no_sequences=False), password)
+        except LoadError as exc:  # the server refused the dump: it does not come back
+            return DrillResult([], [f"{exc} (the restore failed)"], scratch, inside.output)
         log.info("drill: dumping the scratch database again", extra={"database": scratch})
         again_settings = dataclasses.replace(
             inside, output=folder, run_id="drill", format=doc["format"], compression=doc["compression"],

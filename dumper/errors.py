@@ -6,8 +6,9 @@
     ├── PermissionDenied        4  a table cannot be read (missing GRANT, row-level security)
     ├── DumpError               5  the server failed while the dump was reading
     │   ├── ConnectionLost      5    a connection died mid-table (the table is retried)
-    │   └── SnapshotLost        5    the run's snapshot is gone (the run is retried)
-    │       └── RecoveryConflict 5   a standby's WAL replay cancelled the run (retried, then named)
+    │   ├── SnapshotLost        5    the run's snapshot is gone (the run is retried)
+    │   │   └── RecoveryConflict 5   a standby's WAL replay cancelled the run (retried, then named)
+    │   └── LoadError           5    restore: the server refused a row or a schema file (drill: 7)
     ├── OutputError             6  the output location could not be written
     ├── VerifyError             7  `dumper verify` found a mismatch
     └── Interrupted           130  stopped by SIGINT/SIGTERM before the dump finished
@@ -52,6 +53,10 @@ class SnapshotLost(DumpError):
 
 class RecoveryConflict(SnapshotLost):
     """A hot standby's WAL replay cancelled a query or ended a session of the run."""
+
+
+class LoadError(DumpError):
+    """The server refused what a restore sent (a row, a schema file): the dump does not load as it is."""
 
 
 class OutputError(DumperError):

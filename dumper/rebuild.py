@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from . import db, schemasql
-from .errors import ConfigError, DumpError, VerifyError
+from .errors import ConfigError, LoadError, VerifyError
 from .logs import log
 from .manifest import schema_files
 from .sinks import Output
@@ -82,7 +82,7 @@ async def apply(conn: Any, section: str, script: str, existing: list[str]) -> No
     except (asyncpg.PostgresError, asyncpg.InterfaceError, *db.LOST) as exc:
         position = getattr(exc, "position", None)
         where = f" at character {position}" if position else ""
-        raise DumpError(f"schema file {section}: {type(exc).__name__}{where}: {exc}"
+        raise LoadError(f"schema file {section}: {type(exc).__name__}{where}: {exc}"
                         + ("; the rows are loaded, this section's objects are not"
                            if section == "post-data" else "; nothing was changed")) from exc
     log.info("schema applied", extra={"section": section})

@@ -102,6 +102,25 @@ def test_rows_that_do_not_come_back_fail_the_drill_naming_the_table(db: Database
     assert f'dumper_drill_last_run_exit_code{{database="{db.name}"}} 7.0' in metrics.read_text()
 
 
+def test_rows_the_server_refuses_fail_the_drill_naming_the_table(db: Database, private_tmp: Path) -> None:
+    dumped = good_dump(db)
+    # A file that passes verify (the manifest re-hashed) but holds a value its column cannot take.
+    path = dumped.run_dir / dumped.entry("public", "pets")["path"]
+    path.write_bytes(path.read_bytes().replace(b'"owner_id":2,', b'"owner_id":"two",'))
+    manifest_path = dumped.run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = next(t for t in manifest["tables"] if t["table"] == "pets")
+    entry.update(bytes=path.stat().st_size, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    manifest_path.write_text(json.dumps(manifest))
+    result = db.drill(dumped.run_dir)
+    assert result.code == 7, result.stderr
+    assert "1 table(s) did not come back exactly" in result.stderr
+    assert "table public.pets: InvalidTextRepresentationError" in result.stderr
+    assert "(the restore failed)" in result.stderr
+    assert scratch_databases(db) == []
+    assert list(private_tmp.iterdir()) == []
+
+
 def test_a_dump_without_schema_files_cannot_be_drilled(db: Database) -> None:
     dumped = good_dump(db, "--schema-files", "off")
     result = db.drill(dumped.run_dir)
