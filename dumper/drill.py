@@ -28,7 +28,7 @@ from .config import Settings, redact_url
 from .discover import quote_ident
 from .errors import ConfigError, DumperError, DumpError, LoadError, PermissionDenied, VerifyError
 from .logs import log
-from .manifest import LATEST_NAME, MANIFEST_NAME, TableEntry, is_file_name, parse, schema_files
+from .manifest import LATEST_NAME, MANIFEST_NAME, TableEntry, is_file_name, parse, schema_files, schema_files_absent
 from .notify import Outcome, publish
 from .rebuild import dump_schemas
 from .sinks import FAILURES, Output
@@ -150,12 +150,11 @@ async def _remove_leftovers(conn: Any, settings: Settings) -> None:
 
 
 async def _create(conn: Any, name: str, settings: Settings) -> None:
-    exists = await conn.fetchval("SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM "
-                                 "pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) $1", name)
-    if exists is not None or await conn.fetchval(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) $1)", name):
+    existing = await conn.fetchrow("SELECT pg_catalog.shobj_description(oid, 'pg_database') AS mark FROM "
+                                   "pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) $1", name)
+    if existing is not None:
         raise ConfigError(f"--scratch-dbname: database {name!r} exists and is not a drill's scratch database"
-                          if exists != MARKER else
+                          if existing["mark"] != MARKER else
                           f"--scratch-dbname: a drill of this dump is running now (scratch database {name!r} in use)")
     try:
         async with db.stall_guard(settings.stall_timeout, f"while creating scratch database {name}"):
@@ -190,9 +189,9 @@ async def drill(settings: Settings, password: db.PasswordProvider) -> DrillResul
     except FileNotFoundError:
         raise VerifyError(f"{source.url_of(MANIFEST_NAME)} does not exist: not a complete dump") from None
     if not schema_files(doc):
-        reason = (doc.get("schema_files") or {}).get("reason", "taken before schema files existed")
-        raise ConfigError(f"this dump has no schema files ({reason}): a drill builds the scratch database from "
-                          "them; take dumps with a pg_dump at least the server's major (--schema-files require)")
+        raise ConfigError(f"this dump has no schema files ({schema_files_absent(doc)}): a drill builds the scratch "
+                          "database from them; take dumps with a pg_dump at least the server's major "
+                          "(--schema-files require)")
     scratch = settings.scratch_dbname or scratch_name(doc["run_id"])
     conn = await _admin(settings, password)
     try:

@@ -355,12 +355,13 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
             async with db.preparing(settings):
                 snapshot_id = await db.export_snapshot(coordinator)
                 version = await db.server_version(coordinator)
-                piece_pages = await _piece_pages(coordinator, settings)
+                facts = await db.scan_facts(coordinator)
+                piece_pages = _piece_pages(facts, settings)
                 tables = await discover(coordinator, settings.schema, settings.include, settings.exclude)
                 source.standby = await replica.standby(coordinator)
                 if source.standby and not source.conflicts:
                     source.conflicts = await replica.conflicts(coordinator)
-            pg_dump = await pgdump.choose(settings, (await db.scan_facts(coordinator))[0] // 10000, version)
+            pg_dump = await pgdump.choose(settings, facts[0] // 10000, version)
             log.info("snapshot taken", extra={
                 "snapshot_id": snapshot_id, "tables": len(tables), "server_version": version,
                 **(source.standby.fields() if source.standby else {"standby": False})})
@@ -379,7 +380,7 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
             files = await _schema_files(settings, password, output, pg_dump, snapshot_id, excluded,
                                         committed) if pg_dump else None
             schema_files = ({"status": "written", "pg_dump": pg_dump.version,
-                             "files": [dataclasses.asdict(f) for f in files]} if pg_dump and files is not None else
+                             "files": [dataclasses.asdict(f) for f in files]} if pg_dump and files else
                             {"status": "absent", "reason": "--schema-files off" if settings.schema_files == "off"
                              else "no pg_dump at least the server's major version was found"})
             with _young_gc_only():
@@ -438,11 +439,11 @@ async def _schema_files(settings: Settings, password: db.PasswordProvider, outpu
     return files
 
 
-async def _piece_pages(conn: Any, settings: Settings) -> int:
+def _piece_pages(facts: tuple[int, int], settings: Settings) -> int:
     """Pages per piece of a split table; 0: tables are read whole."""
     if settings.jobs < 2 or settings.split_mib == 0:
         return 0
-    version_num, block_size = await db.scan_facts(conn)
+    version_num, block_size = facts
     if version_num < 140000:
         log.info("tables are not split: PostgreSQL 14 or later is needed to read page ranges")
         return 0

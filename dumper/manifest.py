@@ -76,6 +76,11 @@ class FileEntry:
     sha256: str
 
 
+def schema_files_absent(doc: dict[str, Any]) -> str:
+    """Why a manifest lists no schema files (as it says, or: it predates them)."""
+    return str((doc.get("schema_files") or {}).get("reason", "the dump was taken before schema files existed"))
+
+
 def schema_files(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The schema files a manifest lists (none in a run without them, or before they existed)."""
     listed = doc.get("schema_files") or {}

@@ -16,7 +16,7 @@ import asyncpg
 from . import db, schemasql
 from .errors import ConfigError, LoadError, VerifyError
 from .logs import log
-from .manifest import schema_files
+from .manifest import schema_files, schema_files_absent
 from .sinks import Output
 
 _OCCUPIED_SQL = """
@@ -40,16 +40,21 @@ def dump_schemas(doc: dict[str, Any]) -> list[str]:
     return list(doc.get("schemas") or sorted({t["schema"] for t in doc["tables"]}))
 
 
+def require_files(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dump's schema files; ConfigError when it has none."""
+    files = schema_files(doc)
+    if not files:
+        raise ConfigError(f"--with-schema: this dump has no schema files ({schema_files_absent(doc)}); restore into "
+                          "tables created another way (the application's migrations, pg_dump --schema-only), "
+                          "without --with-schema")
+    return files
+
+
 def scripts(source: Output, doc: dict[str, Any]) -> dict[str, str]:
     """section -> SQL of the dump's schema files, checked against the manifest
     again as read (a file swapped after the verify pass is refused)."""
-    files = schema_files(doc)
-    if not files:
-        reason = (doc.get("schema_files") or {}).get("reason", "the dump was taken before schema files existed")
-        raise ConfigError(f"--with-schema: this dump has no schema files ({reason}); restore into tables created "
-                          "another way (the application's migrations, pg_dump --schema-only), without --with-schema")
     texts = {}
-    for entry in files:
+    for entry in require_files(doc):
         data = source.read(entry["path"])
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise VerifyError(f"schema file {entry['path']}: changed since it was verified; nothing was loaded")

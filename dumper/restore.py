@@ -33,7 +33,7 @@ from .errors import (
     first_error,
 )
 from .logs import current_table, log
-from .manifest import MANIFEST_NAME, parse, schema_files, verify
+from .manifest import MANIFEST_NAME, parse, verify
 from .readback import RowBatches, holds_nul, join_object, json_array, may_hold_nul, split_object
 from .sinks import FAILURES, Output
 
@@ -470,8 +470,8 @@ async def run(settings: Settings, password: db.PasswordProvider) -> RestoreOutco
         raise ConfigError("--with-schema builds the tables in an empty target: --truncate and --create-tables do "
                           "not go with it")
     entries = chosen_entries(doc, settings.include, settings.exclude)
-    if settings.with_schema and not schema_files(doc):
-        await asyncio.to_thread(rebuild.scripts, source, doc)  # raises: the dump has none
+    if settings.with_schema:
+        rebuild.require_files(doc)
     problems = []
     checks = [([entry], False) for entry in entries] + ([([], True)] if settings.with_schema else [])
     for tables, files in checks:
