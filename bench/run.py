@@ -73,6 +73,7 @@ class Sample:
     server_cpu: float
     peak_rss_mb: float
     out_bytes: int
+    tree_rss_mb: float = 0.0  # sampled sum over the process tree (worker processes included)
 
 
 def postmaster_children_cpu(cluster: Cluster) -> float:
@@ -107,7 +108,8 @@ def measure(cluster: Cluster, dbname: str, cmd: list[str], env: dict[str, str], 
     wait_for_backends_gone(cluster, dbname)
     server = postmaster_children_cpu(cluster) - cpu0
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and p.name.endswith(("l", "n", "z")))
-    return Sample(wall, float(fields["cpu_s"]), server, int(fields["peak_rss_kb"]) / 1024, size)
+    return Sample(wall, float(fields["cpu_s"]), server, int(fields["peak_rss_kb"]) / 1024, size,
+                  int(fields["tree_rss_kb"]) / 1024)
 
 
 def main() -> int:
@@ -187,10 +189,16 @@ def main() -> int:
             "d_dumper_jobs2_two_tables": (dump("--include", "public.mixed2", "--include", "public.mixed_b",
                                                "--jobs", "2", "--split-mib", "0"), half + (args.rows - half)),
             **({"e_dumper_s3_moto": (dump_s3("--include", "public.mixed", *one), args.rows)} if moto else {}),
-            "f_dumper_jobs2_split": (dump("--include", "public.mixed", "--jobs", "2"), args.rows),
+            "f_dumper_jobs2_split": (dump("--include", "public.mixed", "--jobs", "2", "--processes", "1"), args.rows),
+            # Every setting at its default: --jobs 2, split, worker processes = usable CPUs (at most --jobs).
+            "g_dumper_defaults": (dump("--include", "public.mixed"), args.rows),
+            # Scaling: the same four connections, read and encoded in 1, 2 or 4 processes.
+            **{f"p{n}_jobs4_processes{n}": (dump("--include", "public.mixed", "--jobs", "4", "--processes", str(n)),
+                                            args.rows) for n in (1, 2, 4)},
             "n1_narrow_small": (dump("--include", "public.narrow_small", *one), args.narrow_rows // 10),
             "n2_narrow": (dump("--include", "public.narrow", *one), args.narrow_rows),
-            "n3_narrow_jobs2_split": (dump("--include", "public.narrow", "--jobs", "2"), args.narrow_rows),
+            "n3_narrow_jobs2_split": (dump("--include", "public.narrow", "--jobs", "2", "--processes", "1"),
+                                      args.narrow_rows),
             "r0_baseline_copy_from_csv": (emptied([*psql_target, "-c", f"\\copy mixed FROM '{work}/mixed.csv' CSV"]),
                                           args.rows),
             "r1_dumper_restore": (emptied(restore_cmd), args.rows),
@@ -207,7 +215,7 @@ def main() -> int:
                 s = measure(cluster, "bench", cmd(out), env, out)
                 samples[name].append(s)
                 print(f"round {round_no + 1} {name}: {s.wall:.2f}s server {s.server_cpu:.2f}s "
-                      f"client {s.client_cpu:.2f}s rss {s.peak_rss_mb:.0f}MB", flush=True)
+                      f"client {s.client_cpu:.2f}s rss {s.peak_rss_mb:.0f}MB tree {s.tree_rss_mb:.0f}MB", flush=True)
 
         report = summarize(methods, samples)
         print_table(report)
@@ -269,6 +277,7 @@ def summarize(methods: dict[str, tuple[Callable[[Path], list[str]], int]],
             "client_cpu_s": round(statistics.median(s.client_cpu for s in runs), 2),
             "server_cpu_s": round(statistics.median(s.server_cpu for s in runs), 2),
             "peak_rss_mb": round(max(s.peak_rss_mb for s in runs), 1),
+            "tree_rss_mb": round(max(s.tree_rss_mb for s in runs), 1),
         }
     for name, entry in report.items():
         # Restores (r*) compare with loading the same table's CSV; dumps with to_json's COPY.
@@ -277,15 +286,19 @@ def summarize(methods: dict[str, tuple[Callable[[Path], list[str]], int]],
             entry["rows_per_s_vs_baseline"] = round(entry["rows_per_s"] / base["rows_per_s"], 2)
             base_cpu = max(base["server_cpu_s"], 0.01)
             entry["server_cpu_vs_baseline"] = round(entry["server_cpu_s"] / base_cpu, 2)
+            # The client's CPU per row against what to_json costs the server per row (the measure).
+            entry["client_cpu_per_row_vs_baseline_server"] = round(
+                entry["client_cpu_s"] / entry["rows"] / (base_cpu / base["rows"]), 2)
     return report
 
 
 def print_table(report: dict[str, dict[str, float]]) -> None:
-    cols = ["wall_s", "rows_per_s", "mb_per_s", "client_cpu_s", "server_cpu_s", "peak_rss_mb",
-            "rows_per_s_vs_baseline", "server_cpu_vs_baseline"]
+    cols = ["wall_s", "rows_per_s", "mb_per_s", "client_cpu_s", "server_cpu_s", "peak_rss_mb", "tree_rss_mb",
+            "rows_per_s_vs_baseline", "server_cpu_vs_baseline", "client_cpu_per_row_vs_baseline_server"]
     print("\n" + "method".ljust(28) + "".join(c.rjust(14) for c in ["wall s", "rows/s", "MB/s", "client cpu",
-                                                                   "server cpu", "peak RSS MB",
-                                                                   "rows/s ratio", "srv cpu ratio"]))
+                                                                   "server cpu", "peak RSS MB", "tree RSS MB",
+                                                                   "rows/s ratio", "srv cpu ratio",
+                                                                   "cli cpu/row r"]))
     for name, entry in report.items():
         print(name.ljust(28) + "".join(str(entry.get(c, "")).rjust(14) for c in cols))
 

@@ -42,14 +42,14 @@ class Assembly:
         self.rows_received = 0  # rows of all pieces, written or held
         self._clock = clock
         self._head = 0  # the piece whose batches go straight to the file
-        self._held: dict[int, list[tuple[bytes, int]]] = {}
+        self._held: dict[int, list[tuple[bytes | bytearray, int]]] = {}
         self._held_bytes = 0
         self._finished: set[int] = set()
         self._wrote_header = False
         self._turn = asyncio.Condition()
         self._storing: asyncio.Future[None] | None = None  # the one batch being stored
 
-    async def add(self, piece: int, body: bytes, rows: int) -> None:
+    async def add(self, piece: int, body: bytes | bytearray, rows: int) -> None:
         """A batch of piece `piece` (a Framer.join() of `rows` rows)."""
         self.last_data = self._clock()
         self.rows_received += rows
@@ -89,7 +89,7 @@ class Assembly:
                 self._storing.exception()  # retrieved: not reported again at exit
         await self.out.discard()
 
-    async def _write(self, body: bytes, rows: int) -> None:
+    async def _write(self, body: bytes | bytearray, rows: int) -> None:
         data = self.framer.place(body, rows)
         if not self._wrote_header:
             self._wrote_header = True
@@ -106,5 +106,5 @@ class Assembly:
             storing, self._storing = self._storing, None
             await storing
 
-    async def _store(self, data: bytes) -> None:
+    async def _store(self, data: bytes | bytearray) -> None:
         await self.out.write(await asyncio.to_thread(self.writer.add, data))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import functools
 import os
 import signal
@@ -19,6 +18,7 @@ from . import __version__, auth, drill, job, preflight, progress, prune, restore
 from .config import OPTIONS, Settings, redact_url, resolve, with_url_files
 from .errors import ConfigError, DumperError, Interrupted, OutputError, VerifyError
 from .logs import log, setup
+from .malloc import tune_malloc
 from .manifest import MANIFEST_NAME, parse, verify
 from .notify import Outcome
 from .sinks import FAILURES, Output
@@ -44,8 +44,8 @@ RESTORE_OPTIONS = ("host", "port", "dbname", "user", "auth", "region", "sslmode"
                    "exclude", "jobs", "lock_timeout", "statement_timeout", "stall_timeout", "connect_attempts",
                    "grace_seconds", "log_format", "truncate", "create_tables", "single_transaction", "with_schema",
                    "no_sequences", *VERIFY_OPTIONS)
-DRILL_OPTIONS = ("host", "port", "dbname", "user", "auth", "region", "sslmode", "sslrootcert", "jobs", "split_mib",
-                 "lock_timeout", "statement_timeout", "stall_timeout", "connect_attempts", "grace_seconds",
+DRILL_OPTIONS = ("host", "port", "dbname", "user", "auth", "region", "sslmode", "sslrootcert", "jobs", "processes",
+                 "split_mib", "lock_timeout", "statement_timeout", "stall_timeout", "connect_attempts", "grace_seconds",
                  "log_format", "scratch_dbname", "metrics_file", "pushgateway_url", "pushgateway_url_file",
                  "notify_url", "notify_url_file", "notify_on", *VERIFY_OPTIONS)
 T = TypeVar("T")
@@ -341,25 +341,10 @@ def cmd_verify(settings: Settings, stdout: TextIO) -> int:
     return 0
 
 
-M_MMAP_THRESHOLD = -3  # glibc's malloc.h
-
-
-def _big_buffers_back_to_the_os() -> None:
-    """glibc raises its mmap threshold each time a big block is freed, so that
-    multi-MB S3 parts then come from per-thread heaps that never shrink
-    (measured, 1.5M rows to S3: 211 MB peak RSS; with a fixed threshold 128 MB).
-    A fixed threshold keeps blocks of 4 MiB and more in mmap, returned on free."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (musl, macOS): nothing to tune
-        return
-    libc.mallopt(M_MMAP_THRESHOLD, 4 << 20)
-
-
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
          stdout: TextIO | None = None) -> int:
     environ = os.environ if environ is None else environ
-    _big_buffers_back_to_the_os()
+    tune_malloc()
     stdout = stdout or sys.stdout
     try:
         args = build_parser().parse_args(argv)

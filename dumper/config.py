@@ -134,6 +134,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("s3_storage_class", "S3 storage class of the objects (default: STANDARD)",
            choices=S3_STORAGE_CLASSES),
     Option("jobs", "connections reading tables (or pieces of a large table) concurrently", 2, _positive_int),
+    Option("processes", "worker processes that read and encode rows, sharing the --jobs connections (default: "
+           "the CPUs this process may use, at most --jobs; 1 = read in this process)", parse=_positive_int,
+           commands=RUNS),
     Option("split_mib", "with --jobs > 1, read tables larger than this in pieces of this many MiB of pages, "
            "concurrently; the file is the same (0 = never; needs PostgreSQL 14+)", 16.0, _mib),
     Option("batch_rows", "maximum rows per cursor fetch (batches also stay near 4 MB)", 1000,
@@ -222,6 +225,7 @@ class Settings:
     s3_storage_class: str | None = None
     s3_expected_bucket_owner: str | None = None
     jobs: int = 2
+    processes: int | None = None  # None: workers.processes() decides
     split_mib: float = 16.0
     batch_rows: int = 1000
     lock_timeout: float = 60.0

@@ -11,19 +11,18 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
-import gc
 import hashlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__, db, pgdump, replica, sequences
+from . import __version__, db, pgdump, replica, sequences, workers
 from .assemble import PROGRESS_EVERY, Assembly
 from .config import Settings
 from .discover import Table, discover, measured
-from .encode import Framer, encode_rows
+from .encode import Framer
 from .errors import ConnectionLost, DumperError, RecoveryConflict, SnapshotLost, first_error
 from .logs import current_table, log
 from .manifest import (
@@ -36,90 +35,9 @@ from .manifest import (
     unique_file_names,
 )
 from .progress import Display, TableProgress
+from .reader import Lane, Piece, Reader, plan_pieces, young_gc_only
 from .sinks import Output
 from .stored import StoredWriter
-
-BATCH_BYTES = 4 << 20  # aim for ~4 MB of JSON per fetch: bounds memory for wide rows
-LARGE_ROW = BATCH_BYTES // 8  # once a row this large is seen, fetches are sized by the largest row
-JSON_PER_DISK_BYTE = 2  # bytea doubles in hex; TOAST-compressed text grows back
-MAX_INLINE_ROW = 8160  # bytes: a heap row that is not TOASTed fits in one 8 kB page
-TABLE_ATTEMPTS = 3  # a piece whose connection dies is read again, in the same snapshot
-
-
-@dataclass
-class _Batcher:
-    """Rows per fetch, so that a batch holds about BATCH_BYTES of JSON.
-
-    The first fetch is one row when the table has out-of-line (TOAST) values,
-    whose size nothing in the catalog tells (compressed on disk, 48 MB in
-    JSON), and otherwise sized from the table's average row on disk. Later
-    fetches follow the rows seen; once a large row was seen, the largest one,
-    so a table of huge documents is read one row at a time.
-    """
-
-    max_rows: int
-    disk_row_bytes: float  # the table's average row (0: unknown, or values out of line)
-    rows: int = 1
-    largest: int = 0
-
-    def __post_init__(self) -> None:
-        self.rows = self._fit(self.disk_row_bytes * JSON_PER_DISK_BYTE) if self.disk_row_bytes else 1
-
-    @classmethod
-    def for_table(cls, table: Table, max_rows: int) -> _Batcher:
-        if table.toast_bytes:
-            return cls(max_rows, 0.0)
-        # Without TOAST data no row is larger than a page, whatever the statistics say.
-        return cls(max_rows, table.row_bytes() or MAX_INLINE_ROW)
-
-    def _fit(self, row_bytes: float) -> int:
-        return max(1, min(self.max_rows, int(BATCH_BYTES // max(row_bytes, 1.0))))
-
-    def size(self) -> int:
-        return self.rows
-
-    def seen(self, rows: int, nbytes: int, largest: int) -> None:
-        self.largest = max(self.largest, largest)
-        self.rows = self._fit(self.largest if self.largest >= LARGE_ROW else nbytes / max(1, rows))
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Part `index` of a table's `count` parts: pages [first_page, end_page)."""
-
-    table: Table
-    relpath: str
-    index: int
-    count: int
-    first_page: int | None
-    end_page: int | None
-
-
-def plan_pieces(table: Table, relpath: str, piece_pages: int) -> list[Piece]:
-    """One piece per `piece_pages` pages (0: the whole table in one piece).
-
-    The first and last pieces are open-ended, so pages the size estimate
-    missed are still read.
-    """
-    if piece_pages <= 0 or table.partitioned or table.pages <= piece_pages:
-        return [Piece(table, relpath, 0, 1, None, None)]
-    starts = list(range(0, table.pages, piece_pages))
-    return [Piece(table, relpath, i, len(starts), start or None, starts[i + 1] if i + 1 < len(starts) else None)
-            for i, start in enumerate(starts)]
-
-
-@contextlib.contextmanager
-def _young_gc_only() -> Iterator[None]:
-    """Rows are short-lived and acyclic: collecting every 700 allocations cost
-    ~20% of a dump. Freeze what exists and collect rarely; restore afterwards."""
-    before = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
-        gc.unfreeze()
 
 
 def _now() -> dt.datetime:
@@ -128,44 +46,6 @@ def _now() -> dt.datetime:
 
 def _iso(when: dt.datetime) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass
-class _Delivered:
-    """A piece's progress, kept across its attempts."""
-
-    batcher: _Batcher
-    rows: int = 0  # rows already handed to its assembly (skipped when read again)
-
-
-async def _read_piece(conn: Any, piece: Piece, assembly: Assembly, settings: Settings,
-                      delivered: _Delivered) -> None:
-    """Streams one piece into its table's assembly.
-
-    Rows an earlier attempt delivered are dropped: a scan of the same pages in
-    the same snapshot returns the same rows in the same order (seqscans are not
-    synchronized, cursors never run parallel plans).
-    """
-    names = [c.name for c in piece.table.columns]
-    batcher = delivered.batcher  # a retry skips the delivered rows at the size already learned
-    skip = delivered.rows
-    async for batch in db.stream(conn, piece.table.select_sql(piece.first_page, piece.end_page),
-                                 piece.table.qualified, batcher.size, settings.stall_timeout):
-        records = batch[skip:] if skip else batch
-        skip = max(0, skip - len(batch))
-        if records:
-            count = len(records)
-            lines = encode_rows(names, records)
-            batch.clear()  # huge rows: the decoded values go before the file write (the stream holds `batch`)
-            records = []
-            largest = max(map(len, lines))
-            body = assembly.framer.join(lines)
-            lines.clear()
-            size = len(body)
-            await assembly.add(piece.index, body, count)
-            del body  # not alive during the next fetch
-            delivered.rows += count
-            batcher.seen(count, size, largest)
 
 
 def _entry(piece: Piece, assembly: Assembly) -> TableEntry:
@@ -195,38 +75,13 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
                 Framer(settings.format), StoredWriter(settings.compression, settings.gzip_level))
         return assemblies[piece.relpath]
 
-    async def joined() -> Any:
-        """A new connection in the run's snapshot (ConnectionLost / SnapshotLost if not)."""
-        conn = await db.connect(settings, password, codecs=True)
-        try:
-            await db.import_snapshot(conn, snapshot_id, settings)
-        except BaseException:
-            conn.terminate()
-            raise
-        return conn
-
-    async def worker() -> None:
-        # Each worker owns its connection: after any failure it is terminated,
-        # never reused, so no half-finished protocol state can leak into a retry.
-        conn: Any = None
+    async def worker(lane: Lane) -> None:
         try:
             while queue:
                 piece = queue.popleft()
                 current_table.set(piece.table.qualified)
                 assembly = assembly_for(piece)
-                delivered = _Delivered(_Batcher.for_table(piece.table, settings.batch_rows))
-                for attempt in range(1, TABLE_ATTEMPTS + 1):
-                    conn = conn or await joined()
-                    try:
-                        await _read_piece(conn, piece, assembly, settings, delivered)
-                        break
-                    except ConnectionLost as exc:
-                        conn.terminate()
-                        conn = None
-                        if attempt == TABLE_ATTEMPTS:
-                            raise
-                        log.warning("connection lost; reading the rest again in the same snapshot",
-                                    extra={"attempt": attempt + 1, "of": TABLE_ATTEMPTS, "error": str(exc)})
+                await lane.read(piece, assembly, assembly.framer.join)
                 if await assembly.piece_done(piece.index):
                     await assembly.commit()
                     committed.append(piece.relpath)
@@ -234,20 +89,23 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
                     log.info("done", extra={"rows": entry.rows, "bytes": entry.bytes, "seconds": entry.seconds})
                 current_table.set(None)
         except BaseException:
-            if conn is not None:
-                conn.terminate()  # it may be mid-fetch: closing politely could wait on a stalled server
+            lane.abort()
             raise
-        if conn is not None:
-            await db.close(conn)  # read-only: ending the session ends its transaction
+        await lane.close()
 
     jobs = max(1, min(settings.jobs, len(queue)))
+    processes = min(workers.processes(settings), jobs)
     estimates = {relpath: table.rows_estimate for table, relpath in work}
     beat = asyncio.create_task(_heartbeat(assemblies, results, display and functools.partial(
         _show, display, estimates, assemblies, results)))
     try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(jobs):
-                group.create_task(worker())
+        async with contextlib.AsyncExitStack() as stack:
+            lanes: list[Lane] = ([Reader(settings, password, snapshot_id) for _ in range(jobs)] if processes < 2
+                                 else await stack.enter_async_context(
+                                     workers.started(settings, password, snapshot_id, jobs, processes)))
+            async with asyncio.TaskGroup() as group:
+                for lane in lanes:
+                    group.create_task(worker(lane))
     except BaseExceptionGroup as exc:
         first = first_error(exc)
         raise first from first.__cause__  # not the group: the error, with the server's own words behind it
@@ -383,7 +241,7 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
                              "files": [dataclasses.asdict(f) for f in files]} if pg_dump and files else
                             {"status": "absent", "reason": "--schema-files off" if settings.schema_files == "off"
                              else "no pg_dump at least the server's major version was found"})
-            with _young_gc_only():
+            with young_gc_only():
                 entries = await _dump_tables(settings, password, output, work, snapshot_id, piece_pages,
                                              committed, display)
         finally:

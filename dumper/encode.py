@@ -163,7 +163,7 @@ class Framer:
         table can be joined concurrently and placed in order later)."""
         return b"".join(lines) if not self.array else b",\n".join(line[:-1] for line in lines)
 
-    def place(self, body: bytes, rows: int) -> bytes:
+    def place(self, body: bytes | bytearray, rows: int) -> bytes | bytearray:
         """The bytes that append `body` (a join() of `rows` rows) to the file."""
         if not rows:
             return b""

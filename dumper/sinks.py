@@ -157,7 +157,7 @@ class TableFile:
         self._busy = asyncio.ensure_future(asyncio.to_thread(self._output.guard, action, self.final))
         return await asyncio.shield(self._busy)
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray) -> None:
         if not data:
             return
         if self._local:

@@ -35,15 +35,15 @@ class StoredWriter:
         self._sha = hashlib.sha256()
         self.bytes = 0
 
-    def _out(self, data: bytes) -> bytes:
+    def _out(self, data: bytes | bytearray) -> bytes | bytearray:
         self._sha.update(data)
         self.bytes += len(data)
         return data
 
-    def add(self, data: bytes) -> bytes:
+    def add(self, data: bytes | bytearray) -> bytes | bytearray:
         return self._out(self._zip.compress(data) if self._zip else data)
 
-    def finish(self) -> bytes:
+    def finish(self) -> bytes | bytearray:
         """The last stored bytes (gzip trailer); call once, at the end."""
         return self._out(self._zip.flush()) if self._zip else b""
 

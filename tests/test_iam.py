@@ -99,7 +99,7 @@ def test_irsa_run_succeeds_over_verify_full(db: Database, irsa: IamLdapServer) -
 def test_jobs_8_reuses_one_token(db: Database, irsa: IamLdapServer) -> None:
     for i in range(8):
         db.sql(f"CREATE TABLE t{i} (i int); INSERT INTO t{i} VALUES ({i});")
-    settings = settings_for(db, jobs="8")
+    settings = settings_for(db, jobs="8", processes="2")  # the workers ask this process for each password
     provider = IamToken(settings)  # type: ignore[arg-type]
     manifest = asyncio.run(dump.run(settings, provider, Output(str(db.tmp / "out"))))  # type: ignore[arg-type]
     assert len(manifest.tables) == 8

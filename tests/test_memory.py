@@ -14,14 +14,16 @@ from .conftest import Database
 
 
 def peak_rss_mb(db: Database, *args: str, env: dict[str, str] | None = None) -> float:
-    """The dumper CLI's own peak RSS (devtools.peak_rss keeps pytest's memory out of it)."""
+    """Peak RSS of the dumper CLI and its worker processes together (sampled sum
+    over the process tree, what a pod's memory limit sees; devtools.peak_rss
+    keeps pytest's memory out of it)."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT_DIR), **db.base_env(), **(env or {})}
     report = db.tmp / "peak-rss.txt"
     proc = subprocess.run([sys.executable, "-m", "devtools.peak_rss", str(report), sys.executable, "-m",
                            "dumper", "run", *args], env=env, cwd=db.tmp, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, check=False, text=True)
     assert proc.returncode == 0, proc.stderr
-    return int(report.read_text().split("peak_rss_kb=")[1].split()[0]) / 1024
+    return int(report.read_text().split("tree_rss_kb=")[1].split()[0]) / 1024
 
 
 @pytest.mark.slow
@@ -35,7 +37,7 @@ def test_peak_rss_is_flat_from_100k_to_1m_rows(db: Database) -> None:
     whole = peak_rss_mb(db, "--include", "public.large", "--run-id", "whole", "--jobs", "1")
     print(f"peak RSS: small {small:.0f} MB, large {large:.0f} MB, large read whole {whole:.0f} MB")
     assert large < small * 1.25 + 10, f"peak RSS grew with rows: {small:.0f} MB -> {large:.0f} MB"
-    assert large < 150
+    assert large < 200, "the issue's bound for the defaults, worker processes included"
     assert whole < small * 1.25 + 10
 
 

@@ -1,0 +1,211 @@
+"""Reading pieces of tables: one connection in the run's snapshot, batches
+sized by bytes, and a lost connection read again where it stopped.
+
+Used the same way in the dumper process and in its worker processes
+(workers.py): only where the batches go (a table's Assembly, or a socket to
+the parent) differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from . import db
+from .config import Settings
+from .discover import Table
+from .encode import encode_rows
+from .errors import ConnectionLost
+from .logs import log
+
+BATCH_BYTES = 4 << 20  # aim for ~4 MB of JSON per fetch: bounds memory for wide rows
+LARGE_ROW = BATCH_BYTES // 8  # once a row this large is seen, fetches are sized by the largest row
+JSON_PER_DISK_BYTE = 2  # bytea doubles in hex; TOAST-compressed text grows back
+MAX_INLINE_ROW = 8160  # bytes: a heap row that is not TOASTed fits in one 8 kB page
+TABLE_ATTEMPTS = 3  # a piece whose connection dies is read again, in the same snapshot
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Part `index` of a table's `count` parts: pages [first_page, end_page)."""
+
+    table: Table
+    relpath: str
+    index: int
+    count: int
+    first_page: int | None
+    end_page: int | None
+
+
+def plan_pieces(table: Table, relpath: str, piece_pages: int) -> list[Piece]:
+    """One piece per `piece_pages` pages (0: the whole table in one piece).
+
+    The first and last pieces are open-ended, so pages the size estimate
+    missed are still read.
+    """
+    if piece_pages <= 0 or table.partitioned or table.pages <= piece_pages:
+        return [Piece(table, relpath, 0, 1, None, None)]
+    starts = list(range(0, table.pages, piece_pages))
+    return [Piece(table, relpath, i, len(starts), start or None, starts[i + 1] if i + 1 < len(starts) else None)
+            for i, start in enumerate(starts)]
+
+
+@contextlib.contextmanager
+def young_gc_only() -> Iterator[None]:
+    """Rows are short-lived and acyclic: collecting every 700 allocations cost
+    ~20% of a dump. Freeze what exists and collect rarely; restore afterwards."""
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+
+class Sink(Protocol):
+    """Where a piece's batches go, in order: Assembly.add, or a worker's socket."""
+
+    async def add(self, piece: int, body: bytes | bytearray, rows: int) -> None: ...
+
+
+class Lane(Protocol):
+    """One connection's worth of reading: a Reader here, or one in a worker process."""
+
+    async def read(self, piece: Piece, sink: Sink, join: Callable[[list[bytes]], bytes]) -> None: ...
+
+    def abort(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class _Batcher:
+    """Rows per fetch, so that a batch holds about BATCH_BYTES of JSON.
+
+    The first fetch is one row when the table has out-of-line (TOAST) values,
+    whose size nothing in the catalog tells (compressed on disk, 48 MB in
+    JSON), and otherwise sized from the table's average row on disk. Later
+    fetches follow the rows seen; once a large row was seen, the largest one,
+    so a table of huge documents is read one row at a time.
+    """
+
+    max_rows: int
+    disk_row_bytes: float  # the table's average row (0: unknown, or values out of line)
+    rows: int = 1
+    largest: int = 0
+
+    def __post_init__(self) -> None:
+        self.rows = self._fit(self.disk_row_bytes * JSON_PER_DISK_BYTE) if self.disk_row_bytes else 1
+
+    @classmethod
+    def for_table(cls, table: Table, max_rows: int) -> _Batcher:
+        if table.toast_bytes:
+            return cls(max_rows, 0.0)
+        # Without TOAST data no row is larger than a page, whatever the statistics say.
+        return cls(max_rows, table.row_bytes() or MAX_INLINE_ROW)
+
+    def _fit(self, row_bytes: float) -> int:
+        return max(1, min(self.max_rows, int(BATCH_BYTES // max(row_bytes, 1.0))))
+
+    def size(self) -> int:
+        return self.rows
+
+    def seen(self, rows: int, nbytes: int, largest: int) -> None:
+        self.largest = max(self.largest, largest)
+        self.rows = self._fit(self.largest if self.largest >= LARGE_ROW else nbytes / max(1, rows))
+
+
+@dataclass
+class _Delivered:
+    """A piece's progress, kept across its attempts."""
+
+    batcher: _Batcher
+    rows: int = 0  # rows already handed to the sink (skipped when read again)
+
+
+async def _read_piece(conn: Any, piece: Piece, sink: Sink, join: Callable[[list[bytes]], bytes],
+                      settings: Settings, delivered: _Delivered) -> None:
+    """Streams one piece into `sink`.
+
+    Rows an earlier attempt delivered are dropped: a scan of the same pages in
+    the same snapshot returns the same rows in the same order (seqscans are not
+    synchronized, cursors never run parallel plans).
+    """
+    names = [c.name for c in piece.table.columns]
+    batcher = delivered.batcher  # a retry skips the delivered rows at the size already learned
+    skip = delivered.rows
+    async for batch in db.stream(conn, piece.table.select_sql(piece.first_page, piece.end_page),
+                                 piece.table.qualified, batcher.size, settings.stall_timeout):
+        records = batch[skip:] if skip else batch
+        skip = max(0, skip - len(batch))
+        if records:
+            count = len(records)
+            lines = encode_rows(names, records)
+            batch.clear()  # huge rows: the decoded values go before the file write (the stream holds `batch`)
+            records = []
+            largest = max(map(len, lines))
+            body = join(lines)
+            lines.clear()
+            size = len(body)
+            await sink.add(piece.index, body, count)
+            del body  # not alive during the next fetch
+            delivered.rows += count
+            batcher.seen(count, size, largest)
+
+
+class Reader:
+    """One connection in the run's snapshot, opened when first needed.
+
+    After any failure the connection is terminated, never reused, so no
+    half-finished protocol state can leak into a retry.
+    """
+
+    def __init__(self, settings: Settings, password: db.PasswordProvider, snapshot_id: str) -> None:
+        self.settings = settings
+        self.password = password
+        self.snapshot_id = snapshot_id
+        self.conn: Any = None
+
+    async def _joined(self) -> Any:
+        """A new connection in the run's snapshot (ConnectionLost / SnapshotLost if not)."""
+        conn = await db.connect(self.settings, self.password, codecs=True)
+        try:
+            await db.import_snapshot(conn, self.snapshot_id, self.settings)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
+    async def read(self, piece: Piece, sink: Sink, join: Callable[[list[bytes]], bytes]) -> None:
+        """Every row of `piece` into `sink`; a lost connection is replaced and
+        the piece read on from where it stopped (TABLE_ATTEMPTS in all)."""
+        delivered = _Delivered(_Batcher.for_table(piece.table, self.settings.batch_rows))
+        for attempt in range(1, TABLE_ATTEMPTS + 1):
+            self.conn = self.conn or await self._joined()
+            try:
+                await _read_piece(self.conn, piece, sink, join, self.settings, delivered)
+                return
+            except ConnectionLost as exc:
+                self.abort()
+                if attempt == TABLE_ATTEMPTS:
+                    raise
+                log.warning("connection lost; reading the rest again in the same snapshot",
+                            extra={"attempt": attempt + 1, "of": TABLE_ATTEMPTS, "error": str(exc)})
+
+    def abort(self) -> None:
+        """Drop the connection at once: it may be mid-fetch, and closing politely
+        could wait on a stalled server."""
+        if self.conn is not None:
+            self.conn.terminate()
+            self.conn = None
+
+    async def close(self) -> None:
+        """End the session (read-only: ending it ends its transaction)."""
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            await db.close(conn)

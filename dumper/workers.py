@@ -1,0 +1,362 @@
+"""Worker processes: rows read and encoded on several cores.
+
+One Python process encodes at most one core's worth of rows. With
+--processes P > 1 the dumper process keeps the coordinator (snapshot, locks),
+plans the pieces and writes every file, in order, hashed and compressed; P
+worker processes (`python -m dumper.workers`) hold the run's --jobs
+connections between them ("lanes"), each joined to the run's snapshot, and
+send each batch of encoded JSON back over the lane's own socket pair. A lane
+whose table waits for an earlier piece waits alone: no lane's batches queue
+behind another's, so a split table always makes progress.
+
+Frames are a header (kind, piece, rows, length) and a payload. Parent to
+worker: INIT (settings without secrets, snapshot id), READ (a pickled Piece),
+PASSWORD / NO_PASSWORD (the answer to ASK), STOP. Worker to parent: BATCH,
+DONE, FAIL (the pickled DumperError, raised again in the parent), LOG (a log
+record, logged by the parent with the lane's table), ASK (a password for a new
+connection), BEAT (twice a second, proof of life).
+
+Credentials: a worker asks the parent for a password every time it connects;
+the parent's provider signs a fresh IAM token. Workers never fetch AWS
+credentials, and a token only ever travels through the socket pair.
+
+Lifetime: a worker dies with the dumper process (PR_SET_PDEATHSIG), ignores
+SIGINT/SIGTERM (the parent decides and kills it), and the parent kills and
+reaps every worker on any failure, cancellation or signal. A worker that dies
+(SIGKILL, the OOM killer) or sends nothing, not even its heartbeat, for the
+stall bound fails the run with a message naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import math
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+import traceback
+from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
+from pathlib import Path
+
+import orjson
+
+from . import db
+from .config import Settings
+from .encode import Framer
+from .errors import DumperError, DumpError
+from .logs import log
+from .malloc import tune_malloc
+from .reader import Lane, Piece, Reader, Sink, young_gc_only
+
+HEADER = struct.Struct("!cIIQ")  # kind, piece index, rows, payload bytes
+INIT, READ, PASSWORD, NO_PASSWORD, STOP = b"I", b"R", b"P", b"N", b"S"  # parent -> worker
+BATCH, DONE, FAIL, LOG, ASK, BEAT = b"B", b"D", b"E", b"L", b"A", b"H"  # worker -> parent
+BEAT_EVERY = 0.5  # seconds between a worker's heartbeats
+LONGEST_SILENCE = 60.0  # seconds without a frame (not even a heartbeat): the worker is stuck
+STOP_WAIT = 5.0  # seconds a worker may take to close its connections and exit after STOP
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity, capped by a cgroup v2
+    CPU quota (a Kubernetes CPU limit) rounded up."""
+    count = len(os.sched_getaffinity(0))
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    return count
+
+
+def processes(settings: Settings) -> int:
+    """--processes, or by default the usable CPUs, at most --jobs."""
+    return settings.processes or min(usable_cpus(), settings.jobs)
+
+
+class _Channel:
+    """Frames over one lane's socket (non-blocking). Payloads go out and come
+    in without intermediate buffers: one copy each way, done by the kernel."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.sending = asyncio.Lock()  # one frame at a time, never interleaved
+        self.logs: list[bytes] = []  # LOG frames, sent before the next frame (so in order)
+
+    async def send(self, kind: bytes, piece: int = 0, rows: int = 0, payload: bytes | bytearray = b"") -> None:
+        async with self.sending:
+            while self.logs:
+                await self.loop.sock_sendall(self.sock, self.logs.pop(0))
+            await self.loop.sock_sendall(self.sock, HEADER.pack(kind, piece, rows, len(payload)))
+            if payload:
+                await self.loop.sock_sendall(self.sock, payload)
+
+    async def receive(self, silence: float | None = None) -> tuple[bytes, int, int, bytes | bytearray]:
+        """The next frame; TimeoutError when no byte came for `silence` seconds,
+        IncompleteReadError when the other side is gone."""
+        kind, piece, rows, size = HEADER.unpack(await self._exactly(HEADER.size, silence))
+        return kind, piece, rows, (await self._exactly(size, silence) if size else b"")
+
+    async def _exactly(self, size: int, silence: float | None) -> bytearray:
+        data = bytearray(size)
+        with memoryview(data) as view:
+            got = 0
+            while got < size:
+                async with asyncio.timeout(silence):
+                    count = await self.loop.sock_recv_into(self.sock, view[got:])
+                if not count:
+                    raise asyncio.IncompleteReadError(bytes(view[:got]), size)
+                got += count
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# --- the dumper process's side ------------------------------------------------
+
+
+class RemoteLane:
+    """A connection held by a worker process, used like a Reader."""
+
+    def __init__(self, process: asyncio.subprocess.Process, channel: _Channel, password: db.PasswordProvider,
+                 silence: float) -> None:
+        self.process = process
+        self.channel = channel
+        self.password = password
+        self.silence = silence
+
+    async def read(self, piece: Piece, sink: Sink, join: Callable[[list[bytes]], bytes]) -> None:
+        """Sends the piece to the worker; its batches go into `sink` as they come."""
+        await self.channel.send(READ, payload=pickle.dumps(piece))
+        while True:
+            kind, index, rows, payload = await self._receive()
+            if kind == BATCH:
+                await sink.add(index, payload, rows)
+                del payload
+            elif kind == DONE:
+                return
+            elif kind == ASK:
+                secret = await self.password()
+                await self.channel.send(PASSWORD if secret is not None else NO_PASSWORD,
+                                        payload=secret.encode() if secret else b"")
+            elif kind == LOG:
+                record = orjson.loads(payload)
+                log.log(record["level"], record["event"], extra={**record["fields"], "worker": self.process.pid})
+            elif kind == FAIL:
+                raise pickle.loads(payload)  # noqa: S301 - our own worker's DumperError
+
+    async def _receive(self) -> tuple[bytes, int, int, bytes | bytearray]:
+        try:
+            return await self.channel.receive(self.silence)
+        except TimeoutError:
+            raise DumpError(f"worker process {self.process.pid} sent nothing for {self.silence:g} s, not even its "
+                            "heartbeat: it is stopped or starved of CPU; the run fails (a lower --processes, or "
+                            "more CPU for the pod)") from None
+        except (asyncio.IncompleteReadError, ConnectionError):
+            raise DumpError(await self._death()) from None
+
+    async def _death(self) -> str:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.process.wait(), STOP_WAIT)
+        code = self.process.returncode
+        how = (f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else
+               f"exited with status {code}" if code is not None else "closed its connection")
+        hint = " (e.g. the out-of-memory killer)" if code == -signal.SIGKILL else ""
+        return f"worker process {self.process.pid} {how}{hint} while reading; the run fails"
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.channel.sock.shutdown(socket.SHUT_RDWR)  # the worker sees the end at once
+
+    async def close(self) -> None:
+        """The lane's work is done: the worker closes its connection."""
+        with contextlib.suppress(ConnectionError):
+            await self.channel.send(STOP)
+
+
+def _worker_env() -> dict[str, str]:
+    """The worker imports this very package, not one found in the working
+    directory (-P drops that), and gets no password: it asks for one."""
+    root = str(Path(__file__).resolve().parent.parent)
+    paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    return {**env, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+@contextlib.asynccontextmanager
+async def started(settings: Settings, password: db.PasswordProvider, snapshot_id: str, lanes: int,
+                  count: int) -> AsyncIterator[list[Lane]]:
+    """`count` worker processes holding `lanes` lanes between them; every one
+    of them is gone (exited, or killed and reaped) when this block ends."""
+    spawned: list[asyncio.subprocess.Process] = []
+    result: list[RemoteLane] = []
+    silence = max(2.0, min(settings.stall_timeout or LONGEST_SILENCE, LONGEST_SILENCE))
+    secretless = dataclasses.replace(settings, password=None, notify_url=None, pushgateway_url=None)
+    finished = False
+    try:
+        for number in range(count):
+            pairs = [socket.socketpair() for _ in range(number, lanes, count)]
+            try:
+                ends = [str(theirs.fileno()) for _, theirs in pairs]
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-P", "-m", "dumper.workers", str(os.getpid()), *ends,
+                    pass_fds=[theirs.fileno() for _, theirs in pairs], stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL, env=_worker_env(), preexec_fn=_pdeathsig())
+                spawned.append(process)
+            finally:
+                for _, theirs in pairs:
+                    theirs.close()
+            for ours, _ in pairs:
+                channel = _Channel(ours)
+                result.append(RemoteLane(process, channel, password, silence))
+                await channel.send(INIT, payload=pickle.dumps((secretless, snapshot_id)))
+        log.info("worker processes started", extra={"processes": count, "connections": lanes})
+        yield list(result)
+        finished = True
+    finally:
+        await asyncio.shield(_ended(spawned, result, finished))
+
+
+async def _ended(spawned: list[asyncio.subprocess.Process], lanes: list[RemoteLane], finished: bool) -> None:
+    """After success, workers exit on their own (STOP); otherwise, and past
+    STOP_WAIT, they are killed. Either way they are reaped."""
+    if finished:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in spawned)), STOP_WAIT)
+    for process in spawned:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+    for lane in lanes:
+        lane.channel.close()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(p.wait() for p in spawned)), STOP_WAIT)
+
+
+# --- the worker process's side -----------------------------------------------
+
+_lane: ContextVar[_WorkerLane | None] = ContextVar("_lane", default=None)
+
+
+class _WorkerLane:
+    """One connection of a worker process, reading the pieces its parent sends."""
+
+    def __init__(self, channel: _Channel) -> None:
+        self.channel = channel
+
+    async def add(self, piece: int, body: bytes | bytearray, rows: int) -> None:
+        await self.channel.send(BATCH, piece, rows, body)  # returns when the parent has taken it
+
+    async def password(self) -> str | None:
+        await self.channel.send(ASK)
+        kind, _, _, payload = await self.channel.receive()
+        return bytes(payload).decode() if kind == PASSWORD else None
+
+    async def serve(self) -> None:
+        _lane.set(self)
+        _, _, _, payload = await self.channel.receive()
+        settings, snapshot_id = pickle.loads(payload)  # noqa: S301 - from our parent, over a private socket pair
+        reader = Reader(settings, self.password, snapshot_id)
+        framer = Framer(settings.format)
+        try:
+            while True:
+                kind, _, _, payload = await self.channel.receive()
+                if kind == STOP:
+                    break
+                piece: Piece = pickle.loads(payload)  # noqa: S301 - as above
+                await reader.read(piece, self, framer.join)
+                await self.channel.send(DONE, piece.index)
+        except DumperError as exc:
+            reader.abort()
+            await self._send_quietly(FAIL, pickle.dumps(exc))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            reader.abort()  # the parent is gone: nothing to report to
+        except Exception as exc:
+            reader.abort()
+            traceback.print_exc()
+            error = DumperError(f"worker process {os.getpid()}: unexpected {type(exc).__name__}: {exc}")
+            await self._send_quietly(FAIL, pickle.dumps(error))
+        else:
+            await reader.close()
+
+    async def _send_quietly(self, kind: bytes, payload: bytes) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self.channel.send(kind, payload=payload)
+
+
+class _Forward(logging.Handler):
+    """Log records go to the parent, which writes them with the lane's table bound."""
+
+    def __init__(self, first: _WorkerLane) -> None:
+        super().__init__()
+        self.first = first
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lane = _lane.get() or self.first
+        fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+        body = orjson.dumps({"level": record.levelno, "event": record.getMessage(), "fields": fields}, default=str)
+        lane.channel.logs.append(HEADER.pack(LOG, 0, 0, len(body)) + body)  # sent before the lane's next frame
+
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+
+
+async def _beat(lanes: list[_WorkerLane]) -> None:
+    """Proof of life, and pending log lines, for lanes not busy sending."""
+    while True:
+        for lane in lanes:
+            if not lane.channel.sending.locked():
+                await lane.channel.send(BEAT)
+        await asyncio.sleep(BEAT_EVERY)
+
+
+async def _serve(fds: list[int]) -> None:
+    lanes = [_WorkerLane(_Channel(socket.socket(fileno=fd))) for fd in fds]
+    forward = _Forward(lanes[0])
+    for logger in (log, logging.getLogger()):
+        logger.handlers[:] = [forward]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    beat = asyncio.create_task(_beat(lanes))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for lane in lanes:
+                group.create_task(lane.serve())
+    finally:
+        beat.cancel()
+
+
+def _pdeathsig() -> Callable[[], None]:
+    """A function for the forked child, before exec: die with the dumper process
+    (PR_SET_PDEATHSIG; Linux). Looked up here, so the child only makes the call."""
+    try:
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux/glibc: the worker still exits when its sockets close
+        return lambda: None
+    return lambda: prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+
+
+def main(argv: list[str]) -> int:
+    """`python -m dumper.workers PARENT_PID FD...` (started by `started`, never by hand)."""
+    if os.getppid() != int(argv[0]):  # the dumper process died before PR_SET_PDEATHSIG took effect
+        return 1
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the whole group: the parent decides
+    tune_malloc()
+    with young_gc_only():
+        asyncio.run(_serve([int(fd) for fd in argv[1:]]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
