@@ -90,14 +90,15 @@ class Assembly:
         await self.out.discard()
 
     async def _write(self, body: bytes | bytearray, rows: int) -> None:
-        data = self.framer.place(body, rows)
-        if not self._wrote_header:
-            self._wrote_header = True
-            data = self.framer.header() + data
-        if data:
+        # Header and separator go out as their own small part: a batch (one
+        # huge row, perhaps) is never copied to put two bytes in front of it.
+        head = b"" if self._wrote_header else self.framer.header()
+        self._wrote_header = True
+        parts = [part for part in (head + self.framer.separator(rows), body if rows else b"") if part]
+        if parts:
             await self._stored()  # in order, and one batch in flight at most
-            self._storing = asyncio.ensure_future(self._store(data))
-            if len(data) >= BIG_BATCH:  # huge rows: never hold two such batches at once
+            self._storing = asyncio.ensure_future(self._store(parts))
+            if len(body) >= BIG_BATCH:  # huge rows: never hold two such batches at once
                 await self._stored()
 
     async def _stored(self) -> None:
@@ -106,5 +107,6 @@ class Assembly:
             storing, self._storing = self._storing, None
             await storing
 
-    async def _store(self, data: bytes | bytearray) -> None:
-        await self.out.write(await asyncio.to_thread(self.writer.add, data))
+    async def _store(self, parts: list[bytes | bytearray]) -> None:
+        for stored in await asyncio.to_thread(lambda: [self.writer.add(part) for part in parts]):
+            await self.out.write(stored)

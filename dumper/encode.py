@@ -101,8 +101,9 @@ def timestamp(text: str) -> str:
 
 def timestamptz(text: str) -> str:
     """ISO '2024-01-02 03:04:05+00' -> XSD '2024-01-02T03:04:05+00:00'."""
-    if text[10:11] == " " and text.endswith("+00"):  # 4-digit AD year in UTC: nearly every value
-        return f"{text[:10]}T{text[11:]}:00"
+    # 4-digit AD year in UTC: nearly every value (such a text has 22+ characters: text[10] exists).
+    if text[-3:] == "+00" and text[10] == " ":
+        return text.replace(" ", "T", 1) + ":00"
     return _timestamptz_other(text)
 
 
@@ -163,13 +164,17 @@ class Framer:
         table can be joined concurrently and placed in order later)."""
         return b"".join(lines) if not self.array else b",\n".join(line[:-1] for line in lines)
 
-    def place(self, body: bytes | bytearray, rows: int) -> bytes | bytearray:
-        """The bytes that append `body` (a join() of `rows` rows) to the file."""
+    def separator(self, rows: int) -> bytes:
+        """What goes before the next `rows` rows (a join() of them), which are then counted."""
         if not rows:
             return b""
         first = self.rows == 0
         self.rows += rows
-        return body if first or not self.array else b",\n" + body
+        return b"" if first or not self.array else b",\n"
+
+    def place(self, body: bytes | bytearray, rows: int) -> bytes | bytearray:
+        """The bytes that append `body` (a join() of `rows` rows) to the file."""
+        return self.separator(rows) + body if rows else b""
 
     def footer(self) -> bytes:
         if not self.array:

@@ -63,6 +63,7 @@ BEAT_EVERY = 0.5  # seconds between a worker's heartbeats
 LONGEST_SILENCE = 60.0  # seconds without a frame (not even a heartbeat): the worker is stuck
 STOP_WAIT = 5.0  # seconds a worker may take to close its connections and exit after STOP
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+SOCKET_BUFFER = 4 << 20  # bytes; a batch is ~0.4-4 MB of JSON
 
 
 def usable_cpus() -> int:
@@ -184,6 +185,15 @@ class RemoteLane:
             await self.channel.send(STOP)
 
 
+def _pair() -> tuple[socket.socket, socket.socket]:
+    """A lane's socket pair, with room for a whole batch in the kernel (where
+    net.core.wmem_max allows): a send then never waits for the reader halfway."""
+    pair = socket.socketpair()
+    for sock in pair:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+    return pair
+
+
 def _worker_env() -> dict[str, str]:
     """The worker imports this very package, not one found in the working
     directory (-P drops that), and gets no password: it asks for one."""
@@ -205,7 +215,7 @@ async def started(settings: Settings, password: db.PasswordProvider, snapshot_id
     finished = False
     try:
         for number in range(count):
-            pairs = [socket.socketpair() for _ in range(number, lanes, count)]
+            pairs = [_pair() for _ in range(number, lanes, count)]
             try:
                 ends = [str(theirs.fileno()) for _, theirs in pairs]
                 process = await asyncio.create_subprocess_exec(
