@@ -2,8 +2,12 @@
 
 Starts its own PostgreSQL, builds reproducible tables, then runs the methods
 alternating (A B C ... A B C ...) and reports medians: wall seconds, rows/s,
-output MB/s, client CPU, database server CPU and peak client RSS, plus the
-ratios dumper/baseline. Server CPU is the postmaster's reaped-children CPU
+output MB/s, client CPU (worker processes included), database server CPU,
+peak client RSS (the largest single process) and the peak RSS of the client's
+whole process tree (a sampled sum), plus the ratios dumper/baseline: rows/s,
+server CPU, and the client's CPU per row against the baseline's server CPU per
+row. `g` is every setting at its default; `p1`, `p2`, `p4` are the scaling
+table (the same four connections in 1, 2 or 4 processes). Server CPU is the postmaster's reaped-children CPU
 (cutime+cstime in /proc/<pid>/stat) across a method's run: exactly the CPU of
 the backends that served it, read after they have exited (autovacuum is off).
 Restores (r*) load the mixed table into an empty copy in another database,
