@@ -274,7 +274,10 @@ class _WorkerLane:
 
     async def serve(self) -> None:
         _lane.set(self)
-        _, _, _, payload = await self.channel.receive()
+        try:
+            _, _, _, payload = await self.channel.receive()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return  # the parent is gone before the first word
         settings, snapshot_id = pickle.loads(payload)  # noqa: S301 - from our parent, over a private socket pair
         reader = Reader(settings, self.password, snapshot_id)
         framer = Framer(settings.format)
@@ -326,7 +329,8 @@ async def _beat(lanes: list[_WorkerLane]) -> None:
     while True:
         for lane in lanes:
             if not lane.channel.sending.locked():
-                await lane.channel.send(BEAT)
+                with contextlib.suppress(OSError):  # that lane's parent end is gone: its task ends on its own
+                    await lane.channel.send(BEAT)
         await asyncio.sleep(BEAT_EVERY)
 
 
