@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from .conftest import Database
+from .conftest import REFUSED_LOGIN, Database
 
 ROLE_SQL = """
 CREATE ROLE reader LOGIN PASSWORD 'reader-pw';
@@ -68,6 +68,7 @@ def test_failure_in_one_table_removes_the_files_of_finished_ones(db: Database) -
         db.sql("DROP OWNED BY reader; DROP ROLE reader;")
 
 
+@REFUSED_LOGIN
 def test_wrong_password_is_an_auth_error(db: Database) -> None:
     result = db.dump(password="wrong")
     assert result.code == 3
