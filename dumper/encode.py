@@ -172,10 +172,6 @@ class Framer:
         self.rows += rows
         return b"" if first or not self.array else b",\n"
 
-    def place(self, body: bytes | bytearray, rows: int) -> bytes | bytearray:
-        """The bytes that append `body` (a join() of `rows` rows) to the file."""
-        return self.separator(rows) + body if rows else b""
-
     def footer(self) -> bytes:
         if not self.array:
             return b""

@@ -17,7 +17,8 @@ current_table: ContextVar[str | None] = ContextVar("current_table", default=None
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
-def _fields(record: logging.LogRecord) -> dict[str, Any]:
+def fields_of(record: logging.LogRecord) -> dict[str, Any]:
+    """What a call's `extra=` added to a record (the fields a log line shows)."""
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
 
 
@@ -35,7 +36,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "event": record.getMessage(),
         }
-        doc.update({k: v for k, v in _fields(record).items() if v is not None})
+        doc.update({k: v for k, v in fields_of(record).items() if v is not None})
         if record.exc_info and record.levelno >= logging.ERROR:
             doc["traceback"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()
@@ -43,7 +44,7 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = _fields(record)
+        fields = fields_of(record)
         table = fields.pop("table", None)
         extra = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
         prefix = f"{table}: " if table else ""

@@ -52,7 +52,7 @@ from . import db
 from .config import Settings
 from .encode import Framer
 from .errors import DumperError, DumpError
-from .logs import log
+from .logs import fields_of, log
 from .malloc import tune_malloc
 from .reader import Lane, Piece, Reader, Sink, young_gc_only
 
@@ -91,15 +91,19 @@ class _Channel:
         self.sock = sock
         self.loop = asyncio.get_running_loop()
         self.sending = asyncio.Lock()  # one frame at a time, never interleaved
-        self.logs: list[bytes] = []  # LOG frames, sent before the next frame (so in order)
+        self._later: list[bytes] = []  # frames queued without waiting (log lines), sent before the next frame
 
     async def send(self, kind: bytes, piece: int = 0, rows: int = 0, payload: bytes | bytearray = b"") -> None:
         async with self.sending:
-            while self.logs:
-                await self.loop.sock_sendall(self.sock, self.logs.pop(0))
+            while self._later:
+                await self.loop.sock_sendall(self.sock, self._later.pop(0))
             await self.loop.sock_sendall(self.sock, HEADER.pack(kind, piece, rows, len(payload)))
             if payload:
                 await self.loop.sock_sendall(self.sock, payload)
+
+    def send_later(self, kind: bytes, payload: bytes) -> None:
+        """Queue a frame from code that cannot wait (a logging handler)."""
+        self._later.append(HEADER.pack(kind, 0, 0, len(payload)) + payload)
 
     async def receive(self, silence: float | None = None) -> tuple[bytes, int, int, bytes | bytearray]:
         """The next frame; TimeoutError when no byte came for `silence` seconds,
@@ -316,12 +320,8 @@ class _Forward(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         lane = _lane.get() or self.first
-        fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
-        body = orjson.dumps({"level": record.levelno, "event": record.getMessage(), "fields": fields}, default=str)
-        lane.channel.logs.append(HEADER.pack(LOG, 0, 0, len(body)) + body)  # sent before the lane's next frame
-
-
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+        body = {"level": record.levelno, "event": record.getMessage(), "fields": fields_of(record)}
+        lane.channel.send_later(LOG, orjson.dumps(body, default=str))  # goes before the lane's next frame
 
 
 async def _beat(lanes: list[_WorkerLane]) -> None:

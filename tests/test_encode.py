@@ -53,7 +53,7 @@ def test_framing_in_any_batches_is_valid_and_countable(rows: list[list[int]], st
     out = framer.header()
     for i in range(0, len(rows), step):
         batch = rows[i:i + step]
-        out += framer.place(framer.join(encode.encode_rows(["a", "b"], batch)), len(batch))
+        out += framer.separator(len(batch)) + framer.join(encode.encode_rows(["a", "b"], batch))
     out += framer.footer()
     expected = [{"a": a, "b": b} for a, b in rows]
     if fmt == "json":

@@ -298,7 +298,7 @@ def test_files_read_back_as_the_rows_they_hold(fmt: str) -> None:
 
     rows = [b'{"a":%d,"s":"x,}\\"]"}' % i for i in range(1000)]
     framer = Framer(fmt)
-    data = framer.header() + framer.place(framer.join([r + b"\n" for r in rows]), len(rows)) + framer.footer()
+    data = framer.header() + framer.separator(len(rows)) + framer.join([r + b"\n" for r in rows]) + framer.footer()
     pieces = [data[i:i + 7] for i in range(0, len(data), 7)]  # rows cut anywhere
     reader = RowBatches(pieces, "none", fmt, "t", batch_bytes=500)
     got = [row for batch in reader for row in batch]
