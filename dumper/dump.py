@@ -81,7 +81,7 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
                 piece = queue.popleft()
                 current_table.set(piece.table.qualified)
                 assembly = assembly_for(piece)
-                await lane.read(piece, assembly, assembly.framer.join)
+                await lane.read(piece, assembly)
                 if await assembly.piece_done(piece.index):
                     await assembly.commit()
                     committed.append(piece.relpath)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -76,7 +76,7 @@ class Sink(Protocol):
 class Lane(Protocol):
     """One connection's worth of reading: a Reader here, or one in a worker process."""
 
-    async def read(self, piece: Piece, sink: Sink, join: Callable[[list[bytes]], bytes]) -> None: ...
+    async def read(self, piece: Piece, sink: Sink) -> None: ...
 
     def abort(self) -> None: ...
 
@@ -128,8 +128,7 @@ class _Delivered:
     rows: int = 0  # rows already handed to the sink (skipped when read again)
 
 
-async def _read_piece(conn: Any, piece: Piece, sink: Sink, join: Callable[[list[bytes]], bytes],
-                      settings: Settings, delivered: _Delivered) -> None:
+async def _read_piece(conn: Any, piece: Piece, sink: Sink, settings: Settings, delivered: _Delivered) -> None:
     """Streams one piece into `sink`.
 
     Rows an earlier attempt delivered are dropped: a scan of the same pages in
@@ -137,6 +136,7 @@ async def _read_piece(conn: Any, piece: Piece, sink: Sink, join: Callable[[list[
     synchronized, cursors never run parallel plans).
     """
     names = [c.name for c in piece.table.columns]
+    array = settings.format == "json"
     batcher = delivered.batcher  # a retry skips the delivered rows at the size already learned
     skip = delivered.rows
     async for batch in db.stream(conn, piece.table.select_sql(piece.first_page, piece.end_page),
@@ -145,13 +145,12 @@ async def _read_piece(conn: Any, piece: Piece, sink: Sink, join: Callable[[list[
         skip = max(0, skip - len(batch))
         if records:
             count = len(records)
-            lines = encode_rows(names, records)
+            body = encode_rows(names, records, array)
             batch.clear()  # huge rows: the decoded values go before the file write (the stream holds `batch`)
             records = []
-            largest = max(map(len, lines))
-            body = join(lines)
-            lines.clear()
             size = len(body)
+            # Only a batch this large can hold a large row; one row is its own size.
+            largest = size if count == 1 or size < LARGE_ROW else max(map(len, body.split(b"\n")))
             await sink.add(piece.index, body, count)
             del body  # not alive during the next fetch
             delivered.rows += count
@@ -181,14 +180,14 @@ class Reader:
             raise
         return conn
 
-    async def read(self, piece: Piece, sink: Sink, join: Callable[[list[bytes]], bytes]) -> None:
+    async def read(self, piece: Piece, sink: Sink) -> None:
         """Every row of `piece` into `sink`; a lost connection is replaced and
         the piece read on from where it stopped (TABLE_ATTEMPTS in all)."""
         delivered = _Delivered(_Batcher.for_table(piece.table, self.settings.batch_rows))
         for attempt in range(1, TABLE_ATTEMPTS + 1):
             self.conn = self.conn or await self._joined()
             try:
-                await _read_piece(self.conn, piece, sink, join, self.settings, delivered)
+                await _read_piece(self.conn, piece, sink, self.settings, delivered)
                 return
             except ConnectionLost as exc:
                 self.abort()

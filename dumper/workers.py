@@ -50,7 +50,6 @@ import orjson
 
 from . import db
 from .config import Settings
-from .encode import Framer
 from .errors import DumperError, DumpError
 from .logs import fields_of, log
 from .malloc import tune_malloc
@@ -140,7 +139,7 @@ class RemoteLane:
         self.password = password
         self.silence = silence
 
-    async def read(self, piece: Piece, sink: Sink, join: Callable[[list[bytes]], bytes]) -> None:
+    async def read(self, piece: Piece, sink: Sink) -> None:
         """Sends the piece to the worker; its batches go into `sink` as they come."""
         await self.channel.send(READ, payload=pickle.dumps(piece))
         while True:
@@ -284,14 +283,13 @@ class _WorkerLane:
             return  # the parent is gone before the first word
         settings, snapshot_id = pickle.loads(payload)  # noqa: S301 - from our parent, over a private socket pair
         reader = Reader(settings, self.password, snapshot_id)
-        framer = Framer(settings.format)
         try:
             while True:
                 kind, _, _, payload = await self.channel.receive()
                 if kind == STOP:
                     break
                 piece: Piece = pickle.loads(payload)  # noqa: S301 - as above
-                await reader.read(piece, self, framer.join)
+                await reader.read(piece, self)
                 await self.channel.send(DONE, piece.index)
         except DumperError as exc:
             reader.abort()

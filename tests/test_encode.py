@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import string
+from typing import Any
 
 import orjson
 from hypothesis import given
@@ -53,7 +54,7 @@ def test_framing_in_any_batches_is_valid_and_countable(rows: list[list[int]], st
     out = framer.header()
     for i in range(0, len(rows), step):
         batch = rows[i:i + step]
-        out += framer.separator(len(batch)) + framer.join(encode.encode_rows(["a", "b"], batch))
+        out += framer.separator(len(batch)) + encode.encode_rows(["a", "b"], batch, fmt == "json")
     out += framer.footer()
     expected = [{"a": a, "b": b} for a, b in rows]
     if fmt == "json":
@@ -61,6 +62,19 @@ def test_framing_in_any_batches_is_valid_and_countable(rows: list[list[int]], st
     else:
         assert [json.loads(line) for line in out.splitlines()] == expected
     assert encode.rows_in(out.count(b"\n"), fmt) == len(rows)
+
+
+# Values whose JSON holds what the batch encoder searches for: ',', '\\n', ']'.
+tricky = st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.text(),
+                   st.sampled_from([",\n,", "]", "\n", '{"a":1},\n,{'])
+                   .map(lambda t: encode.json_text(orjson.dumps([t, {"k": t}]).decode().replace(",", ",\n"))))
+
+
+@given(st.lists(st.tuples(tricky, tricky), max_size=12), st.booleans())
+def test_a_batch_is_its_rows_encoded_one_by_one(rows: list[tuple[Any, Any]], array: bool) -> None:
+    body = encode.encode_rows(["a", "b"], rows, array)
+    lines = [orjson.dumps({"a": a, "b": b}) for a, b in rows]
+    assert body == (b",\n".join(lines) if array else b"".join(line + b"\n" for line in lines))
 
 
 identifiers = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
