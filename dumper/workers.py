@@ -63,6 +63,7 @@ LONGEST_SILENCE = 60.0  # seconds without a frame (not even a heartbeat): the wo
 STOP_WAIT = 5.0  # seconds a worker may take to close its connections and exit after STOP
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SOCKET_BUFFER = 4 << 20  # bytes; a batch is ~0.4-4 MB of JSON
+FRAME_BYTES = 1 << 20  # small batches travel together, up to about this much
 
 
 def usable_cpus() -> int:
@@ -266,9 +267,31 @@ class _WorkerLane:
 
     def __init__(self, channel: _Channel) -> None:
         self.channel = channel
+        self.separator = b""  # between two batches of one frame: b",\n" in a JSON array
+        self._held: list[bytes | bytearray] = []  # batches of one piece not sent yet
+        self._held_rows = 0
+        self._held_bytes = 0
+        self._held_piece = 0
 
     async def add(self, piece: int, body: bytes | bytearray, rows: int) -> None:
-        await self.channel.send(BATCH, piece, rows, body)  # returns when the parent has taken it
+        """Batches of ~0.4 MB go out in frames of about FRAME_BYTES: each frame
+        costs the parent a wake-up, a store and a thread hand-off."""
+        if self._held and (piece != self._held_piece or len(body) >= FRAME_BYTES):
+            await self.flush()  # a large batch is sent as it is, never copied into a join
+        self._held.append(body)
+        self._held_rows += rows
+        self._held_bytes += len(body)
+        self._held_piece = piece
+        if self._held_bytes >= FRAME_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Sends what is held (returns when the parent has taken it)."""
+        if not self._held:
+            return
+        body = self._held[0] if len(self._held) == 1 else self.separator.join(self._held)
+        rows, self._held, self._held_rows, self._held_bytes = self._held_rows, [], 0, 0
+        await self.channel.send(BATCH, self._held_piece, rows, body)
 
     async def password(self) -> str | None:
         await self.channel.send(ASK)
@@ -283,6 +306,7 @@ class _WorkerLane:
             return  # the parent is gone before the first word
         settings, snapshot_id = pickle.loads(payload)  # noqa: S301 - from our parent, over a private socket pair
         reader = Reader(settings, self.password, snapshot_id)
+        self.separator = b",\n" if settings.format == "json" else b""
         try:
             while True:
                 kind, _, _, payload = await self.channel.receive()
@@ -290,6 +314,7 @@ class _WorkerLane:
                     break
                 piece: Piece = pickle.loads(payload)  # noqa: S301 - as above
                 await reader.read(piece, self)
+                await self.flush()
                 await self.channel.send(DONE, piece.index)
         except DumperError as exc:
             reader.abort()
