@@ -6,8 +6,10 @@ output MB/s, client CPU (worker processes included), database server CPU,
 peak client RSS (the largest single process) and the peak RSS of the client's
 whole process tree (a sampled sum), plus the ratios dumper/baseline: rows/s,
 server CPU, and the client's CPU per row against the baseline's server CPU per
-row. `g` is every setting at its default; `p1`, `p2`, `p4` are the scaling
-table (the same four connections in 1, 2 or 4 processes). Server CPU is the postmaster's reaped-children CPU
+row. Rows/s and CPU per row are also given as medians of round-by-round
+("paired") ratios, which drift less with the machine's speed. `g` is every
+setting at its default; `p1`, `p2`, `p4` are the scaling table (the same four
+connections in 1, 2 or 4 processes). Server CPU is the postmaster's reaped-children CPU
 (cutime+cstime in /proc/<pid>/stat) across a method's run: exactly the CPU of
 the backends that served it, read after they have exited (autovacuum is off).
 Restores (r*) load the mixed table into an empty copy in another database,
@@ -285,7 +287,8 @@ def summarize(methods: dict[str, tuple[Callable[[Path], list[str]], int]],
         }
     for name, entry in report.items():
         # Restores (r*) compare with loading the same table's CSV; dumps with to_json's COPY.
-        base = report.get("r0_baseline_copy_from_csv" if name.startswith("r") else "a_baseline_to_json_copy")
+        base_name = "r0_baseline_copy_from_csv" if name.startswith("r") else "a_baseline_to_json_copy"
+        base = report.get(base_name)
         if base:
             entry["rows_per_s_vs_baseline"] = round(entry["rows_per_s"] / base["rows_per_s"], 2)
             base_cpu = max(base["server_cpu_s"], 0.01)
@@ -293,16 +296,30 @@ def summarize(methods: dict[str, tuple[Callable[[Path], list[str]], int]],
             # The client's CPU per row against what to_json costs the server per row (the issue's measure).
             entry["client_cpu_per_row_vs_baseline_server"] = round(
                 entry["client_cpu_s"] / entry["rows"] / (base_cpu / base["rows"]), 2)
+            paired(entry, samples[name], samples[base_name], base["rows"])
     return report
+
+
+def paired(entry: dict[str, float], runs: list[Sample], base_runs: list[Sample], base_rows: float) -> None:
+    """The same two ratios taken round by round (each method's run beside the
+    baseline's run of the same round), then the median: the machine's speed
+    drifts between rounds, and a ratio inside one round drifts less."""
+    pairs = list(zip(runs, base_runs, strict=False))
+    per_row = entry["rows"] / base_rows
+    entry["rows_per_s_vs_baseline_paired"] = round(statistics.median(b.wall * per_row / r.wall for r, b in pairs), 2)
+    entry["client_cpu_per_row_vs_baseline_server_paired"] = round(statistics.median(
+        r.client_cpu / per_row / max(b.server_cpu, 0.01) for r, b in pairs), 2)
 
 
 def print_table(report: dict[str, dict[str, float]]) -> None:
     cols = ["wall_s", "rows_per_s", "mb_per_s", "client_cpu_s", "server_cpu_s", "peak_rss_mb", "tree_rss_mb",
-            "rows_per_s_vs_baseline", "server_cpu_vs_baseline", "client_cpu_per_row_vs_baseline_server"]
+            "rows_per_s_vs_baseline", "server_cpu_vs_baseline", "client_cpu_per_row_vs_baseline_server",
+            "rows_per_s_vs_baseline_paired", "client_cpu_per_row_vs_baseline_server_paired"]
     print("\n" + "method".ljust(28) + "".join(c.rjust(14) for c in ["wall s", "rows/s", "MB/s", "client cpu",
                                                                    "server cpu", "peak RSS MB", "tree RSS MB",
                                                                    "rows/s ratio", "srv cpu ratio",
-                                                                   "cli cpu/row r"]))
+                                                                   "cli cpu/row r", "rows/s pair",
+                                                                   "cpu/row pair"]))
     for name, entry in report.items():
         print(name.ljust(28) + "".join(str(entry.get(c, "")).rjust(14) for c in cols))
 
