@@ -225,7 +225,7 @@ async def started(settings: Settings, password: db.PasswordProvider, snapshot_id
                 process = await asyncio.create_subprocess_exec(
                     sys.executable, "-P", "-m", "dumper.workers", str(os.getpid()), *ends,
                     pass_fds=[theirs.fileno() for _, theirs in pairs], stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.DEVNULL, env=_worker_env(), preexec_fn=_pdeathsig())
+                    stdout=asyncio.subprocess.DEVNULL, env=_worker_env(), preexec_fn=_before_exec())
                 spawned.append(process)
             finally:
                 for _, theirs in pairs:
@@ -373,14 +373,25 @@ async def _serve(fds: list[int]) -> None:
         beat.cancel()
 
 
-def _pdeathsig() -> Callable[[], None]:
+def _before_exec() -> Callable[[], None]:
     """A function for the forked child, before exec: die with the dumper process
-    (PR_SET_PDEATHSIG; Linux). Looked up here, so the child only makes the call."""
+    (PR_SET_PDEATHSIG; Linux), and ignore SIGINT/SIGTERM from the first
+    instruction on (an ignored signal stays ignored across exec): a terminal's
+    Ctrl-C reaches the whole group, and a worker still importing must not die of
+    it - the dumper process decides. Looked up here, so the child only calls."""
     try:
-        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        prctl, set_handler = libc.prctl, libc.signal
     except (OSError, AttributeError):  # not Linux/glibc: the worker still exits when its sockets close
         return lambda: None
-    return lambda: prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    set_handler.argtypes, set_handler.restype = [ctypes.c_int, ctypes.c_void_p], ctypes.c_void_p
+    ignore = int(signal.Handlers.SIG_IGN)
+
+    def before_exec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            set_handler(int(signum), ignore)
+    return before_exec
 
 
 def main(argv: list[str]) -> int:
@@ -388,7 +399,7 @@ def main(argv: list[str]) -> int:
     if os.getppid() != int(argv[0]):  # the dumper process died before PR_SET_PDEATHSIG took effect
         return 1
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the whole group: the parent decides
+        signal.signal(signum, signal.SIG_IGN)  # as _before_exec did already, where libc allows
     tune_malloc()
     with young_gc_only():
         asyncio.run(_serve([int(fd) for fd in argv[1:]]))

@@ -141,11 +141,15 @@ def test_a_stuck_worker_fails_the_run_within_the_stall_bound(db: Database) -> No
 def test_a_signal_leaves_no_worker_behind(db: Database, sig: signal.Signals, code: int) -> None:
     db.sql(BIG)
     proc, pids = stopped_workers(db)
+    for pid in pids:  # ignored from exec on, even by a worker stopped while still importing
+        ignored = int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                           if line.startswith("SigIgn:")).split()[1], 16)
+        assert ignored & (1 << (sig - 1)), f"worker {pid} would die of {sig.name}"
     for pid in pids:  # as a terminal's Ctrl-C reaches the whole process group
         os.kill(pid, sig)
     proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == code, stderr
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr + stdout  # the log (stdout) holds an unexpected error's traceback
     assert f"stopped by {sig.name}; no manifest was written" in stderr
     assert not any(pid in all_workers() for pid in pids)
     assert not list((db.tmp / "out").rglob("*"))
