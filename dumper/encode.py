@@ -136,6 +136,7 @@ TEXT_DECODERS: dict[str, Callable[[str], Any]] = {
 # --- rows and framing -------------------------------------------------------
 
 _dumps_line = partial(orjson.dumps, option=orjson.OPT_APPEND_NEWLINE)
+ARRAY_SEPARATOR = b",\n"  # between two rows (or two encoded batches) of a JSON array file
 # Rows are serialised as one list with this between them. Every "\n" in the
 # result is one of these (orjson escapes control characters in strings; json
 # values come through json_text), so a comma orjson writes beside it can be
@@ -184,7 +185,7 @@ class Framer:
             return b""
         first = self.rows == 0
         self.rows += rows
-        return b"" if first or not self.array else b",\n"
+        return b"" if first or not self.array else ARRAY_SEPARATOR
 
     def footer(self) -> bytes:
         if not self.array:

@@ -50,6 +50,7 @@ import orjson
 
 from . import db
 from .config import Settings
+from .encode import ARRAY_SEPARATOR
 from .errors import DumperError, DumpError
 from .logs import fields_of, log
 from .malloc import tune_malloc
@@ -306,7 +307,7 @@ class _WorkerLane:
             return  # the parent is gone before the first word
         settings, snapshot_id = pickle.loads(payload)  # noqa: S301 - from our parent, over a private socket pair
         reader = Reader(settings, self.password, snapshot_id)
-        self.separator = b",\n" if settings.format == "json" else b""
+        self.separator = ARRAY_SEPARATOR if settings.format == "json" else b""
         try:
             while True:
                 kind, _, _, payload = await self.channel.receive()
