@@ -19,13 +19,12 @@ Each column is read in the cheapest form that is still exact (its *kind*):
 from __future__ import annotations
 
 import enum
-import re
-from collections.abc import Callable, Iterable, Sequence
-from functools import partial
-from itertools import repeat
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import lru_cache, partial
+from itertools import repeat, starmap
 from typing import Any
 
-import orjson
+import msgspec
 
 
 class Kind(enum.Enum):
@@ -75,18 +74,18 @@ def kind_for(base_type_oid: int) -> Kind:
 # --- value decoders (called by the database driver, one call per value) ----
 
 
-def number(text: str) -> orjson.Fragment | str:
+def number(text: str) -> msgspec.Raw | str:
     """numeric/float text: a JSON number when finite, else the string to_json writes."""
-    return orjson.Fragment(text) if text[-1].isdigit() else text
+    return msgspec.Raw(text) if text[-1].isdigit() else text
 
 
-def json_text(text: str) -> orjson.Fragment:
+def json_text(text: str) -> msgspec.Raw:
     """json/jsonb text, embedded as is. Raw CR/LF in valid JSON text can only be
     whitespace between tokens (inside strings they must be escaped), so turning
     them into spaces keeps the value and keeps one row per line."""
     if "\n" in text or "\r" in text:
         text = text.replace("\n", " ").replace("\r", " ")
-    return orjson.Fragment(text)
+    return msgspec.Raw(text)
 
 
 def _split_bc(text: str) -> tuple[str, str]:
@@ -121,12 +120,12 @@ def _timestamptz_other(text: str) -> str:
 
 
 # Types read as the server's text, and how that text becomes JSON. C callables
-# (str, orjson.Fragment) where the text is already exact: one Python call per
+# (str, msgspec.Raw) where the text is already exact: one Python call per
 # value costs ~10% of a dump per column.
 TEXT_DECODERS: dict[str, Callable[[str], Any]] = {
     "numeric": number, "float4": number, "float8": number,
     "json": json_text,  # may hold raw newlines
-    "jsonb": orjson.Fragment,  # jsonb output escapes every control character
+    "jsonb": msgspec.Raw,  # jsonb output escapes every control character
     "uuid": str, "date": str,
     "bytea": str,  # with bytea_output=hex the text is what to_json writes
     "timestamp": timestamp, "timestamptz": timestamptz,
@@ -135,34 +134,47 @@ TEXT_DECODERS: dict[str, Callable[[str], Any]] = {
 
 # --- rows and framing -------------------------------------------------------
 
-_dumps_line = partial(orjson.dumps, option=orjson.OPT_APPEND_NEWLINE)
 ARRAY_SEPARATOR = b",\n"  # between two rows (or two encoded batches) of a JSON array file
-# Rows are serialised as one list with this between them. Every "\n" in the
-# result is one of these (orjson escapes control characters in strings; json
-# values come through json_text), so a comma orjson writes beside it can be
-# found and dropped without parsing.
-_ROW_END = orjson.Fragment(b"\n")
-_LINES_END = re.compile(rb",\n[,\]]")  # '{a},\n,{b},\n]' -> '{a}\n{b}\n'
-_ARRAY_SEP = re.compile(rb"\n,")  # '{a},\n,{b}' -> '{a},\n{b}'
 
 
-def encode_rows(names: Sequence[str], records: Sequence[Iterable[Any]], array: bool) -> bytes:
-    """The records as one piece of a file body: JSON Lines ('row\\n' each), or
-    for a JSON array the rows joined by ',\\n'. Keys in column order.
+@lru_cache(maxsize=256)
+def _row_maker(names: tuple[str, ...]) -> Callable[[Iterable[Iterable[Any]]], Iterator[Any]]:
+    """records -> row objects msgspec encodes as JSON objects with these keys.
 
-    The hot loop of the product, kept in C: one dict per row (map/zip), then
-    ONE orjson call for the whole batch (a call per row cost ~3x as much).
-    A single row (a huge document, perhaps) is serialised directly: no copy.
+    A Struct type made for the columns takes each record's values positionally:
+    no dict per row (building the dicts was most of a row's encoding cost).
+    msgspec refuses field names holding '"', '\\' or control characters; a table
+    with such a column gets a dict per row instead (msgspec escapes dict keys).
     """
-    if not records:
-        return b""
-    rows = map(dict, map(zip, repeat(names), records))
-    if len(records) == 1:
-        return orjson.dumps(next(rows)) if array else _dumps_line(next(rows))
-    items: list[Any] = [_ROW_END] * (2 * len(records) - array)
-    items[::2] = rows
-    out = memoryview(orjson.dumps(items))
-    return _ARRAY_SEP.sub(b"\n", out[1:-1]) if array else _LINES_END.sub(b"\n", out[1:])
+    try:
+        row = msgspec.defstruct("Row", [f"c{i}" for i in range(len(names))], gc=False,  # values hold no cycles
+                                rename={f"c{i}": name for i, name in enumerate(names)})
+    except ValueError:
+        return lambda records: map(dict, map(zip, repeat(names), records))
+    return partial(starmap, row)
+
+
+class RowEncoder:
+    """One table's records to file bytes: JSON Lines ('row\\n' each), or for a
+    JSON array the rows joined by ',\\n'. Keys in column order.
+
+    The hot loop of the product, kept in C: ONE msgspec call per batch writes
+    every row and its newline. Every '\\n' in that output ends a row (control
+    characters in strings are escaped; json values come through json_text).
+    """
+
+    def __init__(self, names: Sequence[str], array: bool) -> None:
+        self._rows = _row_maker(tuple(names))
+        self._array = array
+        self._encoder = msgspec.json.Encoder()
+
+    def encode(self, records: Sequence[Iterable[Any]]) -> bytes:
+        if not self._array:
+            return self._encoder.encode_lines(self._rows(records))
+        if len(records) == 1:  # a huge document, perhaps: no copy
+            return self._encoder.encode(next(self._rows(records)))
+        lines = self._encoder.encode_lines(self._rows(records))
+        return lines[:-1].replace(b"\n", ARRAY_SEPARATOR)
 
 
 class Framer:
@@ -180,7 +192,7 @@ class Framer:
         return b"[\n" if self.array else b""
 
     def separator(self, rows: int) -> bytes:
-        """What goes before the next `rows` rows (an encode_rows() of them), which are then counted."""
+        """What goes before the next `rows` rows (a RowEncoder.encode of them), which are then counted."""
         if not rows:
             return b""
         first = self.rows == 0

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from . import db
 from .config import Settings
 from .discover import Table
-from .encode import encode_rows
+from .encode import RowEncoder
 from .errors import ConnectionLost
 from .logs import log
 
@@ -135,8 +135,7 @@ async def _read_piece(conn: Any, piece: Piece, sink: Sink, settings: Settings, d
     the same snapshot returns the same rows in the same order (seqscans are not
     synchronized, cursors never run parallel plans).
     """
-    names = [c.name for c in piece.table.columns]
-    array = settings.format == "json"
+    encoder = RowEncoder([c.name for c in piece.table.columns], settings.format == "json")
     batcher = delivered.batcher  # a retry skips the delivered rows at the size already learned
     skip = delivered.rows
     async for batch in db.stream(conn, piece.table.select_sql(piece.first_page, piece.end_page),
@@ -145,7 +144,7 @@ async def _read_piece(conn: Any, piece: Piece, sink: Sink, settings: Settings, d
         skip = max(0, skip - len(batch))
         if records:
             count = len(records)
-            body = encode_rows(names, records, array)
+            body = encoder.encode(records)
             batch.clear()  # huge rows: the decoded values go before the file write (the stream holds `batch`)
             records = []
             size = len(body)

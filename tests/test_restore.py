@@ -293,12 +293,12 @@ def test_a_long_chain_of_keys_needs_no_recursion() -> None:
 
 @pytest.mark.parametrize("fmt", ["jsonl", "json"])
 def test_files_read_back_as_the_rows_they_hold(fmt: str) -> None:
-    from dumper.encode import Framer, encode_rows
+    from dumper.encode import Framer, RowEncoder
     from dumper.readback import RowBatches
 
     rows = [b'{"a":%d,"s":"x,}\\"]"}' % i for i in range(1000)]
     framer = Framer(fmt)
-    body = encode_rows(["a", "s"], [(i, 'x,}"]') for i in range(1000)], fmt == "json")
+    body = RowEncoder(["a", "s"], fmt == "json").encode([(i, 'x,}"]') for i in range(1000)])
     data = framer.header() + framer.separator(len(rows)) + body + framer.footer()
     pieces = [data[i:i + 7] for i in range(0, len(data), 7)]  # rows cut anywhere
     reader = RowBatches(pieces, "none", fmt, "t", batch_bytes=500)
