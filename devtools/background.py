@@ -50,6 +50,11 @@ class BackgroundServer:
             raise RuntimeError("background server did not start")
         return self
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The server's own event loop (in its thread)."""
+        return self._loop
+
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._task.cancel)
         self._thread.join(10)

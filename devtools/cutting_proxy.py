@@ -5,12 +5,22 @@ Stands in for a network or S3 endpoint failing mid-upload: small requests
 (create/abort multipart upload, list) pass, large part uploads are cut. With
 stall=True the connection is not cut but held open without reading: the
 client's send window closes, as with a frozen endpoint or a black hole. With
-stall_replies_after, replies stop after N bytes (a download that freezes).
+stall_replies_after, replies stop after N bytes of each connection (a download
+that freezes, or a database that stops sending in the middle of a table).
+
+A stall lasts until stop(), or until release(): held connections go on
+where they stopped (nothing is lost or reordered) and are never held again;
+from then on nothing is held, or with release(hold_next=True) the next
+connections past N bytes are. `held` is set once some connection is held: a
+test waits for it, then knows where the client is (past N bytes of one
+connection, and no further).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 from devtools.background import BackgroundServer
 
@@ -26,13 +36,25 @@ class CuttingProxy:
         self.port = 0
         self.cuts = 0
         self.stalls = 0
+        self.held = threading.Event()  # some connection is held now (or was, before release())
+        self.held_at = 0.0  # when the last connection was held (time.monotonic)
+        self._released: asyncio.Event | None = None  # created on the proxy's own loop
         self._handlers: set[asyncio.Task[None]] = set()  # held connections: referenced until stop()
         self.sent: list[bytearray] = []  # what each client connection sent, in order
+
+    async def _hold(self) -> None:
+        """Read nothing more until release() (or stop())."""
+        assert self._released is not None
+        self.stalls += 1
+        self.held_at = time.monotonic()
+        self.held.set()
+        await self._released.wait()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     limit: int | None, keep: bytearray | None = None, stall: bool | None = None) -> None:
         stall = self.stall if stall is None else stall
         sent = 0
+        was_held = False
         try:
             while data := await reader.read(65536):
                 if keep is not None:
@@ -40,12 +62,16 @@ class CuttingProxy:
                     if self.cut_when is not None and self.cut_when in keep:
                         self.cuts += 1
                         break
-                if limit is not None and sent + len(data) > limit:
-                    if stall:
-                        self.stalls += 1
-                        await asyncio.get_running_loop().create_future()  # read nothing more, until stop()
-                    self.cuts += 1
-                    break
+                if limit is not None and sent + len(data) > limit and not was_held and not self._is_released():
+                    if not stall:
+                        self.cuts += 1
+                        break
+                    head, data = data[:limit - sent], data[limit - sent:]  # exactly `limit` bytes go through
+                    writer.write(head)
+                    await writer.drain()
+                    sent += len(head)
+                    await self._hold()
+                    was_held = True
                 sent += len(data)
                 writer.write(data)
                 await writer.drain()
@@ -53,6 +79,9 @@ class CuttingProxy:
             pass
         finally:
             writer.close()
+
+    def _is_released(self) -> bool:
+        return self._released is not None and self._released.is_set()
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -70,8 +99,26 @@ class CuttingProxy:
 
     def start(self) -> CuttingProxy:
         self._server = BackgroundServer(self._handle).start()
+        self._loop = self._server.loop
+        asyncio.run_coroutine_threadsafe(self._make_event(), self._loop).result(10)
         self.port = self._server.port
         return self
+
+    async def _make_event(self) -> None:
+        self._released = asyncio.Event()  # bound to the proxy's loop
+
+    def release(self, hold_next: bool = False) -> None:
+        """Held connections go on (never to be held again); nothing more is held,
+        or with hold_next the next connection past the bound is (in one step: no
+        connection can slip past the bound between the two)."""
+        async def set_released() -> None:
+            assert self._released is not None
+            self._released.set()
+            if hold_next:
+                self.held.clear()
+                self._released = asyncio.Event()
+
+        asyncio.run_coroutine_threadsafe(set_released(), self._loop).result(10)
 
     def stop(self) -> None:
         self._server.stop()

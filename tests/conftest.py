@@ -9,6 +9,7 @@ import gzip
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -86,6 +87,7 @@ class Database:
     name: str
     tmp: Path
     env: dict[str, str] = field(default_factory=dict)
+    spawned: list[subprocess.Popen[str]] = field(default_factory=list)  # killed when the test ends
 
     def sql(self, text: str, *, user: str = SUPERUSER) -> str:
         return self.cluster.psql(text, self.name, user=user)
@@ -160,11 +162,25 @@ class Database:
         return bool(self.fetch("SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
                                "WHERE c.relname = $1 AND NOT l.granted", table))
 
-    def spawn(self, *argv: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
-        """Start the real CLI (`dumper ARGV`) in a subprocess, for signals and mid-run faults."""
+    def spawn(self, *argv: str, env: Mapping[str, str] | None = None,
+              prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+        """Start the real CLI (`dumper ARGV`, after a `prefix` such as taskset) in a subprocess,
+        for signals and mid-run faults. It is killed when the test ends if it is still running."""
         environ = {"PATH": "/usr/bin:/bin", **self.base_env(), **(env or {})}
-        return subprocess.Popen([sys.executable, "-m", "dumper", *argv], env=environ, cwd=self.tmp,
+        proc = subprocess.Popen([*prefix, sys.executable, "-m", "dumper", *argv], env=environ, cwd=self.tmp,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.spawned.append(proc)
+        return proc
+
+    def end_spawned(self) -> None:
+        """Kill (SIGCONT first: it may be stopped) and reap what this test started and left running."""
+        for proc in self.spawned:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGCONT)
+                    proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired, ValueError, OSError):
+                proc.communicate(timeout=30)
 
 
 def wait_until(condition: Any, seconds: float = 30) -> None:
@@ -194,9 +210,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             pytest.skip(f"PostgreSQL {major} here is built without {', '.join(sorted(missing))}")
 
 
+# Tables over NBuffers / 4 pages are scanned with synchronized scans when a session allows them:
+# 16 MB of shared buffers puts that at 4 MB, so that the tests of re-reads (a few MB) would see it.
+SERVER_SETTINGS = {"shared_buffers": "16MB"}
+
+
 @pytest.fixture(scope="session", params=MAJORS, ids=[f"pg{m}" for m in MAJORS])
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    c = Cluster(major=request.param).start()
+    c = Cluster(major=request.param, settings=SERVER_SETTINGS).start()
     try:
         yield c
     finally:
@@ -207,9 +228,11 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
 def db(cluster: Cluster, tmp_path: Path) -> Iterator[Database]:
     name = "t_" + uuid.uuid4().hex[:12]
     cluster.psql(f"CREATE DATABASE {name}")
+    database = Database(cluster, name, tmp_path)
     try:
-        yield Database(cluster, name, tmp_path)
+        yield database
     finally:
+        database.end_spawned()
         cluster.psql(f"DROP DATABASE {name} WITH (FORCE)")
 
 
@@ -219,9 +242,11 @@ def target(cluster: Cluster, tmp_path: Path) -> Iterator[Database]:
     name = "r_" + uuid.uuid4().hex[:12]
     cluster.psql(f"CREATE DATABASE {name}")
     (tmp_path / "target").mkdir()
+    database = Database(cluster, name, tmp_path / "target")
     try:
-        yield Database(cluster, name, tmp_path / "target")
+        yield database
     finally:
+        database.end_spawned()
         cluster.psql(f"DROP DATABASE {name} WITH (FORCE)")
 
 
@@ -248,13 +273,10 @@ class Moto:
 def moto() -> Iterator[Moto]:
     from moto.server import ThreadedMotoServer
 
-    from devtools.pgcluster import free_port
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # the kernel picks a free port
     server.start()
     try:
-        yield Moto(f"http://127.0.0.1:{port}")
+        yield Moto(f"http://127.0.0.1:{server.get_host_and_port()[1]}")
     finally:
         server.stop()
 

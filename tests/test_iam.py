@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,33 +183,50 @@ def test_wrong_region_run_fails_with_exit_3_and_the_hints(db: Database, irsa: Ia
     assert result.files() == []
 
 
+class ManualClock:
+    """The provider's clock, moved by the test: no real time needs to pass."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @REFUSED_LOGIN
 def test_expired_token_is_rejected_and_a_new_one_is_signed(db: Database, irsa: IamLdapServer) -> None:
-    """Short lifetimes stand in for RDS's 15 minutes on both sides."""
+    """RDS's 15 minutes: the checker's clock is moved past them; dumper's reuse window (a token is
+    reused while more than 5 of its 15 minutes remain): the provider's clock is moved."""
     db.sql("CREATE TABLE t (i int); INSERT INTO t VALUES (1);")
     settings = settings_for(db)
-    irsa.check.max_age = 3.0
-    try:
-        provider = IamToken(settings, lifetime=3.0, margin=1.0)  # type: ignore[arg-type]
+    clock = ManualClock()
+    provider = IamToken(settings, clock=clock)  # type: ignore[arg-type]  # RDS's lifetime, dumper's margin
 
-        async def login() -> None:
+    def login() -> None:
+        async def go() -> None:
             conn = await pg.connect(settings, provider)  # type: ignore[arg-type]
             await conn.close()
+        asyncio.run(go())
 
-        asyncio.run(login())
-        first = irsa.tokens[-1]
-        time.sleep(3.5)
-        asyncio.run(login())  # the cached token is past its margin: a new one is signed
-        assert provider.signed == 2 and irsa.tokens[-1] != first
-        assert irsa.binds[-1][1] is None
+    login()
+    first = irsa.tokens[-1]
+    clock.now = 599.0  # 5 min 1 s left: reused
+    login()
+    assert (provider.signed, irsa.tokens[-1]) == (1, first)
+    clock.now = 600.5  # less than 5 minutes left: a new one for the next connection
+    login()
+    assert provider.signed == 2 and irsa.binds[-1][1] is None
+    real_now = irsa.check.now
+    irsa.check.now = lambda: real_now() + dt.timedelta(seconds=901)  # 15 minutes and a second later
+    try:
         message = _connect_with(db, first)
-        assert "authentication failed" in message and "expired" in (irsa.binds[-1][1] or "")
-        # A whole run long after the first token expired still opens its connections:
-        time.sleep(2.5)
-        manifest = asyncio.run(dump.run(settings, provider, Output(str(db.tmp / "late"))))  # type: ignore[arg-type]
-        assert manifest.tables[0].rows == 1 and provider.signed == 3
     finally:
-        irsa.check.max_age = 900.0
+        irsa.check.now = real_now
+    assert "authentication failed" in message and "expired" in (irsa.binds[-1][1] or "")
+    # A whole run long after: one new token, whatever the run's length, serves all its connections.
+    clock.now = 5000.0
+    manifest = asyncio.run(dump.run(settings, provider, Output(str(db.tmp / "late"))))  # type: ignore[arg-type]
+    assert manifest.tables[0].rows == 1 and provider.signed == 3
 
 
 def test_no_secret_reaches_logs_manifest_or_repr(db: Database, irsa: IamLdapServer) -> None:

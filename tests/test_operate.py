@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import Database, parse_json
+from .conftest import Database, parse_json, wait_until
+from .holds import frozen
 from .http_capture import capture
 
 
@@ -29,17 +30,15 @@ def tables(db: Database, rows: int = 1000) -> None:
 
 def events_until(proc: subprocess.Popen[str], stop_when: Any, timeout: float = 90) -> list[dict[str, Any]]:
     """Read JSON log events until stop_when(events) is true; then SIGTERM and read the rest."""
-    assert proc.stdout is not None
-    events: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    for line in proc.stdout:
-        events.append(parse_json(line))
-        if stop_when(events) or time.monotonic() > deadline:
-            break
+    events = events_while(proc, stop_when, timeout)
+    return events + stop_now(proc)
+
+
+def stop_now(proc: subprocess.Popen[str]) -> list[dict[str, Any]]:
+    """SIGTERM now; the JSON log events it writes until it exits."""
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=90)
-    events += [parse_json(line) for line in rest.splitlines() if line.strip()]
-    return events
+    return [parse_json(line) for line in rest.splitlines() if line.strip()]
 
 
 def events_while(proc: subprocess.Popen[str], until: Any, timeout: float = 90) -> list[dict[str, Any]]:
@@ -77,12 +76,16 @@ def test_schedule_fires_every_second_and_never_overlaps(db: Database) -> None:
 
 
 def test_schedule_stop_cancels_a_long_run_after_the_grace_period(db: Database) -> None:
-    tables(db, 3_000_000)
-    proc = db.spawn("schedule", "--cron", "0 3 * * *", "--run-now", "--grace-seconds", "1")
-    events = events_until(proc, lambda ev: any(e["event"] == "started" and e.get("table") == "public.orders"
-                                               for e in ev))
+    tables(db)
+    with db.locked("users"):  # the run waits for its lock: it cannot finish within the grace period
+        proc = db.spawn("schedule", "--cron", "0 3 * * *", "--run-now", "--grace-seconds", "1", "--lock-timeout", "0")
+        seen = events_while(proc, lambda ev: bool(named(ev, "snapshot taken")))
+        wait_until(lambda: db.waiting_for_lock("users"))
+        events = seen + stop_now(proc)
     assert proc.returncode == 0
     assert named(events, "stopping: the running dump did not finish in time; cancelling it")
+    (ended,) = named(events, "run failed") or [None]
+    assert ended is None, "a cancelled run is not a failed one"
     out = db.tmp / "out"
     assert not list(out.rglob("manifest.json")) and not list(out.rglob("*.partial"))
 
@@ -200,13 +203,10 @@ def test_schedule_honours_timezone_and_jitter(db: Database) -> None:
 
 
 def test_webhook_says_interrupted_when_sigterm_stops_a_run(db: Database) -> None:
-    tables(db, 1_500_000)
-    with capture(204) as hook:
-        proc = db.spawn("run", "--notify-url", hook.url, "--jobs", "1")
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if '"event":"started"' in line and "public.orders" in line:
-                break
+    tables(db)
+    with capture(204) as hook, db.locked("users"):  # the run is held in its lock wait
+        proc = db.spawn("run", "--notify-url", hook.url, "--jobs", "1", "--lock-timeout", "0")
+        wait_until(lambda: db.waiting_for_lock("users"))
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
@@ -248,22 +248,23 @@ def test_an_unexpected_error_exits_1_with_its_traceback(db: Database) -> None:
 
 def test_missed_ticks_coalesce_into_one_run(db: Database) -> None:
     """The process is frozen (SIGSTOP) for 10 s, missing about 3 ticks (every 3 s) that are
-    all within --misfire-grace: on waking, one catch-up run starts, not one per missed tick
-    (without coalescing, each missed time would be tried back to back and skipped)."""
-    import os
-
+    all within --misfire-grace: on waking, one catch-up run starts, not one per missed tick.
+    The freeze is the point of the test: the ticks are missed on purpose. Without coalescing,
+    every missed time would be handed to the scheduler's job at once, and each after the first
+    would be skipped (the previous run is still running) right after the catch-up run ends.
+    How long a run takes does not matter: the schedule is stopped as soon as the catch-up run
+    has started, and a regular tick that came during it is told apart by when it was skipped."""
     tables(db, 10)
-    # Every 3 s: a run of a 10-row table never lasts that long, so a regular tick is never skipped.
     proc = db.spawn("schedule", "--cron", "*/3 * * * * *", "--misfire-grace", "300", "--grace-seconds", "60")
     events = events_while(proc, lambda ev: len(named(ev, "scheduled run ended")) >= 1)
-    os.kill(proc.pid, signal.SIGSTOP)
-    time.sleep(10)  # the missed ticks: made to happen on purpose, not hoped for
-    os.kill(proc.pid, signal.SIGCONT)
-    events += events_while(proc, lambda ev: len(named(events + ev, "scheduled run ended")) >= 2)
-    events += events_until(proc, lambda ev: True)  # stop now: a backlog of runs would have to finish first
+    with frozen(proc.pid):
+        time.sleep(10)  # the missed ticks
+    events += events_while(proc, lambda ev: len(named(events + ev, "snapshot taken")) >= 2)
+    events += stop_now(proc)  # stop now: no tick starts a run after this
     assert proc.returncode == 0
     (stopped,) = named(events, "schedule stopped")
-    # The first run, the one catch-up run, and at most one regular tick that came before the stop;
-    # the missed ticks were not queued up behind the catch-up run (each would be a "run skipped").
-    assert 2 <= stopped["runs"] <= 3, stopped
-    assert stopped["skipped"] == 0 and not named(events, "run skipped: the previous run is still running")
+    assert stopped["runs"] == 2, stopped  # the first run and the one catch-up run
+    ended = [i for i, e in enumerate(events) if e["event"] == "scheduled run ended"]
+    assert len(ended) == 2, "the catch-up run finished before the process exited"
+    after = [e for e in events[ended[1]:] if e["event"] == "run skipped: the previous run is still running"]
+    assert not after, "the missed ticks were queued up behind the catch-up run"

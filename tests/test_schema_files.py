@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import stat
 import subprocess
-import time
 from pathlib import Path
-
-import pytest
 
 from dumper import cli, schemasql
 
 from .conftest import Database, Result
+from .holds import seconds_between, within
 
 RICH_SQL = """
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
@@ -162,25 +161,64 @@ def test_a_dump_without_schema_files_cannot_rebuild(db: Database, target: Databa
     assert "this dump has no schema files (--schema-files off)" in refused.stderr
 
 
-def test_an_older_pg_dump_is_named_and_the_rows_still_dumped(db: Database) -> None:
-    """PostgreSQL 15's real pg_dump against the 18 server: too old for it."""
-    if db.cluster.major < 18:
-        pytest.skip("needs a server newer than the pg_dump at hand (PostgreSQL 15's)")
+def pg_dump_claiming(tmp: Path, version: str, real: Path) -> Path:
+    """A pg_dump that says it is `version` (`--version`) and is the real one otherwise: a pg_dump
+    older than the server, where none is installed (PostgreSQL 15 has no older one here)."""
+    wrapper = tmp / f"pg_dump-{version}" / "pg_dump"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then echo "pg_dump (PostgreSQL) {version}"; exit 0; fi\n'
+                       f'exec {real} "$@"\n')
+    wrapper.chmod(0o700)
+    return wrapper
+
+
+def older_pg_dump(db: Database, tmp: Path) -> tuple[Path, str]:
+    """PostgreSQL 15's real pg_dump against the 18 server; against 15, one that says it is 14."""
+    if db.cluster.major > 15:
+        return Path("/usr/lib/postgresql/15/bin/pg_dump"), "15."
+    return pg_dump_claiming(tmp, "14.13", db.cluster.bin / "pg_dump"), "14.13"
+
+
+def test_an_older_pg_dump_is_named_and_the_rows_still_dumped(db: Database, tmp_path: Path) -> None:
     db.sql(RICH_SQL + RICH_DATA)
-    old = {"DUMPER_PG_DUMP": "/usr/lib/postgresql/15/bin/pg_dump"}
+    path, version = older_pg_dump(db, tmp_path)
+    old = {"DUMPER_PG_DUMP": str(path)}
     result = db.dump(env=old)
     assert result.code == 0, result.stderr
     warnings = [line for line in result.stdout.splitlines() if "no schema files in this run" in line]
     assert len(warnings) == 1
-    assert "pg_dump 15." in warnings[0] and "older than the server (PostgreSQL 18." in warnings[0]
+    assert f"pg_dump {version}" in warnings[0]
+    assert f"older than the server (PostgreSQL {db.cluster.major}." in warnings[0]
     absent = result.manifest()["schema_files"]
     assert absent["status"] == "absent" and "no pg_dump at least the server's major" in absent["reason"]
+    assert not list(result.run_dir.glob("schema.*"))
     assert result.entry("public", "people")["rows"] == 5
 
     required = db.dump("--schema-files", "require", "--run-id", "required", env=old)
     assert required.code == 2
-    assert "--schema-files require: pg_dump 15." in required.stderr
+    assert f"--schema-files require: pg_dump {version}" in required.stderr
     assert not (required.output / "required").exists()  # nothing was read or written
+
+
+def test_the_newest_pg_dump_on_path_or_installed_is_found(db: Database, tmp_path: Path) -> None:
+    """Without --pg-dump: the newest of PATH's and /usr/lib/postgresql/*/bin's (a real process,
+    whose PATH is its own)."""
+    db.sql(RICH_SQL + RICH_DATA)
+    newer = pg_dump_claiming(tmp_path, "99.1", db.cluster.bin / "pg_dump")
+
+    def manifest_of(run_id: str, path: str) -> tuple[dict[str, object], str]:
+        proc = db.spawn("run", "--run-id", run_id, env={"DUMPER_PG_DUMP": "", "PATH": path})
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        return json.loads((db.tmp / "out" / run_id / "manifest.json").read_text())["schema_files"], stdout
+
+    on_path, _ = manifest_of("on-path", f"{newer.parent}:/usr/bin:/bin")
+    assert on_path["pg_dump"] == "99.1"
+    installed, log = manifest_of("installed", "/nowhere")
+    if db.cluster.major <= 15:  # Debian's /usr/lib/postgresql/15/bin/pg_dump
+        assert installed["status"] == "written" and str(installed["pg_dump"]).startswith("15.")
+    else:
+        assert installed["status"] == "absent" and "older than the server" in log
 
 
 def test_a_pg_dump_that_does_not_run_is_a_configuration_error(db: Database, tmp_path: Path) -> None:
@@ -229,12 +267,12 @@ def test_a_pg_dump_that_never_finishes_ends_the_run_and_is_killed(db: Database, 
     wrapper.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then exec {db.cluster.bin / "pg_dump"} "$@"; fi\n'
                        "exec sleep 3599.25\n")  # a pg_dump whose server answers nothing
     wrapper.chmod(0o700)
-    started = time.monotonic()
     result = db.dump("--pg-dump", str(wrapper), "--stall-timeout", "2", "--lock-timeout", "1", "--run-id", "r")
-    took = time.monotonic() - started
     assert result.code == 5, result.stderr
     assert "schema file schema.pre-data.sql: pg_dump did not finish within 3 s (--stall-timeout" in result.stderr
-    assert took < 30, f"ended after {took:.0f} s"
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    taken, failed = (next(e for e in events if e["event"] == name) for name in ("snapshot taken", "run failed"))
+    within(seconds_between(taken, failed), 3, 2 * 3, "pg_dump")
     assert not (result.output / "r").exists(), "a failed run leaves no folder"
     left = subprocess.run(["pgrep", "-f", "sleep 3599.25"], capture_output=True, text=True, check=False)
     assert left.stdout == "", "the held pg_dump was killed"

@@ -4,19 +4,24 @@ worker outlives the run, however it ends."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from dumper import workers
-
 from .conftest import Database, parse_json, wait_until
+from .holds import ReplyHold, replies_held
+from .test_resilience import assert_every_row_once
 from .test_split import TABLES, content, started
 
-BIG = "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 2000000) g;"
+# Two tables, one for each worker, each past the hold's bytes (tests/holds.py): neither can finish while held.
+BIG = ("CREATE TABLE big AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 200000) g;"
+       "CREATE TABLE big2 AS SELECT * FROM big;")
 
 
 def worker_pids(parent: int) -> list[int]:
@@ -35,15 +40,14 @@ def worker_pids(parent: int) -> list[int]:
     return found
 
 
-def all_workers() -> list[int]:
-    """Every dumper.workers process on the machine (none may outlive its run)."""
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-            and b"dumper.workers" in _cmdline(p)]
+def alive(pids: list[int]) -> list[int]:
+    """Those of `pids` that are still dumper.workers processes (none may outlive its run)."""
+    return [pid for pid in pids if b"dumper.workers" in _cmdline(pid)]
 
 
-def _cmdline(entry: Path) -> bytes:
+def _cmdline(pid: int) -> bytes:
     try:
-        return (entry / "cmdline").read_bytes()
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
 
@@ -52,26 +56,29 @@ def events(stdout: str) -> list[dict[str, object]]:
     return [parse_json(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-def stopped_workers(db: Database, *argv: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str],
-                                                                                            list[int]]:
-    """A run whose worker processes are stopped (SIGSTOP) as soon as they exist:
-    the run cannot finish, or write a row, until the test lets them go."""
-    proc = db.spawn("run", "--jobs", "2", "--processes", "2", *argv, env=env)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if '"event":"worker processes started"' in line:
-            break
-    else:
-        raise AssertionError(f"no worker processes: {proc.communicate()[1]}")
-    pids = worker_pids(proc.pid)
-    assert len(pids) == 2, "two worker processes"
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    return proc, pids
+@contextlib.contextmanager
+def stopped_workers(db: Database, *argv: str) -> Iterator[tuple[subprocess.Popen[str], list[int], ReplyHold]]:
+    """A run whose worker processes are stopped (SIGSTOP) as soon as they exist, its
+    connections held part way through its tables once they get there: the run cannot
+    finish until the test lets both go (SIGCONT, hold.release())."""
+    with replies_held(db) as hold:
+        proc = db.spawn("run", "--jobs", "2", "--processes", "2", "--split-mib", "0", *hold.args, *argv)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if '"event":"worker processes started"' in line:
+                break
+        else:
+            raise AssertionError(f"no worker processes: {proc.communicate()[1]}")
+        pids = worker_pids(proc.pid)
+        assert len(pids) == 2, "two worker processes"
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        yield proc, pids, hold
 
 
 def no_dumper_sessions(db: Database) -> None:
-    query = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'dumper/%'"
+    query = ("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'dumper/%' "
+             "AND datname = current_database()")
     wait_until(lambda: db.fetch(query)[0][0] == 0, 15)
 
 
@@ -91,94 +98,144 @@ def test_worker_processes_write_what_one_process_writes(db: Database, fmt: str, 
         assert content(many.output / "many" / name) == content(single.output / "single" / name), name
     if compression == "none":
         assert [e["sha256"] for e in many.manifest()["tables"]] == [e["sha256"] for e in single.manifest()["tables"]]
-    assert not all_workers(), "every worker process exited"
+    assert not worker_pids(os.getpid()), "every worker process (a child of this, in-process, run) exited"
+
+
+TWO = "CREATE TABLE a (i int); INSERT INTO a VALUES (1); CREATE TABLE b (i int); INSERT INTO b VALUES (2);"
+
+
+def spawned_processes(db: Database, *argv: str, prefix: tuple[str, ...] = (),
+                      env: dict[str, str] | None = None) -> int | None:
+    """How many worker processes a run started (None: it read in its own process)."""
+    run_id = f"r{len(db.spawned)}"
+    proc = db.spawn("run", "--run-id", run_id, *argv, prefix=prefix, env=env)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert (db.tmp / "out" / run_id / "public.b.jsonl").read_bytes() == b'{"i":2}\n'
+    started_workers = [e for e in events(stdout) if e["event"] == "worker processes started"]
+    return int(started_workers[0]["processes"]) if started_workers else None
 
 
 def test_default_is_the_usable_cpus_at_most_jobs(db: Database) -> None:
-    db.sql("CREATE TABLE a (i int); INSERT INTO a VALUES (1); CREATE TABLE b (i int); INSERT INTO b VALUES (2);")
-    cpus = workers.usable_cpus()
-    result = db.dump("--jobs", "2", "--run-id", "default")
-    assert result.code == 0, result.stderr
-    spawned = [e for e in events(result.stdout) if e["event"] == "worker processes started"]
-    assert spawned == ([] if min(cpus, 2) < 2 else [{**spawned[0], "processes": 2, "connections": 2}])
-    one = db.dump("--jobs", "2", "--run-id", "one", env={"DUMPER_PROCESSES": "1"})
-    assert one.code == 0, one.stderr
-    assert not [e for e in events(one.stdout) if e["event"] == "worker processes started"]
-    assert one.rows("public", "b") == result.rows("public", "b") == [{"i": 2}]
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs to give a run two")
+    db.sql(TWO)
+    assert spawned_processes(db, "--jobs", "2", prefix=("taskset", "-c", "0,1")) == 2
+    assert spawned_processes(db, "--jobs", "4", prefix=("taskset", "-c", "0,1")) == 2, "at most the CPUs"
+    assert spawned_processes(db, "--jobs", "2", prefix=("taskset", "-c", "0")) is None, "one CPU: no workers"
+    assert spawned_processes(db, "--jobs", "1", prefix=("taskset", "-c", "0,1")) is None, "at most --jobs"
+    assert spawned_processes(db, "--jobs", "2", prefix=("taskset", "-c", "0,1"), env={"DUMPER_PROCESSES": "1"}) is None
+
+
+@contextlib.contextmanager
+def cpu_quota(cpus: float) -> Iterator[tuple[str, ...]]:
+    """A new cgroup with a CPU quota of `cpus` (what a pod's limits.cpu sets); yields the
+    command prefix that runs a program inside it. v1's cpu controller or v2's cpu.max."""
+    name = f"dumper-test-{uuid.uuid4().hex[:8]}"
+    period = 100_000
+    v1, v2 = Path("/sys/fs/cgroup/cpu") / name, Path("/sys/fs/cgroup") / name
+    group = None
+    with contextlib.suppress(OSError):
+        if Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists():
+            v1.mkdir()
+            group = v1
+            (v1 / "cpu.cfs_period_us").write_text(str(period))
+            (v1 / "cpu.cfs_quota_us").write_text(str(int(cpus * period)))
+        elif "cpu" in Path("/sys/fs/cgroup/cgroup.controllers").read_text().split():
+            v2.mkdir()
+            group = v2
+            (v2 / "cpu.max").write_text(f"{int(cpus * period)} {period}")
+    if group is None:
+        pytest.skip("needs a cgroup with a CPU quota it can make (root, a cgroup v1 cpu controller or v2 cpu.max)")
+    try:
+        yield ("sh", "-c", f'echo $$ > {group / "cgroup.procs"} && exec "$@"', "sh")
+    finally:
+        wait_until(lambda: not (group / "cgroup.procs").read_text().strip())
+        group.rmdir()
+
+
+@pytest.mark.parametrize("cpus,expected", [(1.0, None), (1.5, 2)], ids=["one-cpu", "one-and-a-half"])
+def test_a_cgroup_cpu_limit_caps_the_default(db: Database, cpus: float, expected: int | None) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs for the limit to be the smaller")
+    db.sql(TWO)
+    with cpu_quota(cpus) as inside:
+        assert spawned_processes(db, "--jobs", "2", prefix=inside) == expected
 
 
 def test_processes_must_be_a_positive_number(db: Database) -> None:
     result = db.dump("--processes", "0")
     assert result.code == 2
-    assert "--processes: '0' must be a whole number >= 1" in result.stderr
+    assert result.stderr.count("\n") == 1 and "--processes: '0' must be a whole number >= 1" in result.stderr
+    assert result.files() == []
 
 
 def test_a_worker_killed_with_sigkill_fails_the_run_cleanly(db: Database) -> None:
     db.sql(BIG)
-    proc, pids = stopped_workers(db)
-    os.kill(pids[0], signal.SIGKILL)
-    os.kill(pids[1], signal.SIGCONT)
-    _, stderr = proc.communicate(timeout=60)
+    with stopped_workers(db) as (proc, pids, _):
+        os.kill(pids[0], signal.SIGKILL)
+        os.kill(pids[1], signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 5, stderr
     assert f"worker process {pids[0]} was killed by signal SIGKILL (e.g. the out-of-memory killer)" in stderr
     assert not list((db.tmp / "out").rglob("*")), "no file, no manifest, no LATEST"
-    assert not worker_pids(proc.pid) and pids[1] not in all_workers(), "the other worker was killed too"
+    assert not worker_pids(proc.pid) and not alive(pids[1:]), "the other worker was killed too"
     no_dumper_sessions(db)
 
 
 def test_a_stuck_worker_fails_the_run_within_the_stall_bound(db: Database) -> None:
     db.sql(BIG)
-    proc, pids = stopped_workers(db, "--stall-timeout", "3")
-    os.kill(pids[1], signal.SIGCONT)  # one keeps working; the other stays stopped
-    _, stderr = proc.communicate(timeout=60)
+    with stopped_workers(db, "--stall-timeout", "3") as (proc, pids, hold):
+        hold.release()
+        os.kill(pids[1], signal.SIGCONT)  # one keeps working; the other stays stopped
+        _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 5, stderr
     assert f"worker process {pids[0]} sent nothing for 3 s, not even its heartbeat" in stderr
-    assert not any(pid in all_workers() for pid in pids), "the stopped worker was killed and reaped"
+    assert not alive(pids), "the stopped worker was killed and reaped"
     no_dumper_sessions(db)
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_leaves_no_worker_behind(db: Database, sig: signal.Signals, code: int) -> None:
     db.sql(BIG)
-    proc, pids = stopped_workers(db)
-    for pid in pids:  # ignored from exec on, even by a worker stopped while still importing
-        ignored = int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                           if line.startswith("SigIgn:")).split()[1], 16)
-        assert ignored & (1 << (sig - 1)), f"worker {pid} would die of {sig.name}"
-    for pid in pids:  # as a terminal's Ctrl-C reaches the whole process group
-        os.kill(pid, sig)
-    proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=60)
+    with stopped_workers(db) as (proc, pids, _):
+        for pid in pids:  # ignored from exec on, even by a worker stopped while still importing
+            ignored = int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                               if line.startswith("SigIgn:")).split()[1], 16)
+            assert ignored & (1 << (sig - 1)), f"worker {pid} would die of {sig.name}"
+        for pid in pids:  # as a terminal's Ctrl-C reaches the whole process group
+            os.kill(pid, sig)
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr + stdout  # the log (stdout) holds an unexpected error's traceback
     assert f"stopped by {sig.name}; no manifest was written" in stderr
-    assert not any(pid in all_workers() for pid in pids)
+    assert not alive(pids)
     assert not list((db.tmp / "out").rglob("*"))
     no_dumper_sessions(db)
 
 
 def test_workers_die_with_a_killed_dumper(db: Database) -> None:
     db.sql(BIG)
-    proc, pids = stopped_workers(db)
-    proc.kill()
-    proc.communicate(timeout=30)
-    wait_until(lambda: not any(pid in all_workers() for pid in pids), 15)  # PR_SET_PDEATHSIG
+    with stopped_workers(db) as (proc, pids, _):
+        proc.kill()
+        proc.communicate(timeout=30)
+        wait_until(lambda: not alive(pids), 15)  # PR_SET_PDEATHSIG
     no_dumper_sessions(db)
 
 
 def test_workers_get_no_secret_on_their_command_line_or_environment(db: Database) -> None:
     db.sql(BIG)
-    proc, pids = stopped_workers(db)
-    try:
+    with stopped_workers(db) as (proc, pids, hold):
         for pid in pids:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
             assert argv[1:5] == [b"-P", b"-m", b"dumper.workers", str(proc.pid).encode()]
             assert all(arg.isdigit() for arg in argv[5:]), "socket numbers only"
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             assert not [v for v in environ if v.startswith(b"PGPASSWORD=")], "the parent answers password requests"
+        hold.release()
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
         _, stderr = proc.communicate(timeout=120)
-        assert proc.returncode == 0, stderr
-    finally:
-        proc.kill()
-    assert next((db.tmp / "out").rglob("public.big.jsonl")).read_bytes().count(b"\n") == 2_000_000
+    assert proc.returncode == 0, stderr
+    for table in ("big", "big2"):
+        assert_every_row_once(next((db.tmp / "out").rglob(f"public.{table}.jsonl")))
