@@ -14,11 +14,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# PostgreSQL 15 server binaries and psql; installed from Debian when missing (needs root).
+# PostgreSQL 15 server binaries and psql, and the tools the tests look at processes and
+# sockets with (ss, pgrep); installed from Debian when missing (needs root).
 postgres:
-	@if [ ! -x $(PG_BIN)/initdb ] || ! command -v psql >/dev/null; then \
-		echo "installing PostgreSQL 15 from Debian's packages"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15 postgresql-client-15; \
+	@if [ ! -x $(PG_BIN)/initdb ] || ! command -v psql >/dev/null || ! command -v ss >/dev/null \
+			|| ! command -v pgrep >/dev/null; then \
+		echo "installing PostgreSQL 15, iproute2 and procps from Debian's packages"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15 postgresql-client-15 \
+			iproute2 procps; \
 	fi
 
 demo: $(STAMP) postgres

@@ -249,10 +249,9 @@ def start_moto() -> str | None:
         from moto.server import ThreadedMotoServer
     except ImportError:
         return None
-    from devtools.pgcluster import free_port
-    port = free_port()
-    ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False).start()
-    return f"http://127.0.0.1:{port}"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # the kernel picks a free port
+    server.start()
+    return f"http://127.0.0.1:{server.get_host_and_port()[1]}"
 
 
 def boto3_client(endpoint: str) -> Any:

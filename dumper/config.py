@@ -394,6 +394,10 @@ def resolve(
             f"--sslmode {values['sslmode']}: --auth iam sends an IAM token (a 15-minute bearer credential) as the "
             "password, so it goes only to a server whose certificate and host name were verified; use "
             "--sslmode verify-full with --sslrootcert (the RDS CA bundle)")
+    if values.get("with_schema") and (values.get("truncate") or values.get("create_tables")):
+        given = [_FLAGS[name] for name in ("truncate", "create_tables") if values.get(name)]
+        raise ConfigError(f"--with-schema builds the tables in an empty target: {' and '.join(given)} "
+                          f"{'does' if len(given) == 1 else 'do'} not go with it (give one or the other)")
     for name in ("notify_url", "pushgateway_url"):
         if values.get(name) and values.get(f"{name}_file"):
             raise ConfigError(f"{_FLAGS[name]} and {_FLAGS[f'{name}_file']}: give one of them")

@@ -466,9 +466,6 @@ async def _connect(settings: Settings, password: db.PasswordProvider) -> Any:
 async def run(settings: Settings, password: db.PasswordProvider) -> RestoreOutcome:
     source = Output.for_settings(settings)
     doc = await asyncio.to_thread(_read_manifest, source)
-    if settings.with_schema and (settings.truncate or settings.create_tables):
-        raise ConfigError("--with-schema builds the tables in an empty target: --truncate and --create-tables do "
-                          "not go with it")
     entries = chosen_entries(doc, settings.include, settings.exclude)
     if settings.with_schema:
         rebuild.require_files(doc)

@@ -138,13 +138,15 @@ class Database:
         return Result(code, out.getvalue(), err.getvalue(), Path(environ["DUMPER_OUTPUT"]))
 
     @contextlib.contextmanager
-    def locked(self, table: str, mode: str = "ACCESS EXCLUSIVE") -> Iterator[None]:
+    def locked(self, table: str, mode: str = "ACCESS EXCLUSIVE", by: str | None = None) -> Iterator[None]:
         """A lock on `table` (default ACCESS EXCLUSIVE; SHARE blocks writers only),
         held by another session for the block: a run that reaches the table
-        waits, as long as the test wants."""
+        waits, as long as the test wants. `by`: the statement that takes it, where
+        LOCK TABLE cannot (a sequence: ALTER SEQUENCE ... RENAME, never committed)."""
+        statement = by or f"LOCK TABLE {table} IN {mode} MODE"
         holder = subprocess.Popen(
             ["psql", "-X", "-q", "-h", str(self.cluster.socket_dir), "-p", str(self.cluster.port), "-U", SUPERUSER,
-             "-d", self.name, "-c", f"BEGIN; LOCK TABLE {table} IN {mode} MODE; SELECT pg_sleep(600);"],
+             "-d", self.name, "-c", f"BEGIN; {statement}; SELECT pg_sleep(600);"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         lock_name = mode.title().replace(" ", "") + "Lock"  # pg_locks' spelling: AccessExclusiveLock
         held = ("SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
@@ -233,7 +235,19 @@ def db(cluster: Cluster, tmp_path: Path) -> Iterator[Database]:
         yield database
     finally:
         database.end_spawned()
+        drop_scratch_databases(cluster, name)
         cluster.psql(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def drop_scratch_databases(cluster: Cluster, name: str) -> None:
+    """Drill scratch databases this test's drills left (their names hold `name`, tests make sure):
+    one failed test leaves nothing for the next one to find."""
+    from dumper.drill import MARKER
+
+    for (left,) in [row.split("|") for row in cluster.psql(
+            "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') = "
+            f"'{MARKER}' AND strpos(datname, '{name}') > 0").split()]:
+        cluster.psql(f'DROP DATABASE "{left}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -76,9 +76,10 @@ class ReplyHold:
 
 
 @contextlib.contextmanager
-def replies_held(db: Database, after: int = HOLD_AFTER) -> Iterator[ReplyHold]:
-    """A run that connects through this hold is stopped part way through a table (see above)."""
-    proxy = CuttingProxy("127.0.0.1", db.cluster.port, stall_replies_after=after).start()
+def replies_held(db: Database, after: int = HOLD_AFTER, port: int | None = None) -> Iterator[ReplyHold]:
+    """A run that connects through this hold is stopped part way through a table (see above);
+    `port`: another server than the test's own (a standby)."""
+    proxy = CuttingProxy("127.0.0.1", port or db.cluster.port, stall_replies_after=after).start()
     try:
         yield ReplyHold(proxy)
     finally:

@@ -42,7 +42,8 @@ def test_security_and_job_settings_stay() -> None:
     assert cron["startingDeadlineSeconds"] > 0 and cron["timeZone"]
     assert cron["successfulJobsHistoryLimit"] >= 1 and cron["failedJobsHistoryLimit"] >= 1
     job = cron["jobTemplate"]["spec"]
-    assert job["backoffLimit"] >= 0 and job["activeDeadlineSeconds"] > 0 and job["ttlSecondsAfterFinished"] > 0
+    assert job["backoffLimit"] == 1, "one retry: the README says so"
+    assert job["activeDeadlineSeconds"] > 0 and job["ttlSecondsAfterFinished"] > 0
     pod = job["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and pod["serviceAccountName"] == "dumper"
     assert pod["securityContext"]["runAsNonRoot"] is True

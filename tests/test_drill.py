@@ -34,8 +34,9 @@ INSERT INTO slow VALUES (1);
 
 
 def scratch_databases(db: Database) -> list[str]:
-    return [r[0] for r in db.fetch("SELECT datname FROM pg_database "
-                                   "WHERE shobj_description(oid, 'pg_database') = $1", MARKER)]
+    """The drill scratch databases of this test (their names hold its database's: its run ids do)."""
+    return [r[0] for r in db.fetch("SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') = $1 "
+                                   "AND strpos(datname, $2) > 0", MARKER, db.name)]
 
 
 @pytest.fixture
@@ -48,8 +49,10 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 
 
 def good_dump(db: Database, *args: str) -> Result:
+    """A dump of the rich schema; its run id names the test's database, and so does the
+    default scratch database of a drill of it (dumper_drill_<run id>)."""
     db.sql(RICH_SQL + RICH_DATA)
-    result = db.dump("--run-id", "nightly", *args)
+    result = db.dump("--run-id", f"nightly_{db.name}", *args)
     assert result.code == 0, result.stderr
     return result
 
@@ -142,24 +145,22 @@ def test_a_role_without_createdb_is_told(db: Database) -> None:
 
 def sleeping_in_scratch(db: Database) -> bool:
     return bool(db.fetch("SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'dumper_drill_%' "
-                         "AND wait_event = 'PgSleep'")[0][0])
+                         "AND strpos(datname, $1) > 0 AND wait_event = 'PgSleep'", db.name)[0][0])
 
 
-def test_sigterm_mid_drill_leaves_no_database(db: Database, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_mid_drill_leaves_no_database(db: Database, tmp_path: Path, sig: signal.Signals, code: int) -> None:
     db.sql(SLOW_SQL)
     dumped = good_dump(db)
     scratch_tmp = tmp_path / "scratch-tmp"
     scratch_tmp.mkdir()
     proc = db.spawn("drill", str(dumped.run_dir), env={"TMPDIR": str(scratch_tmp)})
-    try:
-        wait_until(lambda: sleeping_in_scratch(db), 60)  # restoring public.slow, held in its check
-        assert len(scratch_databases(db)) == 1
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, err
-    assert "stopped by SIGTERM; the scratch database and the temporary files were removed" in err
+    wait_until(lambda: sleeping_in_scratch(db), 60)  # restoring public.slow, held in its check
+    assert scratch_databases(db) == [f"dumper_drill_nightly_{db.name}"], "the default name: dumper_drill_<run id>"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert f"stopped by {sig.name}; the scratch database and the temporary files were removed" in err
     assert scratch_databases(db) == []
     assert list(scratch_tmp.iterdir()) == []
 
@@ -167,28 +168,25 @@ def test_sigterm_mid_drill_leaves_no_database(db: Database, tmp_path: Path) -> N
 def test_a_killed_drills_database_is_removed_by_the_next_drill(db: Database, private_tmp: Path) -> None:
     db.sql(SLOW_SQL)
     dumped = good_dump(db)
-    proc = db.spawn("drill", str(dumped.run_dir), "--scratch-dbname", "dumper_drill_killed")
-    try:
-        wait_until(lambda: sleeping_in_scratch(db), 60)
-        proc.kill()  # SIGKILL: no clean-up ran
-        proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert scratch_databases(db) == ["dumper_drill_killed"]
+    killed = f"dumper_drill_killed_{db.name}"
+    proc = db.spawn("drill", str(dumped.run_dir), "--scratch-dbname", killed)
+    wait_until(lambda: sleeping_in_scratch(db), 60)
+    proc.kill()  # SIGKILL: no clean-up ran
+    proc.communicate(timeout=60)
+    assert scratch_databases(db) == [killed]
     # The server ends the dead client's session (TCP keepalive would, later); the database stays.
-    db.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'dumper_drill_killed'")
-    wait_until(lambda: not db.fetch("SELECT 1 FROM pg_stat_activity WHERE datname = 'dumper_drill_killed'"))
+    db.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", killed)
+    wait_until(lambda: not db.fetch("SELECT 1 FROM pg_stat_activity WHERE datname = $1", killed))
     db.sql("DROP TABLE slow; DROP FUNCTION slowly(int);")
     again = good_dump_again(db)
     result = db.drill(again.run_dir)
     assert result.code == 0, result.stderr
-    assert '"event":"removed the scratch database a killed drill left","database":"dumper_drill_killed"' \
-        in result.stdout
+    assert f'"event":"removed the scratch database a killed drill left","database":"{killed}"' in result.stdout
     assert scratch_databases(db) == []
 
 
 def good_dump_again(db: Database) -> Result:
-    result = db.dump("--run-id", "later")
+    result = db.dump("--run-id", f"later_{db.name}")
     assert result.code == 0, result.stderr
     return result
 
@@ -201,15 +199,35 @@ def test_the_newest_run_on_s3_drills_with_the_shipped_drill_policy(db: Database,
     from moto.core import enable_iam_authentication
 
     db.sql(RICH_SQL + RICH_DATA)
-    assert db.dump("--run-id", "older", "--compression", "gzip", env=s3_env(moto)).code == 0
+    assert db.dump("--run-id", f"older_{db.name}", "--compression", "gzip", env=s3_env(moto)).code == 0
     db.sql("INSERT INTO pets (owner_id, name) VALUES (2, 'newest')")
-    assert db.dump("--run-id", "newest", "--compression", "gzip", env=s3_env(moto)).code == 0
+    assert db.dump("--run-id", f"newest_{db.name}", "--compression", "gzip", env=s3_env(moto)).code == 0
     for var, value in _user_with_policy(moto, "driller", "drill-policy.json").items():
         monkeypatch.setenv(var, value)
     with enable_iam_authentication():
         result = db.drill(f"s3://{BUCKET}/nightly", "--s3-endpoint-url", moto.endpoint, "--log-format", "text")
     assert result.code == 0, result.stderr
-    assert "public.pets" in result.stdout and "6" in result.stdout.split("public.pets", 1)[1].split("\n")[0]
-    assert f"every table of s3://{BUCKET}/nightly/newest came back exactly" in result.stdout
+    report = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line.startswith("public.")}
+    assert report["public.pets"] == ["6", "same"], "the newest run's rows: 5 and the one added"
+    assert f"every table of s3://{BUCKET}/nightly/newest_{db.name} came back exactly" in result.stdout
     assert scratch_databases(db) == []
     assert list(private_tmp.iterdir()) == []
+
+
+def test_a_drill_pushes_to_its_own_pushgateway_job(db: Database) -> None:
+    dumped = good_dump(db)
+    with capture(200) as gateway:
+        result = db.drill(dumped.run_dir, "--pushgateway-url", gateway.url)
+    assert result.code == 0, result.stderr
+    (request,) = gateway.requests
+    assert (request.method, request.path) == ("POST", f"/metrics/job/dumper-drill/database/{db.name}")
+    assert f'dumper_drill_last_run_success{{database="{db.name}"}} 1.0' in request.body.decode()
+    assert "dumper_last_run_success" not in request.body.decode().replace("dumper_drill_last_run_success", "")
+
+
+def test_a_scratch_name_of_a_database_that_is_not_a_drills_is_refused(db: Database) -> None:
+    dumped = good_dump(db)
+    result = db.drill(dumped.run_dir, "--scratch-dbname", db.name)
+    assert result.code == 2, result.stderr
+    assert f"--scratch-dbname: database {db.name!r} exists and is not a drill's scratch database" in result.stderr
+    assert db.fetch("SELECT count(*) FROM people")[0][0] == 5, "the database is as it was"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
-import signal
 import socket
 import stat
 import subprocess
@@ -24,7 +23,8 @@ from devtools.pgcluster import ROOT_DIR
 from dumper import cli
 from dumper.config import resolve
 
-from .conftest import Database, wait_until
+from .conftest import Database
+from .holds import replies_held
 from .http_capture import capture
 from .test_resilience import finish, wait_for_line
 
@@ -111,20 +111,18 @@ def mode(path: Path) -> int:
 
 
 def test_local_output_is_private_whatever_the_umask(db: Database) -> None:
-    db.sql("CREATE TABLE big AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 1500000) g;")
+    db.sql("CREATE TABLE big AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 200000) g;")
     metrics = db.tmp / "metrics.prom"
-    with umask(0):
-        proc = db.spawn("run", "--run-id", "r1", "--jobs", "1", "--metrics-file", str(metrics))
-    seen = wait_for_line(proc, '"event":"started"', "public.big")
     run = db.tmp / "out" / "r1"
-    wait_until(lambda: [p for p in run.iterdir() if p.name.endswith(".partial")])
-    os.kill(proc.pid, signal.SIGSTOP)
-    try:
+    with replies_held(db) as hold:
+        with umask(0):
+            proc = db.spawn("run", "--run-id", "r1", "--jobs", "1", "--metrics-file", str(metrics), *hold.args)
+        seen = wait_for_line(proc, '"event":"started"', "public.big")
+        hold.wait()  # part way through big: its file is a .partial, with rows in it
         (partial,) = [p for p in run.iterdir() if p.name.endswith(".partial")]
-        assert mode(partial) == 0o600, "private from the first byte"
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-    code, _, stderr = finish(proc, seen)
+        assert partial.stat().st_size > 0 and mode(partial) == 0o600, "private from the first byte"
+        hold.release()
+        code, _, stderr = finish(proc, seen)
     assert code == 0, stderr
     assert mode(db.tmp / "out") == 0o700 and mode(run) == 0o700
     for path in [*run.iterdir(), db.tmp / "out" / "LATEST", metrics]:
@@ -227,8 +225,9 @@ def test_a_webhook_url_without_scheme_is_a_usage_error_that_hides_it(db: Databas
     url = "hooks.slack.com/services/T000/B000/XOXB-SECRET-TOKEN"
     result = db.dump("--notify-url", url)
     assert result.code == 2
-    assert "--notify-url: not an http(s):// URL" in result.stderr
+    assert result.stderr.count("\n") == 1 and "--notify-url: not an http(s):// URL" in result.stderr
     assert "XOXB-SECRET-TOKEN" not in result.stdout + result.stderr
+    assert result.files() == []
 
 
 def test_webhook_and_pushgateway_urls_from_files_stay_out_of_logs_and_repr(db: Database) -> None:

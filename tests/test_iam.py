@@ -280,7 +280,8 @@ def test_missing_region_is_a_usage_error(db: Database, irsa: IamLdapServer,
     del env["AWS_REGION"]
     result = db.dump(env=env)
     assert result.code == 2
-    assert "--region: IAM auth needs the database's AWS region" in result.stderr
+    assert result.stderr.count("\n") == 1 and "--region: IAM auth needs the database's AWS region" in result.stderr
+    assert result.files() == []
 
 
 def _check(db: Database, *args: str) -> tuple[int, str, str]:

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import Database, parse_json, wait_until
-from .holds import frozen
+from .holds import closed_port, frozen
 from .http_capture import capture
 
 
@@ -182,9 +182,9 @@ def test_webhook_gets_the_documented_summary(db: Database) -> None:
 
 
 def test_an_unreachable_webhook_does_not_fail_the_run(db: Database) -> None:
-    from devtools.pgcluster import free_port
     tables(db)
-    result = db.dump("--notify-url", f"http://127.0.0.1:{free_port()}/x")
+    with closed_port() as port:
+        result = db.dump("--notify-url", f"http://127.0.0.1:{port}/x")
     assert result.code == 0
     assert '"event":"could not publish to the webhook"' in result.stdout
 
@@ -268,3 +268,57 @@ def test_missed_ticks_coalesce_into_one_run(db: Database) -> None:
     assert len(ended) == 2, "the catch-up run finished before the process exited"
     after = [e for e in events[ended[1]:] if e["event"] == "run skipped: the previous run is still running"]
     assert not after, "the missed ticks were queued up behind the catch-up run"
+
+
+def test_schedule_keep_prunes_after_each_run(db: Database) -> None:
+    tables(db, 10)
+    proc = db.spawn("schedule", "--cron", "* * * * * *", "--keep", "1")
+    events = events_until(proc, lambda ev: len(named(ev, "scheduled run ended")) >= 3)
+    assert proc.returncode == 0
+    ended = [e["run_id"] for e in named(events, "scheduled run ended") if e["status"] == "success"]
+    removed = [e["run"] for e in named(events, "removed")]
+    assert set(ended[:-1]) <= set(removed), "each run removed the one before it"
+    complete = [p.name for p in (db.tmp / "out").iterdir() if (p / "manifest.json").exists()]
+    assert complete == [ended[-1]], "one complete run is kept: the newest"
+
+
+def test_scheduled_runs_publish_their_metrics_and_webhook(db: Database) -> None:
+    tables(db, 10)
+    prom = db.tmp / "dumper.prom"
+    with capture(204) as hook:
+        proc = db.spawn("schedule", "--cron", "0 3 * * *", "--run-now", "--metrics-file", str(prom),
+                        "--notify-url", hook.url)
+        events = events_until(proc, lambda ev: bool(named(ev, "scheduled run ended")))
+    assert proc.returncode == 0
+    (ended,) = named(events, "scheduled run ended")
+    (request,) = hook.requests
+    body = parse_json(request.body)
+    assert (body["run_id"], body["status"], body["totals"]["rows"]) == (ended["run_id"], "success", 13)
+    got = samples(prom.read_text())
+    assert got[("dumper_last_run_success", (("database", db.name),))] == 1
+    assert got[("dumper_last_run_rows", (("database", db.name),))] == 13
+
+
+def test_a_tick_later_than_the_misfire_grace_is_dropped(db: Database) -> None:
+    """Frozen across a tick and then for 3 s more, with --misfire-grace 1: on waking, the
+    scheduler drops that tick (it says so) instead of running it late. The ticks come every
+    10 s; the freeze ends 3 s after the first tick in it, long before the next one."""
+    import datetime as dt
+
+    tables(db, 10)
+    proc = db.spawn("schedule", "--cron", "*/10 * * * * *", "--misfire-grace", "1")
+    events = events_while(proc, lambda ev: bool(named(ev, "schedule started")))
+    with frozen(proc.pid):
+        frozen_at = time.time()
+        tick = (int(frozen_at) // 10 + 1) * 10  # the first tick after the freeze began (a multiple of 10 s)
+        time.sleep(tick + 3 - frozen_at)  # past it by more than the grace; the next is 7 s away
+    events += events_while(proc, lambda ev: any("was missed by" in e["event"] for e in ev))
+    runs_before = len(named(events, "snapshot taken"))
+    events += stop_now(proc)
+    assert proc.returncode == 0
+    (missed,) = [e for e in events if "was missed by" in e["event"]]
+    assert missed["level"] == "warning" and missed["logger"].startswith("apscheduler")
+    late = dt.datetime.strptime(missed["event"].rsplit("was missed by ", 1)[1].split(".")[0], "%H:%M:%S")
+    assert late.second + 60 * late.minute > 1, "dropped because it was later than the grace"
+    (stopped,) = named(events, "schedule stopped")
+    assert stopped["runs"] == runs_before, "the missed tick did not start a run"

@@ -133,6 +133,13 @@ def test_default_run_id_is_utc_start_time(sample: Database) -> None:
     (["--run-id", "../escape"], "--run-id: '../escape' must be letters, digits"),
     (["--auth", "kerberos"], "--auth: 'kerberos' is not one of iam, password"),
     (["--nope"], "unrecognized arguments: --nope"),
+    (["--part-size", "4"], "--part-size: '4' must be MiB between 5 and 5120 (S3's part size limits)"),
+    (["--part-size", "5121"], "--part-size: '5121' must be MiB between 5 and 5120"),
+    (["--grace-seconds", "-1"], "--grace-seconds: '-1' must be a number of seconds >= 0"),
+    (["--s3-kms-key-id", "alias/k"], "--s3-kms-key-id: only used with --s3-sse aws:kms"),
+    (["--notify-url", "https://hooks.example.com/x", "--notify-url-file", "/nonexistent"],
+     "--notify-url and --notify-url-file: give one of them"),
+    (["--output", "nosuch://bucket/x"], "--output: 'nosuch://bucket/x': unknown protocol 'nosuch'"),
 ])
 def test_bad_options_exit_2_with_one_line_and_write_nothing(sample: Database, args: list[str],
                                                             message: str) -> None:
@@ -193,3 +200,68 @@ def test_verify_names_a_corrupt_gzip_file(sample: Database) -> None:
     code, out, _ = _verify(result.output / "r1")
     assert code == 7
     assert "MISMATCH public.orders (public.orders.jsonl.gz): not a valid gzip file" in out, out
+
+
+def _main(db: Database, *argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(list(argv), db.base_env(), stdout=out)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["schedule", "--cron", "0 2 * * *", "--jitter", "-1"], "--jitter: '-1' must be a number of seconds >= 0"),
+    (["schedule", "--cron", "0 2 * * *", "--misfire-grace", "-5"],
+     "--misfire-grace: '-5' must be a number of seconds >= 0"),
+    (["schedule", "--cron", "0 2 * * *", "--grace-seconds", "-1"], "--grace-seconds: '-1' must be a number"),
+    (["restore", "{run}", "--with-schema", "--truncate"], "--with-schema builds the tables in an empty target: "
+     "--truncate does not go with it"),
+    (["restore", "{run}", "--with-schema", "--create-tables"], "--create-tables does not go with it"),
+    (["token", "--auth", "password"], "--auth: `dumper token` signs RDS IAM tokens; it needs --auth iam"),
+    (["verify", "{run}", "--stall-timeout", "x"], "--stall-timeout: 'x' must be a number"),
+])
+def test_bad_options_of_every_command_exit_2_and_change_nothing(sample: Database, target: Database,
+                                                               argv: list[str], message: str) -> None:
+    dumped = sample.dump("--run-id", "r1")
+    assert dumped.code == 0, dumped.stderr
+    before = sorted(dumped.files())
+    code, out, err = _main(target, *[a.replace("{run}", str(dumped.run_dir)) for a in argv])
+    assert code == 2, err
+    assert err.count("\n") == 1 and message in err, err
+    assert out == "" and sorted(dumped.files()) == before
+    assert target.fetch("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace")[0][0] == 0
+
+
+def test_verify_names_a_truncated_file(sample: Database) -> None:
+    result = sample.dump("--run-id", "r1")
+    path = result.run_dir / "public.orders.jsonl"
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    code, out, _ = _verify(result.run_dir)
+    assert code == 7
+    assert f"MISMATCH public.orders (public.orders.jsonl): {len(data) // 2} bytes, manifest says {len(data)}" in out
+
+
+def test_version() -> None:
+    import subprocess
+    import sys
+
+    from dumper import __version__
+
+    from .conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "dumper", "--version"], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}, timeout=60, check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"dumper {__version__}\n", "")
+    assert __version__ == "0.1.0"
+
+
+def test_a_failed_run_ends_with_a_json_run_failed_event(sample: Database) -> None:
+    result = sample.dump("--schema", "nope", "--run-id", "f1")
+    assert result.code == 2
+    events = [parse_json(line) for line in result.stdout.splitlines()]
+    failed = events[-1]
+    assert failed["event"] == "run failed" and failed["level"] == "error", events
+    assert (failed["status"], failed["exit_code"]) == ("failed", 2)
+    assert failed["error"] == "--schema: schema 'nope' does not exist in this database"
+    assert result.stderr == f"dumper: error: {failed['error']}\n"

@@ -1,5 +1,7 @@
-"""The live display: `dumper run` on a real pseudo-terminal shows the running
-table's rows and percentage, redrawn in place, then the usual report."""
+"""The live display: `dumper run` (and each run of `dumper schedule`) on a real
+pseudo-terminal shows the running table's rows and percentage, redrawn in
+place, warnings above it, then the usual report. The run is held part way
+through its table (tests/holds.py) while the test looks."""
 
 from __future__ import annotations
 
@@ -12,11 +14,12 @@ import subprocess
 import sys
 import termios
 import threading
-import time
 
 from dumper.progress import TableProgress, render
 
 from .conftest import Database, wait_until
+from .holds import ReplyHold, replies_held
+from .test_resilience import ROWS, big, terminate_reader
 
 LINE = re.compile(r"public\.big\s+([\d,]+) / (~?[\d,]+) rows\s+(\d+)%")
 
@@ -49,51 +52,71 @@ class Terminal:
         self._reader.join(10)
 
 
-def backends(db: Database) -> list[int]:
-    return [r[0] for r in db.fetch("SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'dumper/%' "
-                                   "AND query LIKE '%FROM ONLY \"public\".\"big\"%'")]
+def on_a_terminal(db: Database, term: Terminal, *argv: str) -> subprocess.Popen[bytes]:
+    """The real CLI with a pseudo-terminal as stdin, stdout and stderr (log format auto: text)."""
+    env = {"PATH": "/usr/bin:/bin", **db.base_env(), "DUMPER_LOG_FORMAT": "auto", "TERM": "xterm-256color"}
+    proc = subprocess.Popen([sys.executable, "-m", "dumper", *argv], env=env, cwd=db.tmp,
+                            stdin=term.slave, stdout=term.slave, stderr=term.slave)
+    os.close(term.slave)
+    db.spawned.append(proc)  # type: ignore[arg-type]  # killed at the test's end, if it is still running
+    return proc
+
+
+def frames(text: str) -> list[tuple[int, int]]:
+    """(rows, percent) of every line of public.big the display drew."""
+    return [(int(m[1].replace(",", "")), int(m[3])) for m in LINE.finditer(text)]
+
+
+def held_frames(db: Database, term: Terminal, hold: ReplyHold) -> list[tuple[int, int]]:
+    """The display's lines of big while the run is held part way through it: redrawn every second."""
+    hold.wait()
+    shown = len(term.output)
+    wait_until(lambda: any(rows > 0 for rows, _ in frames(term.text()[shown:])), 30)
+    return [(rows, pct) for rows, pct in frames(term.text()[shown:]) if rows > 0]
+
+
+WARNING = "warning: public.big: connection lost; reading the rest again in the same snapshot"
 
 
 def test_a_terminal_shows_live_rows_and_percentages_then_the_report(db: Database) -> None:
-    db.sql("CREATE TABLE big AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 1500000) g; ANALYZE big;"
-           "CREATE TABLE small (id int); INSERT INTO small VALUES (1);")
+    big(db)
+    db.sql("ANALYZE big;")
     term = Terminal()
-    env = {"PATH": "/usr/bin:/bin", **db.base_env(), "DUMPER_LOG_FORMAT": "auto", "TERM": "xterm-256color"}
-    proc = subprocess.Popen([sys.executable, "-m", "dumper", "run", "--jobs", "1", "--split-mib", "0"], env=env,
-                            cwd=db.tmp, stdin=term.slave, stdout=term.slave, stderr=term.slave)
-    os.close(term.slave)
-    stopped: list[int] = []
-    try:
-        wait_until(lambda: backends(db))
-        stopped = backends(db)
-        # The reading backend runs in short bursts, frozen in between: a frame
-        # drawn while it is frozen shows the table part-way, whatever the speed.
-        seen: list[tuple[int, int]] = []
-        deadline = time.monotonic() + 60
-        while not seen:
-            assert time.monotonic() < deadline, term.text()[-2000:]
-            for pid in stopped:
-                os.kill(pid, signal.SIGSTOP)
-            shown = len(term.output)
-            wait_until(lambda shown=shown: len(term.output) > shown + 50, 10)  # a new frame, drawn while frozen
-            time.sleep(1.5)  # at least one full redraw (the display updates every second)
-            frames = [(int(m[1].replace(",", "")), int(m[3])) for m in LINE.finditer(term.text()[shown:])]
-            seen = [(rows, pct) for rows, pct in frames if rows > 0]
-            for pid in stopped:
-                os.kill(pid, signal.SIGCONT)
-            if not seen:
-                time.sleep(0.05)
+    with replies_held(db) as hold:
+        proc = on_a_terminal(db, term, "run", "--jobs", "1", "--split-mib", "0", *hold.args)
+        seen = held_frames(db, term, hold)
         # The percentage is the rows read of the catalog's estimate (ANALYZE: exact here), below 100 mid-table.
-        assert all(0 <= pct < 100 and abs(pct - rows * 100 / 1_500_000) <= 1 for rows, pct in seen), seen
-    finally:
-        for pid in stopped:
-            os.kill(pid, signal.SIGCONT)
+        assert all(0 < pct < 100 and abs(pct - rows * 100 / ROWS) <= 1 for rows, pct in seen), seen
+        terminate_reader(db, hold)  # a warning, while the display is up: it is printed above it
+        hold.release()
         code = proc.wait(120)
-        term.close()
+    term.close()
     text = term.text()
     assert code == 0, text[-3000:]
+    assert WARNING in text, text[-3000:]
     report = text[text.rindex("table "):]
-    assert re.search(r"public\.big\s+1,500,000", report) and "dump complete:" in report
+    assert re.search(rf"public\.big\s+{ROWS:,}", report) and "dump complete:" in report
+
+
+def test_the_schedule_shows_the_same_during_each_run(db: Database) -> None:
+    big(db)
+    db.sql("ANALYZE big;")
+    term = Terminal()
+    with replies_held(db) as hold:
+        proc = on_a_terminal(db, term, "schedule", "--cron", "0 3 * * *", "--run-now", "--jobs", "1",
+                             "--split-mib", "0", *hold.args)
+        seen = held_frames(db, term, hold)
+        assert all(0 < pct < 100 for _, pct in seen), seen
+        terminate_reader(db, hold)
+        hold.release()
+        wait_until(lambda: "scheduled run ended" in term.text(), 120)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(120)
+    term.close()
+    text = term.text()
+    assert code == 0, text[-3000:]
+    assert WARNING in text, text[-3000:]
+    assert "status=success" in text[text.index("scheduled run ended"):], text[-3000:]
 
 
 def test_an_estimate_that_is_missing_or_low_says_so_and_never_passes_100() -> None:

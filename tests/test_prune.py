@@ -133,3 +133,28 @@ def test_prune_on_s3(db: Database, s3: Any, moto: Moto) -> None:
 def test_prune_needs_keep(db: Database) -> None:
     code, _, err = prune(db, "--output", str(db.tmp / "out"))
     assert code == 2 and "--keep" in err
+
+
+def test_a_run_that_cannot_be_removed_is_exit_6(db: Database, s3: Any, moto: Moto,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dumper prune` as a role without s3:DeleteObject (moto enforces it): S3 answers the
+    delete with the keys it refused, and prune says which runs are still there."""
+    from moto.core import enable_iam_authentication
+
+    env = {"DUMPER_OUTPUT": f"s3://{BUCKET}/nightly", "DUMPER_S3_ENDPOINT_URL": moto.endpoint}
+    four_runs(db, env)
+    iam = boto3.client("iam", endpoint_url=moto.endpoint, region_name="us-east-1")
+    iam.create_user(UserName="lister")
+    iam.put_user_policy(UserName="lister", PolicyName="no-delete", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": [
+            "s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"], "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="lister")["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    with enable_iam_authentication():
+        code, events, err = prune(db, "--keep", "3", env=env)
+    assert code == 6, err
+    assert "1 run(s) could not be removed: r1" in err and "s3:DeleteObject" in err
+    failed = [e for e in events if e["event"] == "prune failed"]
+    assert [e["run"] for e in failed] == ["r1"]
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="nightly/r1/")["KeyCount"] > 0

@@ -4,13 +4,11 @@ with its fix, and completes when hot_standby_feedback is on.
 
 The standby streams from the test cluster (pg_basebackup -R). The primary is
 made busy by the test itself (UPDATE + VACUUM of rows the dump's snapshot
-still sees) while the dumper is frozen inside the table, never by luck.
+still sees) while the run is held inside the table (tests/holds.py), never by luck.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +18,8 @@ import pytest
 from devtools.pgcluster import Cluster
 
 from .conftest import Database, parse_json, wait_until
-from .test_resilience import big, finish, wait_for_line
+from .holds import ReplyHold, replies_held
+from .test_resilience import assert_every_row_once, big, finish, wait_for_line
 
 
 @pytest.fixture
@@ -93,29 +92,29 @@ def test_check_reports_the_standby_and_its_risk(db: Database, standby: Cluster) 
     assert "warning: reading a standby with hot_standby_feedback = off" in proc.stdout
 
 
-def cancelled_by_replay(db: Database, replica: Cluster, proc: subprocess.Popen[str]) -> None:
-    """With the client frozen inside the table, the primary vacuums rows its snapshot
-    needs; replay on the standby then ends the run's sessions (after 1 s)."""
-    wait_until(lambda: len(dumper_sessions(replica, db.name)) == 2)
-    os.kill(proc.pid, signal.SIGSTOP)
-    try:
-        make_the_primary_busy(db)
-        # The snapshot holder idles in its transaction: replay terminates it.
-        wait_until(lambda: len(dumper_sessions(replica, db.name)) < 2)
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
+def cancelled_by_replay(db: Database, replica: Cluster, hold: ReplyHold) -> None:
+    """With the run held part way through the table, the primary vacuums rows its snapshot
+    needs; replay on the standby then ends the run's sessions (after 1 s). The run is let go,
+    and its next attempt held again."""
+    hold.wait()
+    make_the_primary_busy(db)
+    # The snapshot holder idles in its transaction: replay terminates it.
+    wait_until(lambda: len(dumper_sessions(replica, db.name)) < 2)
+    hold.release(hold_next=True)
 
 
 def test_a_busy_primary_without_feedback_ends_exit_5_naming_the_conflict_and_its_fix(
         db: Database, standby: Cluster) -> None:
     big(db)
     replay_caught_up(db, standby)
-    proc = db.spawn("run", "--jobs", "1", "--run-attempts", "2", env=on(standby))
-    seen = wait_for_line(proc, '"event":"started"', "public.big")
-    cancelled_by_replay(db, standby, proc)
-    seen += wait_for_line(proc, '"event":"started"', "public.big")  # the second attempt, fresh snapshot
-    cancelled_by_replay(db, standby, proc)
-    code, events, stderr = finish(proc, seen)
+    with replies_held(db, port=standby.port) as hold:
+        proc = db.spawn("run", "--jobs", "1", "--run-attempts", "2", *hold.args)
+        seen = wait_for_line(proc, '"event":"started"', "public.big")
+        cancelled_by_replay(db, standby, hold)
+        seen += wait_for_line(proc, '"event":"started"', "public.big")  # the second attempt, fresh snapshot
+        cancelled_by_replay(db, standby, hold)
+        hold.release()
+        code, events, stderr = finish(proc, seen)
     assert code == 5, stderr
     (line,) = stderr.strip().splitlines()  # one line: no traceback, no bare library text
     assert line.startswith("dumper: error: the standby cancelled the dump: conflict with recovery ("), line
@@ -132,11 +131,11 @@ def test_the_same_busy_primary_with_feedback_gives_a_complete_verified_dump(
     standby.psql("ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf();")
     wait_until(lambda: standby.psql("SHOW hot_standby_feedback").strip() == "on")
     replay_caught_up(db, standby)
-    proc = db.spawn("run", "--jobs", "1", env=on(standby))
-    seen = wait_for_line(proc, '"event":"started"', "public.big")
-    wait_until(lambda: len(dumper_sessions(standby, db.name)) == 2)
-    os.kill(proc.pid, signal.SIGSTOP)
-    try:
+    with replies_held(db, port=standby.port) as hold:
+        proc = db.spawn("run", "--jobs", "1", *hold.args)
+        seen = wait_for_line(proc, '"event":"started"', "public.big")
+        hold.wait()
+        assert len(dumper_sessions(standby, db.name)) == 2
         # The primary knows the standby's oldest snapshot before it vacuums.
         oldest = standby.psql("SELECT min(backend_xmin::text::bigint) FROM pg_stat_activity "
                               "WHERE application_name LIKE 'dumper/%'", db.name).strip()
@@ -146,13 +145,13 @@ def test_the_same_busy_primary_with_feedback_gives_a_complete_verified_dump(
         make_the_primary_busy(db)
         replay_caught_up(db, standby)
         assert len(dumper_sessions(standby, db.name)) == 2, "replay ended no session of the run"
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-    code, events, stderr = finish(proc, seen)
+        hold.release()
+        code, events, stderr = finish(proc, seen)
     assert code == 0, stderr
     assert not [e for e in events if e["level"] == "warning" and "sslmode" not in e["event"]], \
         "feedback on: nothing can cancel the run"
     out = db.tmp / "out"
     run = out / (out / "LATEST").read_text().strip()
+    assert_every_row_once(run / "public.big.jsonl")
     from dumper import cli
     assert cli.main(["verify", str(run)], {}) == 0

@@ -232,3 +232,67 @@ def test_too_many_connections_is_retried_until_a_slot_frees(db: Database) -> Non
     assert [(t["table"], t["rows"]) for t in manifest["tables"]] == [("t", 1)]
     assert (run / "public.t.jsonl").read_bytes() == b'{"i":1}\n'
     assert next(e for e in events if e["event"] == "run finished")["status"] == "success"
+
+
+def test_the_runs_locks_keep_ddl_out_until_it_ends(db: Database) -> None:
+    """ACCESS SHARE on every table from the start (as pg_dump takes): an ALTER or DROP of a
+    table waits until the run ends, even of a table already written."""
+    big(db)
+    with replies_held(db) as hold:
+        proc = db.spawn("run", "--jobs", "2", *hold.args)
+        seen = wait_for_line(proc, '"event":"started"', "public.big")
+        hold.wait()
+        locked = {r[0] for r in db.fetch(
+            "SELECT c.relname FROM pg_locks l JOIN pg_class c ON c.oid = l.relation JOIN pg_stat_activity a "
+            "ON a.pid = l.pid WHERE a.application_name LIKE 'dumper/%' AND a.datname = current_database() "
+            "AND l.mode = 'AccessShareLock' AND l.granted AND c.relnamespace = 'public'::regnamespace")}
+        assert locked == {"big", "small"}
+        for ddl in ("ALTER TABLE small ADD COLUMN extra int", "DROP TABLE big"):
+            with pytest.raises(RuntimeError, match="canceling statement due to lock timeout"):
+                db.sql(f"SET lock_timeout = '500ms'; {ddl}")
+        hold.release()
+        code, _, stderr = finish(proc, seen)
+    assert code == 0, stderr
+    assert (latest_run(db) / "public.small.jsonl").read_bytes() == b'{"i":1}\n{"i":2}\n'
+    db.sql("ALTER TABLE small ADD COLUMN extra int")  # and once it ended, the DDL goes through
+
+
+def keepalive_timers(port: int, side: str) -> list[int]:
+    """Seconds left on the keepalive timer of every established TCP socket whose `side`
+    ('dport' or 'sport') is `port` (ss -o)."""
+    out = subprocess.run(["ss", "-tnoH", "state", "established", f"( {side} = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    timers = []
+    for line in out.splitlines():
+        assert "timer:(keepalive," in line, f"a connection without keepalive: {line}"
+        timers.append(int(line.split("timer:(keepalive,")[1].split("sec")[0].split("min")[0]))
+    return timers
+
+
+def test_connections_use_tcp_keepalives_on_both_sides(db: Database) -> None:
+    big(db)
+    with replies_held(db) as hold:
+        proc = db.spawn("run", "--jobs", "1", *hold.args)
+        seen = wait_for_line(proc, '"event":"started"', "public.big")
+        hold.wait()  # the connections are idle now: their keepalive timers run
+        client = keepalive_timers(hold.port, "dport")  # the run's sockets (to the hold's port)
+        server = keepalive_timers(db.cluster.port, "sport")  # the server's (to the hold's own sockets)
+        hold.release()
+        code, _, stderr = finish(proc, seen)
+    assert code == 0, stderr
+    assert len(client) >= 2 and all(0 <= t <= 30 for t in client), client  # TCP_KEEPIDLE 30 s
+    assert len(server) >= 2 and all(30 < t <= 60 for t in server), server  # tcp_keepalives_idle 60 s
+
+
+def test_a_catalog_query_that_waits_is_ended_by_the_stall_timeout(db: Database) -> None:
+    """Reading a sequence's position waits behind a lock on it: --lock-timeout 0 would wait
+    forever, --stall-timeout ends it (catalog reads have no lock timeout of their own)."""
+    db.sql("CREATE TABLE t (id serial); INSERT INTO t DEFAULT VALUES;")
+    with db.locked("t_id_seq", by="ALTER SEQUENCE t_id_seq RENAME TO t_id_seq_held"):
+        result = db.dump("--lock-timeout", "0", "--stall-timeout", "3")
+    assert result.code == 5, result.stderr
+    assert "while taking the snapshot and reading the catalog: the database sent nothing for 3 s" in result.stderr
+    events = [parse_json(line) for line in result.stdout.splitlines()]
+    taken, failed = (next(e for e in events if e["event"] == name) for name in ("snapshot taken", "run failed"))
+    within(seconds_between(taken, failed), 3, 2 * 3, "the catalog read")
+    assert result.files() == []

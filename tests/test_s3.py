@@ -288,6 +288,20 @@ def test_every_request_names_the_expected_bucket_owner_and_run_objects_are_never
     assert writes["nightly/r1/public.small.jsonl"].get("if-none-match") == "*"
     assert writes["nightly/r1/manifest.json"].get("if-none-match") == "*"
     assert "if-none-match" not in writes["nightly/LATEST"]
+    # An object smaller than a part is one PutObject; a larger one a multipart upload.
+    lines = [line for line, _ in requests]
+    assert [line for line in lines if "public.small.jsonl" in line] == [f"PUT /{BUCKET}/nightly/r1/public.small.jsonl "
+                                                                        "HTTP/1.1"]
+    assert any(line.startswith(f"POST /{BUCKET}/nightly/r1/public.big.jsonl?uploads") for line in lines)
+
+
+def test_a_run_folder_that_holds_an_object_is_refused(db: Database, s3: Any, moto: Moto) -> None:
+    big_table(db, 10)
+    s3.put_object(Bucket=BUCKET, Key="nightly/r1/someone-elses", Body=b"x")
+    result = db.dump("--run-id", "r1", env=s3_env(moto))
+    assert result.code == 2, result.stderr
+    assert "s3://dumps/nightly/r1 already exists: a run writes only into a folder it creates" in result.stderr
+    assert keys(s3) == ["nightly/r1/someone-elses"] and pending_uploads(s3) == []
 
 
 def test_a_bad_expected_bucket_owner_is_a_usage_error(db: Database, s3: Any, moto: Moto) -> None:

@@ -276,3 +276,28 @@ def test_a_pg_dump_that_never_finishes_ends_the_run_and_is_killed(db: Database, 
     assert not (result.output / "r").exists(), "a failed run leaves no folder"
     left = subprocess.run(["pgrep", "-f", "sleep 3599.25"], capture_output=True, text=True, check=False)
     assert left.stdout == "", "the held pg_dump was killed"
+
+
+def test_a_manifest_from_before_schema_files_reads_as_absent(db: Database, target: Database) -> None:
+    """Manifests written before `schemas`, `schema_files` and `sequences` existed lack them:
+    every reader takes that as "absent", and says so."""
+    db.sql(RICH_SQL + RICH_DATA)
+    first = db.dump("--run-id", "old", "--schema-files", "off")
+    assert first.code == 0, first.stderr
+    manifest_path = first.run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for key in ("schemas", "schema_files", "sequences"):
+        del manifest[key]
+    manifest_path.write_text(json.dumps(manifest))
+    assert verify(first.run_dir)[0] == 0
+    refused = target.restore(first.run_dir, "--with-schema")
+    assert refused.code == 2
+    assert "this dump has no schema files (the dump was taken before schema files existed)" in refused.stderr
+    drilled = db.drill(first.run_dir)
+    assert drilled.code == 2
+    assert "this dump has no schema files (the dump was taken before schema files existed)" in drilled.stderr
+    target.sql(RICH_SQL)
+    loaded = target.restore(first.run_dir)  # into tables made another way: rows, no sequences to set
+    assert loaded.code == 0, loaded.stderr
+    assert target.fetch("SELECT count(*) FROM pets")[0][0] == 5
+    assert target.fetch("SELECT last_value, is_called FROM people_id_seq")[0] == (1, False)

@@ -9,6 +9,7 @@ import pytest
 import trustme
 
 from .conftest import REFUSED_LOGIN, Database
+from .holds import closed_port
 
 ROLE_SQL = """
 CREATE ROLE reader LOGIN PASSWORD 'reader-pw';
@@ -68,12 +69,16 @@ def test_failure_in_one_table_removes_the_files_of_finished_ones(db: Database) -
         db.sql("DROP OWNED BY reader; DROP ROLE reader;")
 
 
+LEAK_PROBE = "Pw-leak-probe-7f3a9c"  # a wrong password no message could hold by chance
+
+
 @REFUSED_LOGIN
 def test_wrong_password_is_an_auth_error(db: Database) -> None:
-    result = db.dump(password="wrong")
+    result = db.dump(password=LEAK_PROBE)
     assert result.code == 3
     assert "authentication failed" in result.stderr and "check PGPASSWORD" in result.stderr
-    assert "wrong" not in result.stderr.replace("wrong password", "")
+    assert LEAK_PROBE not in result.stdout + result.stderr
+    assert result.files() == []
 
 
 @pytest.mark.requires("tls")
@@ -118,18 +123,20 @@ def test_missing_ca_file_is_a_usage_error(db: Database) -> None:
 
 
 def test_nothing_listening_is_a_connection_error_after_retries(db: Database) -> None:
-    from devtools.pgcluster import free_port
-    result = db.dump("--port", str(free_port()), "--connect-attempts", "2")
+    with closed_port() as port:
+        result = db.dump("--port", str(port), "--connect-attempts", "2")
     assert result.code == 3
     assert "cannot connect to localhost" in result.stderr
     assert result.stdout.count('"event":"connect failed, retrying"') == 1
     assert '"attempt":1,"of":2' in result.stdout
 
 
+@REFUSED_LOGIN
 @pytest.mark.requires("tls")
 def test_auth_and_tls_failures_are_not_retried(db: Database) -> None:
-    assert "retrying" not in db.dump(password="wrong").stdout
-    assert "retrying" not in db.dump("--host", "127.0.0.1").stdout
+    for refused in (db.dump(password=LEAK_PROBE), db.dump("--host", "127.0.0.1")):
+        assert refused.code == 3, refused.stderr
+        assert "retrying" not in refused.stdout
 
 
 @pytest.mark.requires("tls")
@@ -199,3 +206,17 @@ def test_a_server_that_refuses_the_login_is_exit_3(db: Database) -> None:
         db.sql("DROP ROLE shut_out;")
     assert result.code == 3
     assert "the server refused the connection" in result.stderr and "pg_hba.conf rejects" in result.stderr
+
+
+def test_check_that_cannot_connect_exits_3(db: Database) -> None:
+    import contextlib
+    import io
+
+    from dumper import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with closed_port() as port, contextlib.redirect_stderr(err):
+        code = cli.main(["check", "--port", str(port), "--connect-attempts", "1"], db.base_env(), stdout=out)
+    assert code == 3, err.getvalue()
+    assert f"dumper: error: cannot connect to localhost:{port}" in err.getvalue()
+    assert "ok: a run would start" not in out.getvalue()

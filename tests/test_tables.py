@@ -110,6 +110,10 @@ def test_zero_column_and_empty_tables(db: Database) -> None:
     (("--exclude", "public.a_*"), ["b_one", "keep.me"]),
     (("--include", "public.*one", "--exclude", "public.b*"), ["a_one"]),
     (("--include", "public.keep.me",), ["keep.me"]),
+    (("--include", "public.keep*",), ["keep.me"]),  # '*' matches the dot in the table's name too
+    (("--include", "*one",), ["a_one", "b_one"]),  # and the one between schema and table
+    (("--include", "public.?_one",), ["a_one", "b_one"]),
+    (("--include", "public.[ab]_t*",), ["a_two"]),
 ])
 def test_include_exclude(db: Database, args: tuple[str, ...], expected: list[str]) -> None:
     db.sql('CREATE TABLE a_one (i int); CREATE TABLE a_two (i int); CREATE TABLE b_one (i int);'
@@ -117,6 +121,16 @@ def test_include_exclude(db: Database, args: tuple[str, ...], expected: list[str
     result = db.dump(*args)
     assert result.code == 0, result.stderr
     assert [t["table"] for t in result.manifest()["tables"]] == expected
+
+
+def test_globs_are_case_sensitive(db: Database) -> None:
+    db.sql('CREATE TABLE a_one (i int); CREATE TABLE "A_TWO" (i int);')
+    result = db.dump("--include", "public.A_*")
+    assert result.code == 0, result.stderr
+    assert [t["table"] for t in result.manifest()["tables"]] == ["A_TWO"]
+    refused = db.dump("--include", "PUBLIC.*", "--run-id", "upper")
+    assert refused.code == 2 and "--include: 'PUBLIC.*' matches no table" in refused.stderr
+    assert not (refused.output / "upper").exists()
 
 
 def test_include_env_is_comma_separated(db: Database) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Database, parse_json, wait_until
+from .conftest import MAJORS, Database, parse_json, wait_until
 from .holds import ReplyHold, replies_held
 from .test_resilience import assert_every_row_once
 from .test_split import TABLES, content, started
@@ -239,3 +239,19 @@ def test_workers_get_no_secret_on_their_command_line_or_environment(db: Database
     assert proc.returncode == 0, stderr
     for table in ("big", "big2"):
         assert_every_row_once(next((db.tmp / "out").rglob(f"public.{table}.jsonl")))
+
+
+@pytest.mark.slow
+def test_a_silent_worker_fails_the_run_after_60_s_even_with_no_stall_timeout(db: Database) -> None:
+    """--stall-timeout 0 waits forever for the database, never for a worker process: one that sends
+    nothing, not even its heartbeat, for 60 s fails the run. Client-side: one server major is enough."""
+    if db.cluster.major != MAJORS[0]:
+        pytest.skip("the dumper's own bound on its workers: the same against every server major")
+    db.sql(BIG)
+    with stopped_workers(db, "--stall-timeout", "0") as (proc, pids, hold):
+        hold.release()
+        os.kill(pids[1], signal.SIGCONT)  # one keeps working; the other stays stopped
+        _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 5, stderr
+    assert f"worker process {pids[0]} sent nothing for 60 s, not even its heartbeat" in stderr
+    assert not alive(pids)
