@@ -14,14 +14,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# PostgreSQL 15 server binaries and psql, and the tools the tests look at processes and
-# sockets with (ss, pgrep); installed from Debian when missing (needs root).
+# PostgreSQL 15 server binaries and psql, PostGIS for it (the extension tests), and the tools
+# the tests look at processes and sockets with (ss, pgrep); installed from Debian when missing
+# (needs root).
+POSTGIS := /usr/share/postgresql/15/extension/postgis.control
 postgres:
-	@if [ ! -x $(PG_BIN)/initdb ] || ! command -v psql >/dev/null || ! command -v ss >/dev/null \
-			|| ! command -v pgrep >/dev/null; then \
-		echo "installing PostgreSQL 15, iproute2 and procps from Debian's packages"; \
+	@if [ ! -x $(PG_BIN)/initdb ] || ! command -v psql >/dev/null || [ ! -f $(POSTGIS) ] \
+			|| ! command -v ss >/dev/null || ! command -v pgrep >/dev/null; then \
+		echo "installing PostgreSQL 15, PostGIS, iproute2 and procps from Debian's packages"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15 postgresql-client-15 \
-			iproute2 procps; \
+			postgresql-15-postgis-3 iproute2 procps; \
 	fi
 
 demo: $(STAMP) postgres

@@ -33,8 +33,8 @@ EXIT_CODES = """exit codes:
        a standby's conflict with recovery); restore: a table failed to load
   6    the output could not be written (or stalled); verify/restore: the dump could not be
        read; prune: a run could not be removed
-  7    verify (or restore, before loading) found a mismatch; drill: a table did not come
-       back exactly
+  7    verify (or restore, before loading) found a mismatch; drill: the dump did not come
+       back (a table differs, the restore failed, no schema files)
   130  interrupted by SIGINT, 143 by SIGTERM (no manifest was written)"""
 
 

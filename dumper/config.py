@@ -20,6 +20,7 @@ from .errors import ConfigError
 N = TypeVar("N", int, float)
 
 FORMATS = ("jsonl", "json")
+EXTENSION_TYPES = ("text", "cast")
 COMPRESSIONS = ("none", "gzip")
 SSLMODES = ("verify-full", "verify-ca", "require", "disable")
 AUTHS = ("iam", "password")
@@ -121,6 +122,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("pg_dump", "the pg_dump program for the schema files (default: the newest on PATH or under "
            "/usr/lib/postgresql/*/bin)", commands=RUNS),
     Option("format", "jsonl (one object per line) or json (one array per file)", "jsonl", choices=FORMATS),
+    Option("extension_types", "values of a type an extension gives a cast to json (PostGIS geometry, hstore): text "
+           "(the type's own text output as a JSON string: exact, restorable) or cast (through that cast: GeoJSON, "
+           "objects; not restorable, and a value the cast refuses fails the run)", "text", choices=EXTENSION_TYPES),
     Option("compression", "file compression", "none", choices=COMPRESSIONS),
     Option("gzip_level", "gzip level, 1 (fastest) to 9 (smallest); 1-3 use ISA-L (fast), 4-9 zlib", 1, _level),
     Option("part_size", "S3 multipart part size in MiB (peak memory ~3-4 parts; doubles every 1000 parts)",
@@ -215,6 +219,7 @@ class Settings:
     schema_files: str = "auto"
     pg_dump: str | None = None
     format: str = "jsonl"
+    extension_types: str = "text"
     compression: str = "none"
     gzip_level: int = 1
     part_size: int = 16

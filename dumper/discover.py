@@ -13,11 +13,24 @@ from typing import Any
 
 from .encode import Kind, kind_for
 from .errors import ConfigError
+from .schemadeps import Extension
 
 
 def quote_ident(name: str) -> str:
     """PostgreSQL identifier quoting: always quoted, so any name is safe."""
     return '"' + name.replace('"', '""') + '"'
+
+
+# How a column's values are written (the manifest's columns[].written):
+WRITTEN_JSON = "json"  # to_json's own form (every built-in type, and types without a cast to json)
+WRITTEN_TEXT = "text"  # the type's text output as a JSON string: a type with an extension's cast to json
+WRITTEN_CAST = "cast"  # through that cast (--extension-types cast): GeoJSON, objects; not restorable exactly
+WRITTEN = (WRITTEN_JSON, WRITTEN_TEXT, WRITTEN_CAST)
+
+# Any lower bound of an array other than 1 (JSON arrays have none: to_json drops them). One
+# dimension, the common case, costs two header reads; more dimensions a look at array_dims.
+_NOT_ONE_BASED = ("(pg_catalog.array_lower({c}, 1) OPERATOR(pg_catalog.<>) 1 OR (pg_catalog.array_ndims({c}) "
+                  "OPERATOR(pg_catalog.>) 1 AND pg_catalog.array_dims({c}) OPERATOR(pg_catalog.~) '\\[(?!1:)'))")
 
 
 @dataclass(frozen=True)
@@ -26,14 +39,24 @@ class Column:
     type: str  # as format_type() shows it, e.g. "numeric(12,2)"
     kind: Kind
     domain_base: str | None = None  # quoted schema.typname of a domain's base type
+    written: str = WRITTEN_JSON
+    array: bool = False  # an array (or a domain over one): its lower bounds are checked
 
     def select_sql(self) -> str:
         col = quote_ident(self.name)
+        if self.written == WRITTEN_TEXT:  # the type's text form: text, or an array of texts
+            return f"CAST({col} AS pg_catalog.text{'[]' if self.array else ''})"
         if self.kind is Kind.TO_JSON:
             return f"pg_catalog.to_json({col})"  # to_json resolves domains itself
         if self.domain_base:  # read a domain as its base type, so its codec applies
             return f"CAST({col} AS {self.domain_base})"
         return col
+
+    def bounds_sql(self) -> str:
+        """An array whose lower bounds are not all 1 as PostgreSQL's text form of it
+        ('[0:1]={7,8}'), else NULL: the value written instead of the JSON array."""
+        col = quote_ident(self.name)
+        return f"CASE WHEN {_NOT_ONE_BASED.format(c=col)} THEN CAST({col} AS pg_catalog.text) END"
 
 
 @dataclass(frozen=True)
@@ -44,6 +67,8 @@ class Table:
     partitioned: bool
     pages: int
     columns: tuple[Column, ...]
+    extension: str | None = None  # a configuration table of this extension: only its user rows are dumped
+    condition: str = ""  # the extension's filter of those rows ("WHERE ..."), "" for all of them
     # Set by measured(), partitions summed:
     bytes: int = 0  # on disk with TOAST (pg_table_size)
     toast_bytes: int = 0  # out-of-line values: some value is larger than ~2 kB
@@ -66,11 +91,20 @@ class Table:
         # ONLY: rows of legacy inheritance children belong to the child's own
         # file. A partitioned root must be read without ONLY to see its rows.
         only = "" if self.partitioned else "ONLY "
-        cols = ", ".join(c.select_sql() for c in self.columns)
+        # After the columns: each array column's text form when its bounds are not 1 (encode.RowEncoder).
+        cols = ", ".join([c.select_sql() for c in self.columns] + [c.bounds_sql() for c in self.columns if c.array])
         ranges = [f"ctid OPERATOR(pg_catalog.>=) '({first_page},0)'::pg_catalog.tid" if first_page is not None else "",
                   f"ctid OPERATOR(pg_catalog.<) '({end_page},0)'::pg_catalog.tid" if end_page is not None else ""]
         where = " AND ".join(r for r in ranges if r)
+        if self.condition:  # the extension's own filter, as pg_dump applies it (never split: see plan_pieces)
+            return f"SELECT {cols} FROM {only}{self.relation_sql()} {self.condition}"
         return f"SELECT {cols} FROM {only}{self.relation_sql()}" + (f" WHERE {where}" if where else "")
+
+
+    @property
+    def arrays(self) -> tuple[int, ...]:
+        """Positions of the array columns (their bounds follow the columns, in this order)."""
+        return tuple(i for i, c in enumerate(self.columns) if c.array)
 
 
 def select_tables(
@@ -103,6 +137,18 @@ JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
 WHERE n.nspname OPERATOR(pg_catalog.=) ANY($1::pg_catalog.text[])
   AND c.relkind IN ('r', 'p')
   AND NOT c.relispartition  -- a partition is dumped through its root
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d  -- an extension's own table (its CREATE EXTENSION makes it)
+                  WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                    AND d.objid OPERATOR(pg_catalog.=) c.oid AND d.deptype OPERATOR(pg_catalog.=) 'e')
+ORDER BY n.nspname, c.relname
+"""
+
+_CONFIG_TABLES_SQL = """
+SELECT c.oid, n.nspname, c.relname, c.relkind OPERATOR(pg_catalog.=) 'p' AS partitioned,
+       GREATEST(c.relpages, 0)::pg_catalog.int8 AS pages
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+WHERE c.oid OPERATOR(pg_catalog.=) ANY($1::pg_catalog.oid[]) AND c.relkind IN ('r', 'p')
 ORDER BY n.nspname, c.relname
 """
 
@@ -150,7 +196,8 @@ WITH RECURSIVE chain(start, oid, typtype, typbasetype) AS (
 )
 SELECT chain.start, chain.oid AS base,
        pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||)
-       pg_catalog.quote_ident(t.typname) AS base_name
+       pg_catalog.quote_ident(t.typname) AS base_name,
+       t.typlen OPERATOR(pg_catalog.=) -1 AND t.typelem OPERATOR(pg_catalog.<>) 0 AS array
 FROM chain
 JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) chain.oid
 JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.typnamespace
@@ -158,9 +205,34 @@ WHERE chain.typtype OPERATOR(pg_catalog.<>) 'd'
 """
 
 
-async def discover(conn: Any, schemas: Sequence[str], include: Sequence[str],
-                   exclude: Sequence[str]) -> list[Table]:
-    """Tables to dump, in catalog order, with their columns and read plans."""
+# Types that hold, at any depth (array element, domain base, composite field), a type that is not
+# built in and has a cast to json or jsonb: to_json would write those values through the cast.
+_CAST_TYPES_SQL = """
+WITH RECURSIVE parts(top, t) AS (
+    SELECT u.t, u.t FROM pg_catalog.unnest($1::pg_catalog.oid[]) AS u(t)
+  UNION
+    SELECT p.top, c.child
+    FROM parts p
+    JOIN pg_catalog.pg_type ty ON ty.oid OPERATOR(pg_catalog.=) p.t
+    CROSS JOIN LATERAL (
+        SELECT ty.typelem AS child WHERE ty.typlen OPERATOR(pg_catalog.=) -1 AND ty.typelem OPERATOR(pg_catalog.<>) 0
+        UNION ALL SELECT ty.typbasetype WHERE ty.typtype OPERATOR(pg_catalog.=) 'd'
+        UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a
+                  WHERE ty.typtype OPERATOR(pg_catalog.=) 'c' AND a.attrelid OPERATOR(pg_catalog.=) ty.typrelid
+                    AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
+    ) c
+)
+SELECT DISTINCT p.top FROM parts p
+WHERE p.t OPERATOR(pg_catalog.>=) 16384  -- FirstNormalObjectId: not built in
+  AND EXISTS (SELECT FROM pg_catalog.pg_cast c WHERE c.castsource OPERATOR(pg_catalog.=) p.t
+              AND c.casttarget OPERATOR(pg_catalog.=) ANY ('{114,3802}'::pg_catalog.oid[]))  -- json, jsonb
+"""
+
+
+async def discover(conn: Any, schemas: Sequence[str], include: Sequence[str], exclude: Sequence[str],
+                   extension_types: str = WRITTEN_TEXT, extensions: Sequence[Extension] = ()) -> list[Table]:
+    """Tables to dump, in catalog order, with their columns and read plans; then the
+    configuration tables of the dumped `extensions` (their user rows)."""
     present = {r[0] for r in await conn.fetch(
         "SELECT nspname FROM pg_catalog.pg_namespace "
         "WHERE nspname OPERATOR(pg_catalog.=) ANY($1::pg_catalog.text[])", list(schemas))}
@@ -168,26 +240,33 @@ async def discover(conn: Any, schemas: Sequence[str], include: Sequence[str],
     if missing:
         raise ConfigError(f"--schema: schema {missing[0]!r} does not exist in this database")
 
-    rows = await conn.fetch(_TABLES_SQL, list(schemas))
+    rows = list(await conn.fetch(_TABLES_SQL, list(schemas)))
+    config = {table.oid: (ext.name, table.condition) for ext in extensions for table in ext.config}
+    if config:
+        rows += await conn.fetch(_CONFIG_TABLES_SQL, list(config))
     chosen = set(select_tables([(r["nspname"], r["relname"]) for r in rows], include, exclude))
     rows = [r for r in rows if (r["nspname"], r["relname"]) in chosen]
     oids = [r["oid"] for r in rows]
 
     col_rows = await conn.fetch(_COLUMNS_SQL, oids)
     type_oids = sorted({r["atttypid"] for r in col_rows})
-    bases = {r["start"]: (r["base"], r["base_name"]) for r in await conn.fetch(_BASE_TYPES_SQL, type_oids)}
+    bases = {r["start"]: (r["base"], r["base_name"], r["array"])
+             for r in await conn.fetch(_BASE_TYPES_SQL, type_oids)}
+    cast = {r[0] for r in await conn.fetch(_CAST_TYPES_SQL, type_oids)}
 
     columns: dict[int, list[Column]] = {oid: [] for oid in oids}
     for r in col_rows:
-        base_oid, base_name = bases[r["atttypid"]]
+        base_oid, base_name, array = bases[r["atttypid"]]
         # Casting to the bare base type (no typmod) never changes a value.
         columns[r["attrelid"]].append(Column(
             name=r["attname"], type=r["type"], kind=kind_for(base_oid),
             domain_base=base_name if r["atttypid"] != base_oid else None,
+            written=(extension_types if r["atttypid"] in cast else WRITTEN_JSON), array=array,
         ))
     return [
         Table(schema=r["nspname"], name=r["relname"], oid=r["oid"], partitioned=r["partitioned"],
-              pages=r["pages"], columns=tuple(columns[r["oid"]]))
+              pages=r["pages"], columns=tuple(columns[r["oid"]]), extension=config.get(r["oid"], (None, ""))[0],
+              condition=config.get(r["oid"], (None, ""))[1])
         for r in rows
     ]
 

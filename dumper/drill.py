@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import re
 import shutil
@@ -23,19 +24,19 @@ from typing import Any
 
 import asyncpg
 
-from . import db, dump, restore
+from . import db, dump, restore, sameness
 from .config import Settings, redact_url
 from .discover import quote_ident
 from .errors import ConfigError, DumperError, DumpError, LoadError, PermissionDenied, VerifyError
 from .logs import log
 from .manifest import LATEST_NAME, MANIFEST_NAME, TableEntry, is_file_name, parse, schema_files, schema_files_absent
 from .notify import Outcome, publish
+from .readback import RowBatches
 from .rebuild import dump_schemas
 from .sinks import FAILURES, Output
 from .stored import content
 
 MARKER = "dumper drill scratch database (removed when the drill ends)"
-SHOWN = 160  # characters of a differing line shown
 
 _LEFTOVERS_SQL = """
 SELECT d.datname FROM pg_catalog.pg_database d
@@ -49,37 +50,6 @@ def scratch_name(run_id: str) -> str:
     return ("dumper_drill_" + re.sub(r"[^a-z0-9_]", "_", run_id.lower()))[:63]
 
 
-def lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """The '\\n'-separated lines of a byte stream."""
-    rest = b""
-    for chunk in chunks:
-        parts = (rest + chunk).split(b"\n")
-        rest = parts.pop()
-        yield from parts
-    if rest:
-        yield rest
-
-
-def first_difference(expected: Iterable[bytes], got: Iterable[bytes]) -> str | None:
-    """'line N: dump has ..., restored has ...' for the first differing line, or None."""
-    ours, theirs = iter(expected), iter(got)
-    number = 0
-    while True:
-        number += 1
-        a, b = next(ours, None), next(theirs, None)
-        if a == b:
-            if a is None:
-                return None
-            continue
-
-        def shown(line: bytes | None) -> str:
-            if line is None:
-                return "no such line"
-            text = line.decode("utf-8", "replace")
-            return repr(text[:SHOWN] + ("..." if len(text) > SHOWN else ""))
-        return f"line {number}: the dump has {shown(a)}, the restored database gives {shown(b)}"
-
-
 def _content_sha(chunks: Iterable[bytes], compression: str) -> str:
     digest = hashlib.sha256()
     for piece in content(chunks, compression):
@@ -87,17 +57,24 @@ def _content_sha(chunks: Iterable[bytes], compression: str) -> str:
     return digest.hexdigest()
 
 
+def _rows(output: Output, path: str, compression: str, fmt: str) -> Iterator[bytes]:
+    """The row texts of a stored table file."""
+    for batch in RowBatches(output.chunks(path) or [], compression, fmt, path):
+        yield from batch
+
+
 def compare(doc: dict[str, Any], source: Output, again: list[TableEntry], again_dir: Output,
             again_run: str) -> list[str]:
-    """One message per table whose rows did not come back exactly."""
-    compression = doc["compression"]
+    """One message per table whose rows did not come back exactly: compared as a multiset
+    of rows, each by column name (sameness), after a byte-for-byte look that settles most."""
+    compression, fmt = doc["compression"], doc["format"]
     by_name = {(t.schema, t.table): t for t in again}
     problems = []
     for entry in doc["tables"]:
         name = f"{entry['schema']}.{entry['table']}"
         got = by_name.pop((entry["schema"], entry["table"]), None)
         if got is None:
-            problems.append(f"{name}: not in the restored database")
+            problems.append(f"table {name}: not in the restored database")
             continue
         mine = f"{again_run}/{got.path}"
         if compression == "none":
@@ -107,11 +84,12 @@ def compare(doc: dict[str, Any], source: Output, again: list[TableEntry], again_
                     == _content_sha(again_dir.chunks(mine) or [], compression))
         if same and got.rows == entry["rows"]:
             continue
-        difference = first_difference(lines(content(source.chunks(entry["path"]) or [], compression)),
-                                      lines(content(again_dir.chunks(mine) or [], compression)))
-        problems.append(f"{name}: {entry['rows']} rows in the dump, {got.rows} restored"
-                        + (f"; {difference}" if difference else ""))
-    problems += [f"{s}.{t}: in the restored database, not in the dump" for s, t in by_name]
+        columns = [c["name"] for c in entry["columns"]]
+        differs = sameness.difference(functools.partial(_rows, source, entry["path"], compression, fmt),
+                                      functools.partial(_rows, again_dir, mine, compression, fmt), columns)
+        if differs is not None:
+            problems.append(f"table {name}: {differs}")
+    problems += [f"table {s}.{t}: in the restored database, not in the dump" for s, t in by_name]
     return problems
 
 
@@ -175,9 +153,10 @@ async def _create(conn: Any, name: str, settings: Settings) -> None:
 @dataclasses.dataclass
 class DrillResult:
     tables: list[TableEntry]
-    mismatches: list[str]
+    mismatches: list[str]  # tables whose rows did not come back
     scratch: str
     source: str  # the run folder drilled
+    failed: str | None = None  # the restore failed (a schema file, a table's rows, an object the target lacks)
 
 
 async def drill(settings: Settings, password: db.PasswordProvider) -> DrillResult:
@@ -188,10 +167,10 @@ async def drill(settings: Settings, password: db.PasswordProvider) -> DrillResul
         doc = parse(await asyncio.to_thread(source.read, MANIFEST_NAME))
     except FileNotFoundError:
         raise VerifyError(f"{source.url_of(MANIFEST_NAME)} does not exist: not a complete dump") from None
-    if not schema_files(doc):
-        raise ConfigError(f"this dump has no schema files ({schema_files_absent(doc)}): a drill builds the scratch "
-                          "database from them; take dumps with a pg_dump at least the server's major "
-                          "(--schema-files require)")
+    if not schema_files(doc):  # the dump cannot build an empty database: it does not come back by itself
+        raise VerifyError(f"this dump has no schema files ({schema_files_absent(doc)}): a drill builds the scratch "
+                          "database from them, as a restore into an empty database must; take dumps with a pg_dump "
+                          "at least the server's major (--schema-files require)")
     scratch = settings.scratch_dbname or scratch_name(doc["run_id"])
     conn = await _admin(settings, password)
     try:
@@ -207,8 +186,8 @@ async def drill(settings: Settings, password: db.PasswordProvider) -> DrillResul
         try:
             await restore.run(dataclasses.replace(inside, with_schema=True, include=(), exclude=(), truncate=False,
                                                   create_tables=False, no_sequences=False), password)
-        except LoadError as exc:  # the server refused the dump: it does not come back
-            return DrillResult([], [f"{exc} (the restore failed)"], scratch, inside.output)
+        except (LoadError, ConfigError) as exc:  # the dump does not load as it is (the options are the drill's own)
+            return DrillResult([], [], scratch, inside.output, failed=f"{exc} (the restore failed)")
         log.info("drill: dumping the scratch database again", extra={"database": scratch})
         again_settings = dataclasses.replace(
             inside, output=folder, run_id="drill", format=doc["format"], compression=doc["compression"],
@@ -245,6 +224,8 @@ async def run(settings: Settings, password: db.PasswordProvider) -> Outcome:
     status, code, error, result = "failed", 1, None, None
     try:
         result = await drill(settings, password)
+        if result.failed:
+            raise VerifyError(f"the dump {redact_url(result.source)} did not come back: {result.failed}")
         if result.mismatches:
             for problem in result.mismatches:
                 log.error(f"MISMATCH {problem}")
@@ -261,6 +242,6 @@ async def run(settings: Settings, password: db.PasswordProvider) -> Outcome:
         where = result.source if result else settings.output
         outcome = Outcome(settings.run_id, status, started, time.time(), code, error, redact_url(where),
                           result.tables if result else [], kind="drill",
-                          mismatches=result.mismatches if result else [])
+                          mismatches=(result.mismatches + ([result.failed] if result.failed else [])) if result else [])
         await asyncio.shield(publish(settings, outcome))
     return outcome

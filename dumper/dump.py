@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__, db, pgdump, replica, sequences, workers
+from . import __version__, db, pgdump, replica, schemadeps, sequences, workers
 from .assemble import PROGRESS_EVERY, Assembly
 from .config import Settings
 from .discover import Table, discover, measured
@@ -53,8 +53,8 @@ def _entry(piece: Piece, assembly: Assembly) -> TableEntry:
     return TableEntry(
         schema=table.schema, table=table.name, path=piece.relpath.rpartition("/")[2],
         rows=assembly.framer.rows, bytes=assembly.writer.bytes, sha256=assembly.writer.sha256,
-        columns=[{"name": c.name, "type": c.type} for c in table.columns],
-        seconds=round(time.monotonic() - assembly.started, 3))
+        columns=[{"name": c.name, "type": c.type, "written": c.written} for c in table.columns],
+        seconds=round(time.monotonic() - assembly.started, 3), extension=table.extension)
 
 
 async def _dump_tables(settings: Settings, password: db.PasswordProvider, output: Output,
@@ -215,7 +215,10 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
                 version = await db.server_version(coordinator)
                 facts = await db.scan_facts(coordinator)
                 piece_pages = _piece_pages(facts, settings)
-                tables = await discover(coordinator, settings.schema, settings.include, settings.exclude)
+                carried = await schemadeps.extensions(coordinator, settings.schema)
+                tables = await discover(coordinator, settings.schema, settings.include, settings.exclude,
+                                        settings.extension_types, carried)
+                outside = await schemadeps.outside(coordinator, settings.schema, carried)
                 source.standby = await replica.standby(coordinator)
                 if source.standby and not source.conflicts:
                     source.conflicts = await replica.conflicts(coordinator)
@@ -229,14 +232,19 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
                 await db.lock_table(coordinator, table.relation_sql(), table.qualified, settings)
             async with db.preparing(settings):
                 tables = await measured(coordinator, tables)
-                positions = await sequences.read(coordinator, settings.schema)
+                positions = await sequences.read(coordinator, settings.schema,
+                                                 [oid for ext in carried for oid in ext.config_sequences])
                 excluded = await _not_dumped(coordinator, settings.schema, tables) if pg_dump else []
+            if outside and pg_dump:
+                log.warning("the schema files name objects outside the dumped schemas: a restore --with-schema (or a "
+                            "drill) needs them in the target; dump their schemas too, or create them there first",
+                            extra={"objects": "; ".join(o["description"] for o in outside)})
             names = unique_file_names([
                 table_file_name(t.schema, t.name, settings.format, settings.compression) for t in tables])
             work = [(t, f"{run_dir}/{name}") for t, name in zip(tables, names, strict=True)]
             # First, on one more connection while the tables wait: a pg_dump that fails ends the run early.
             files = await _schema_files(settings, password, output, pg_dump, snapshot_id, excluded,
-                                        committed) if pg_dump else None
+                                        carried, committed) if pg_dump else None
             schema_files = ({"status": "written", "pg_dump": pg_dump.version,
                              "files": [dataclasses.asdict(f) for f in files]} if pg_dump and files else
                             {"status": "absent", "reason": "--schema-files off" if settings.schema_files == "off"
@@ -252,7 +260,8 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
             database={"host": settings.host, "port": settings.port, "dbname": settings.dbname,
                       "user": settings.user, "server_version": version},
             snapshot_id=snapshot_id, format=settings.format, compression=settings.compression,
-            tables=entries, schemas=list(settings.schema), schema_files=schema_files, sequences=positions)
+            tables=entries, schemas=list(settings.schema), schema_files=schema_files, sequences=positions,
+            extensions=[e.listed() for e in carried], requires=outside if pg_dump else [])
         await output.put(f"{run_dir}/{MANIFEST_NAME}", manifest.to_bytes())
         done = True
     finally:
@@ -271,6 +280,9 @@ WHERE n.nspname OPERATOR(pg_catalog.=) ANY($1::pg_catalog.text[])
   AND NOT c.oid OPERATOR(pg_catalog.=) ANY($2::pg_catalog.oid[])
   AND NOT (c.relispartition
            AND pg_catalog.pg_partition_root(c.oid)::pg_catalog.oid OPERATOR(pg_catalog.=) ANY($2::pg_catalog.oid[]))
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d  -- an extension's: pg_dump leaves it to CREATE EXTENSION
+                  WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                    AND d.objid OPERATOR(pg_catalog.=) c.oid AND d.deptype OPERATOR(pg_catalog.=) 'e')
 ORDER BY 1, 2
 """
 
@@ -283,11 +295,13 @@ async def _not_dumped(conn: Any, schemas: tuple[str, ...], tables: list[Table]) 
 
 
 async def _schema_files(settings: Settings, password: db.PasswordProvider, output: Output, pg_dump: pgdump.PgDump,
-                        snapshot_id: str, excluded: list[tuple[str, str]], committed: list[str]) -> list[FileEntry]:
+                        snapshot_id: str, excluded: list[tuple[str, str]],
+                        extensions: list[schemadeps.Extension], committed: list[str]) -> list[FileEntry]:
     """pg_dump's pre-data and post-data sections, written into the run folder."""
     files = []
     for section in pgdump.SECTIONS:
-        data = await pgdump.section_with_retries(settings, password, pg_dump, snapshot_id, section, excluded)
+        data = await pgdump.section_with_retries(settings, password, pg_dump, snapshot_id, section, excluded,
+                                                 extensions)
         name = pgdump.file_name(section)
         relpath = f"{settings.run_id}/{name}"
         await output.put(relpath, data)

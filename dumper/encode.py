@@ -22,6 +22,7 @@ import enum
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache, partial
 from itertools import repeat, starmap
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -138,19 +139,24 @@ ARRAY_SEPARATOR = b",\n"  # between two rows (or two encoded batches) of a JSON 
 
 
 @lru_cache(maxsize=256)
-def _row_maker(names: tuple[str, ...]) -> Callable[[Iterable[Iterable[Any]]], Iterator[Any]]:
+def _row_maker(names: tuple[str, ...], extra: int = 0) -> Callable[[Iterable[Iterable[Any]]], Iterator[Any]]:
     """records -> row objects msgspec encodes as JSON objects with these keys.
 
     A Struct type made for the columns takes each record's values positionally:
     no dict per row (building the dicts was most of a row's encoding cost).
+    `extra` values after the columns (the bounds of array columns) are fields
+    that default to None and are left out of the JSON while None (RowEncoder
+    moves any other value into its column first).
     msgspec refuses field names holding '"', '\\' or control characters; a table
     with such a column gets a dict per row instead (msgspec escapes dict keys).
     """
+    fields: list[str | tuple[str, type, None]] = [f"c{i}" for i in range(len(names))]
+    fields += [(f"extra{i}", object, None) for i in range(extra)]
     try:
-        row = msgspec.defstruct("Row", [f"c{i}" for i in range(len(names))], gc=False,  # values hold no cycles
+        row = msgspec.defstruct("Row", fields, gc=False, omit_defaults=bool(extra),  # values hold no cycles
                                 rename={f"c{i}": name for i, name in enumerate(names)})
     except ValueError:
-        return lambda records: map(dict, map(zip, repeat(names), records))
+        return lambda records: map(dict, map(zip, repeat(names), records))  # zip stops at the columns
     return partial(starmap, row)
 
 
@@ -163,12 +169,34 @@ class RowEncoder:
     characters in strings are escaped; json values come through json_text).
     """
 
-    def __init__(self, names: Sequence[str], array: bool) -> None:
-        self._rows = _row_maker(tuple(names))
+    def __init__(self, names: Sequence[str], array: bool, bounds_of: Sequence[int] = ()) -> None:
+        self._rows = _row_maker(tuple(names), len(bounds_of))
         self._array = array
         self._encoder = msgspec.json.Encoder()
+        # Each record ends with one value per array column (Table.select_sql): None, or the
+        # column's text form when its lower bounds are not 1, written instead of the array.
+        self._width = len(names)
+        self._bounds = [(column, itemgetter(self._width + i)) for i, column in enumerate(bounds_of)]
 
-    def encode(self, records: Sequence[Iterable[Any]]) -> bytes:
+    def _with_bounds(self, records: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
+        """The records, with an array that has lower bounds other than 1 replaced by its text
+        form (rare: every batch is looked at by one C-level pass per array column)."""
+        found = [(column, get) for column, get in self._bounds if any(map(get, records))]
+        if not found:
+            return records
+        fixed = []
+        for record in records:
+            values = list(record)[:self._width]
+            for column, get in found:
+                text = get(record)
+                if text is not None:
+                    values[column] = text
+            fixed.append(values)
+        return fixed
+
+    def encode(self, records: Sequence[Sequence[Any]]) -> bytes:
+        if self._bounds:
+            records = self._with_bounds(records)
         if not self._array:
             return self._encoder.encode_lines(self._rows(records))
         if len(records) == 1:  # a huge document, perhaps: no copy

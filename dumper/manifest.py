@@ -64,6 +64,7 @@ class TableEntry:
     sha256: str
     columns: list[dict[str, str]]
     seconds: float
+    extension: str | None = None  # a configuration table of this extension: its user rows (restored after it)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,8 @@ class Manifest:
     # {"status": "written", "pg_dump": version, "files": [FileEntry...]} or {"status": "absent", "reason": ...}
     schema_files: dict[str, Any] = field(default_factory=lambda: {"status": "absent", "reason": "off"})
     sequences: list[dict[str, Any]] = field(default_factory=list)
+    extensions: list[dict[str, Any]] = field(default_factory=list)  # created by the schema files, in this order
+    requires: list[dict[str, Any]] = field(default_factory=list)  # objects outside the dump the schema files name
     manifest_version: int = MANIFEST_VERSION
 
     def to_bytes(self) -> bytes:
@@ -113,7 +116,7 @@ class Manifest:
         }
         order = ["manifest_version", "tool", "run_id", "started_at", "finished_at", "database",
                  "snapshot_id", "format", "compression", "schemas", "tables", "totals", "schema_files",
-                 "sequences"]
+                 "sequences", "extensions", "requires"]
         return orjson.dumps({k: data[k] for k in order}, option=orjson.OPT_INDENT_2) + b"\n"
 
 

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 from . import __version__, db
 from .config import Settings
+from .discover import quote_ident
 from .errors import ConfigError, ConnectionLost, DumpError, PermissionDenied, SnapshotLost
 from .logs import log
+from .schemadeps import Extension
 
 SECTIONS = ("pre-data", "post-data")
 SEARCHED = ("/usr/lib/postgresql/*/bin/pg_dump", "/usr/pgsql-*/bin/pg_dump", "/usr/local/pgsql/bin/pg_dump")
@@ -114,8 +116,11 @@ def pattern(schema: str, table: str | None = None) -> str:
     return quoted(schema) + (f".{quoted(table)}" if table is not None else "")
 
 
-def arguments(settings: Settings, snapshot_id: str, section: str, excluded: Sequence[tuple[str, str]]) -> list[str]:
-    args = ["--section", section, "--snapshot", snapshot_id, "--no-owner", "--no-privileges",
+def arguments(settings: Settings, snapshot_id: str, section: str, excluded: Sequence[tuple[str, str]],
+              extensions: Sequence[str] = ()) -> list[str]:
+    """pg_dump's command line (pg_dump 14 or later for `extensions`: see created_first)."""
+    # Tablespaces are the source server's layout: a restore puts tables in the target's default.
+    args = ["--section", section, "--snapshot", snapshot_id, "--no-owner", "--no-privileges", "--no-tablespaces",
             "--no-password", "--dbname", _conninfo(settings)]
     if settings.lock_timeout:
         args += ["--lock-wait-timeout", f"{int(settings.lock_timeout * 1000)}ms"]
@@ -123,18 +128,31 @@ def arguments(settings: Settings, snapshot_id: str, section: str, excluded: Sequ
         args += ["--schema", pattern(schema)]
     for schema, table in excluded:
         args += ["--exclude-table", pattern(schema, table)]
+    for name in extensions:  # CREATE EXTENSION for those the dumped objects use (-n alone leaves them out)
+        args += ["--extension", pattern(name)]
     return args
 
 
+def created_first(extensions: Sequence[Extension]) -> bytes:
+    """What pg_dump 14 and later writes for --extension, for an older pg_dump (which has no such
+    option): CREATE EXTENSION for each, in the order given (required ones first)."""
+    return "".join(f"CREATE EXTENSION IF NOT EXISTS {quote_ident(e.name)} WITH SCHEMA {quote_ident(e.schema)};\n"
+                   for e in extensions).encode()
+
+
+EXTENSION_OPTION = 14  # the first pg_dump with --extension
+
+
 async def section(settings: Settings, password: db.PasswordProvider, pg_dump: PgDump, snapshot_id: str,
-                  name: str, excluded: Sequence[tuple[str, str]]) -> bytes:
+                  name: str, excluded: Sequence[tuple[str, str]], extensions: Sequence[Extension] = ()) -> bytes:
     """One section's SQL; DumpError (or PermissionDenied) naming pg_dump's own message."""
     env = _base_env()
     secret = await password()
     if secret:
         env["PGPASSWORD"] = secret  # the environment of a child of ours: not on any command line
     proc = await asyncio.create_subprocess_exec(
-        pg_dump.path, *arguments(settings, snapshot_id, name, excluded), env=env,
+        pg_dump.path, *arguments(settings, snapshot_id, name, excluded,
+                                 [e.name for e in extensions] if pg_dump.major >= EXTENSION_OPTION else []), env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         start_new_session=True)  # a SIGINT at the terminal reaches us, and we end it
     # A bound on the whole of pg_dump: its table locks wait up to --lock-timeout, and
@@ -158,6 +176,8 @@ async def section(settings: Settings, password: db.PasswordProvider, pg_dump: Pg
         lines = " / ".join(said or [line.strip() for line in text.splitlines()[-3:]])
         raise _error_class(lines)(f"schema file {file_name(name)}: pg_dump {pg_dump.version} failed "
                                  f"(exit {proc.returncode}): {lines}")
+    if name == "pre-data" and pg_dump.major < EXTENSION_OPTION:
+        return created_first(extensions) + out
     return out
 
 
@@ -178,11 +198,12 @@ def _error_class(text: str) -> type[DumpError | PermissionDenied]:
 
 
 async def section_with_retries(settings: Settings, password: db.PasswordProvider, pg_dump: PgDump,
-                               snapshot_id: str, name: str, excluded: Sequence[tuple[str, str]]) -> bytes:
+                               snapshot_id: str, name: str, excluded: Sequence[tuple[str, str]],
+                               extensions: Sequence[Extension] = ()) -> bytes:
     """section(), again after a lost connection (in the same snapshot), up to --connect-attempts."""
     for attempt in range(1, settings.connect_attempts + 1):
         try:
-            return await section(settings, password, pg_dump, snapshot_id, name, excluded)
+            return await section(settings, password, pg_dump, snapshot_id, name, excluded, extensions)
         except ConnectionLost as exc:
             if attempt == settings.connect_attempts:
                 raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import db, replica
+from . import db, replica, schemadeps
 from .auth import IamToken, StaticPassword
 from .config import Settings
 from .discover import discover
@@ -56,7 +56,8 @@ async def check(settings: Settings, password: StaticPassword | IamToken,
                 f"{standby.max_standby_archive_delay}")
             if standby.can_cancel:
                 say(f"  warning: {standby.warning()}")
-        tables = await discover(conn, settings.schema, settings.include, settings.exclude)
+        tables = await discover(conn, settings.schema, settings.include, settings.exclude, settings.extension_types,
+                                await schemadeps.extensions(conn, settings.schema))
         rows = {r["oid"]: r for r in await conn.fetch(_READABLE_SQL, [t.oid for t in tables])}
     finally:
         await db.close(conn)

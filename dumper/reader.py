@@ -46,7 +46,7 @@ def plan_pieces(table: Table, relpath: str, piece_pages: int) -> list[Piece]:
     The first and last pieces are open-ended, so pages the size estimate
     missed are still read.
     """
-    if piece_pages <= 0 or table.partitioned or table.pages <= piece_pages:
+    if piece_pages <= 0 or table.partitioned or table.extension or table.pages <= piece_pages:
         return [Piece(table, relpath, 0, 1, None, None)]
     starts = list(range(0, table.pages, piece_pages))
     return [Piece(table, relpath, i, len(starts), start or None, starts[i + 1] if i + 1 < len(starts) else None)
@@ -135,7 +135,7 @@ async def _read_piece(conn: Any, piece: Piece, sink: Sink, settings: Settings, d
     the same snapshot returns the same rows in the same order (seqscans are not
     synchronized, cursors never run parallel plans).
     """
-    encoder = RowEncoder([c.name for c in piece.table.columns], settings.format == "json")
+    encoder = RowEncoder([c.name for c in piece.table.columns], settings.format == "json", piece.table.arrays)
     batcher = delivered.batcher  # a retry skips the delivered rows at the size already learned
     skip = delivered.rows
     async for batch in db.stream(conn, piece.table.select_sql(piece.first_page, piece.end_page),

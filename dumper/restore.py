@@ -220,10 +220,11 @@ async def _create_sql(conn: Any, targets: list[Target]) -> list[str]:
 
 
 async def _holding_rows(conn: Any, targets: list[Target]) -> list[str]:
-    """The existing target tables that are not empty."""
+    """The existing target tables that are not empty (an extension's configuration table
+    holds the extension's own rows: only the user's are in the dump)."""
     holding = []
     for target in targets:
-        if not target.oid:
+        if not target.oid or target.entry.get("extension"):
             continue
         try:
             full = await conn.fetchval(f"SELECT EXISTS (SELECT FROM {target.relation_sql})")
@@ -258,6 +259,48 @@ async def _may_disable_triggers(conn: Any) -> bool:
 
 
 # --- loading --------------------------------------------------------------------
+
+
+def refuse_cast_columns(entries: Sequence[dict[str, Any]]) -> None:
+    """Columns written through an extension's cast to json (--extension-types cast) do not load back
+    exactly (GeoJSON drops what it cannot say, an hstore object is not hstore's input): refused."""
+    cast = [f"{e['schema']}.{e['table']}.{c['name']} ({c['type']})" for e in entries for c in e["columns"]
+            if c.get("written") == "cast"]
+    if cast:
+        raise ConfigError(f"{len(cast)} column(s) of the dump were written through their type's cast to json "
+                          f"(--extension-types cast), which does not come back exactly: {', '.join(cast)}; nothing was "
+                          "loaded (leave these tables out with --exclude, or restore a dump taken with "
+                          "--extension-types text)")
+
+
+# Of the target tables, those this role may not TRUNCATE; and the extension filter of a configuration table.
+_TRUNCATE_SQL = """
+SELECT t.oid, pg_catalog.has_table_privilege(t.oid, 'TRUNCATE') AS truncate,
+       pg_catalog.has_table_privilege(t.oid, 'DELETE') AS delete,
+       (SELECT COALESCE(e.extcondition[pg_catalog.array_position(e.extconfig, t.oid)], '')
+        FROM pg_catalog.pg_extension e WHERE t.oid OPERATOR(pg_catalog.=) ANY (e.extconfig)) AS condition
+FROM pg_catalog.unnest($1::pg_catalog.oid[]) AS t(oid)
+"""
+
+
+async def _emptying(conn: Any, targets: list[Target], user: str) -> list[str]:
+    """--truncate: the statements that empty the target tables, checked before anything
+    changes: one TRUNCATE (tables that reference each other empty together), and for an
+    extension's configuration table a DELETE of its user rows only (the extension's filter)."""
+    existing = [t for t in targets if t.oid]
+    rows = {r["oid"]: r for r in await conn.fetch(_TRUNCATE_SQL, [t.oid for t in existing])}
+    plain = [t for t in existing if rows[t.oid]["condition"] is None]
+    config = [t for t in existing if rows[t.oid]["condition"] is not None]
+    refused = [f"{t.qualified} (TRUNCATE)" for t in plain if not rows[t.oid]["truncate"]]
+    refused += [f"{t.qualified} (DELETE)" for t in config if not rows[t.oid]["delete"]]
+    if refused:
+        raise PermissionDenied(
+            f"--truncate: {user} may not empty {', '.join(refused)}; nothing was changed. GRANT TRUNCATE ON "
+            f"<table> TO {user} (pg_write_all_data grants INSERT, UPDATE and DELETE, not TRUNCATE), or empty the "
+            "tables another way and restore without --truncate")
+    statements = ["TRUNCATE " + ", ".join(t.relation_sql for t in plain)] if plain else []
+    statements += [f"DELETE FROM ONLY {t.relation_sql} {rows[t.oid]['condition']}".rstrip() for t in config]
+    return statements
 
 
 def load_error(exc: BaseException, table: str) -> DumperError:
@@ -467,6 +510,7 @@ async def run(settings: Settings, password: db.PasswordProvider) -> RestoreOutco
     source = Output.for_settings(settings)
     doc = await asyncio.to_thread(_read_manifest, source)
     entries = chosen_entries(doc, settings.include, settings.exclude)
+    refuse_cast_columns(entries)
     if settings.with_schema:
         rebuild.require_files(doc)
     problems = []
@@ -489,7 +533,9 @@ async def run(settings: Settings, password: db.PasswordProvider) -> RestoreOutco
             scripts = await asyncio.to_thread(rebuild.scripts, source, doc)
             async with db.preparing(settings, "while checking that the target is empty"):
                 existing = await rebuild.refuse_occupied(conn, rebuild.dump_schemas(doc))
-            await rebuild.apply(conn, "pre-data", scripts["pre-data"], existing)
+                first = await rebuild.extensions_ready(conn, doc, settings.user)
+                await rebuild.outside_ready(conn, doc)
+            await rebuild.apply(conn, "pre-data", scripts["pre-data"], existing, first)
         async with db.preparing(settings, "while checking the target tables"):
             targets, create = await _inspect(conn, entries, settings.create_tables)
             holding = await _holding_rows(conn, targets)
@@ -497,6 +543,7 @@ async def run(settings: Settings, password: db.PasswordProvider) -> RestoreOutco
             units = loadplan.plan([t.qualified for t in targets], keys)
             cycles = [u for u in units if u.method == "replica"]
             may_disable = await _may_disable_triggers(conn) if cycles else False
+            emptying = await _emptying(conn, targets, settings.user) if settings.truncate else []
         if holding and not settings.truncate:
             raise ConfigError(f"{len(holding)} target table(s) already hold rows: {', '.join(holding)}; nothing was "
                               "changed (restore into empty tables, or give --truncate to empty them first)")
@@ -507,7 +554,7 @@ async def run(settings: Settings, password: db.PasswordProvider) -> RestoreOutco
                 f"they must be off during the load (session_replication_role = replica), which {settings.user} "
                 f"may not set; nothing was changed. Restore as a superuser or rds_superuser, or GRANT SET ON "
                 f"PARAMETER session_replication_role TO {settings.user} (PostgreSQL 15+)")
-        outcome = await _load(settings, password, source, doc, targets, create, units, conn)
+        outcome = await _load(settings, password, source, doc, targets, create + emptying, units, conn)
         if settings.with_schema:
             await rebuild.apply(conn, "post-data", scripts["post-data"], existing)
         if settings.with_schema or not settings.no_sequences:
@@ -537,12 +584,10 @@ async def _set_sequences(conn: Any, settings: Settings, doc: dict[str, Any], tar
 
 async def _load(settings: Settings, password: db.PasswordProvider, source: Output, doc: dict[str, Any],
                 targets: list[Target], create: list[str], units: list[loadplan.Unit], conn: Any) -> RestoreOutcome:
+    """`create`: what runs first, in one transaction (CREATE TABLE, then the emptying of --truncate)."""
     loader = _Loader(settings, source, doc, targets)
     first = targets[0].qualified if targets else "-"
-    prepare = list(create)
-    existing = [t.relation_sql for t in targets if t.oid]
-    if settings.truncate and existing:  # one statement: tables that reference each other empty together
-        prepare.append("TRUNCATE " + ", ".join(existing))
+    prepare = list(create)  # CREATE TABLE (--create-tables), then TRUNCATE (--truncate)
     if settings.single_transaction:
         await loader.statement(conn, "BEGIN", first)
         for sql in prepare:

@@ -28,16 +28,22 @@ LEFT JOIN pg_catalog.pg_class tc ON tc.oid OPERATOR(pg_catalog.=) d.refobjid
 LEFT JOIN pg_catalog.pg_namespace tn ON tn.oid OPERATOR(pg_catalog.=) tc.relnamespace
 LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) d.refobjid
                                    AND a.attnum OPERATOR(pg_catalog.=) d.refobjsubid
-WHERE c.relkind OPERATOR(pg_catalog.=) 'S' AND n.nspname OPERATOR(pg_catalog.=) ANY($1::pg_catalog.text[])
+WHERE c.relkind OPERATOR(pg_catalog.=) 'S'
+  AND ((n.nspname OPERATOR(pg_catalog.=) ANY($1::pg_catalog.text[])
+        AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend e  -- an extension's own: its CREATE EXTENSION makes it
+                        WHERE e.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                          AND e.objid OPERATOR(pg_catalog.=) c.oid AND e.deptype OPERATOR(pg_catalog.=) 'e'))
+       OR c.oid OPERATOR(pg_catalog.=) ANY($2::pg_catalog.oid[]))  -- but a configuration sequence is the user's
 ORDER BY n.nspname, c.relname
 """
 CHUNK = 200  # sequences per query
 
 
-async def read(conn: Any, schemas: Sequence[str]) -> list[dict[str, Any]]:
-    """Every sequence of `schemas`: name, position, and the column that owns it.
+async def read(conn: Any, schemas: Sequence[str], config: Sequence[int] = ()) -> list[dict[str, Any]]:
+    """Every sequence of `schemas` (not an extension's) and the `config` ones (extension
+    configuration sequences): name, position, and the column that owns it.
     A sequence this role may not read is named in a warning and left out."""
-    rows = await conn.fetch(_SEQUENCES_SQL, list(schemas))
+    rows = await conn.fetch(_SEQUENCES_SQL, list(schemas), list(config))
     unreadable = [f"{r['nspname']}.{r['relname']}" for r in rows if not r["readable"]]
     if unreadable:
         log.warning("sequences this role may not read are not in the manifest; a restore leaves them at their "

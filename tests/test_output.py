@@ -38,7 +38,7 @@ def test_manifest_lists_every_file_with_counts_and_checksums(sample: Database) -
     assert m["manifest_version"] == 1
     assert list(m) == ["manifest_version", "tool", "run_id", "started_at", "finished_at", "database",
                        "snapshot_id", "format", "compression", "schemas", "tables", "totals", "schema_files",
-                       "sequences"]
+                       "sequences", "extensions", "requires"]
     assert m["schemas"] == ["public"]
     assert m["tool"]["name"] == "dumper" and m["run_id"] == "r1"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", m["started_at"])
@@ -54,9 +54,10 @@ def test_manifest_lists_every_file_with_counts_and_checksums(sample: Database) -
         assert t["sha256"] == hashlib.sha256(data).hexdigest()
         assert t["rows"] == gzip.decompress(data).count(b"\n")
         assert t["path"].endswith(".jsonl.gz")
-    assert m["tables"][1]["columns"] == [{"name": "id", "type": "bigint"},
-                                         {"name": "amount", "type": "numeric(12,2)"},
-                                         {"name": "note", "type": "text"}]
+    assert m["tables"][1]["columns"] == [{"name": "id", "type": "bigint", "written": "json"},
+                                         {"name": "amount", "type": "numeric(12,2)", "written": "json"},
+                                         {"name": "note", "type": "text", "written": "json"}]
+    assert (m["extensions"], m["requires"]) == ([], [])
     assert m["totals"] == {"tables": 2, "rows": 5002, "bytes": sum(t["bytes"] for t in m["tables"])}
     assert (result.output / "LATEST").read_text() == "r1\n"
     assert result.files() == ["LATEST", "r1/manifest.json", "r1/public.customers.jsonl.gz",

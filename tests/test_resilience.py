@@ -258,13 +258,16 @@ def test_the_runs_locks_keep_ddl_out_until_it_ends(db: Database) -> None:
 
 
 def keepalive_timers(port: int, side: str) -> list[int]:
-    """Seconds left on the keepalive timer of every established TCP socket whose `side`
-    ('dport' or 'sport') is `port` (ss -o)."""
+    """Seconds left on the keepalive timer of every idle established TCP socket whose `side`
+    ('dport' or 'sport') is `port` (ss -o). A socket with bytes in flight (Send-Q) shows its
+    retransmission timer instead (the held connection's server side, whose peer stopped reading)."""
     out = subprocess.run(["ss", "-tnoH", "state", "established", f"( {side} = :{port} )"],
                          capture_output=True, text=True, check=True).stdout
     timers = []
     for line in out.splitlines():
-        assert "timer:(keepalive," in line, f"a connection without keepalive: {line}"
+        if line.split()[1] != "0":
+            continue
+        assert "timer:(keepalive," in line, f"an idle connection without keepalive: {line}"
         timers.append(int(line.split("timer:(keepalive,")[1].split("sec")[0].split("min")[0]))
     return timers
 
@@ -281,7 +284,7 @@ def test_connections_use_tcp_keepalives_on_both_sides(db: Database) -> None:
         code, _, stderr = finish(proc, seen)
     assert code == 0, stderr
     assert len(client) >= 2 and all(0 <= t <= 30 for t in client), client  # TCP_KEEPIDLE 30 s
-    assert len(server) >= 2 and all(30 < t <= 60 for t in server), server  # tcp_keepalives_idle 60 s
+    assert len(server) >= 1 and all(30 < t <= 60 for t in server), server  # tcp_keepalives_idle 60 s
 
 
 def test_a_catalog_query_that_waits_is_ended_by_the_stall_timeout(db: Database) -> None:

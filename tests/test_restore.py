@@ -10,6 +10,7 @@ import gzip
 import io
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -464,3 +465,32 @@ def test_an_s3_source_that_stops_sending_ends_the_restore(db: Database, target: 
     assert "cannot read s3://dumps/nightly/src/public.big.jsonl: the object store sent nothing for the " \
         "--stall-timeout" in refused.stderr
     assert count(target, "big") == 0
+
+
+def test_truncate_checks_the_truncate_privilege_before_anything_changes(db: Database, target: Database) -> None:
+    db.sql("CREATE TABLE a (id int); INSERT INTO a VALUES (1); CREATE TABLE b (id int); INSERT INTO b VALUES (2);")
+    first = db.dump("--run-id", "src")
+    target.sql("CREATE TABLE a (id int); INSERT INTO a VALUES (7); CREATE TABLE b (id int); INSERT INTO b VALUES (8);")
+    with writer(target) as role:  # pg_write_all_data: INSERT, UPDATE, DELETE; not TRUNCATE
+        refused = target.restore(first.run_dir, "--truncate", user=role, password="pw")
+        assert refused.code == 4, refused.stderr
+        (line,) = refused.stderr.strip().splitlines()
+        assert f"--truncate: {role} may not empty public.a (TRUNCATE), public.b (TRUNCATE)" in line
+        assert "GRANT TRUNCATE ON <table>" in line and "nothing was changed" in line
+        assert target.fetch("SELECT (SELECT id FROM a), (SELECT id FROM b)")[0] == (7, 8)
+        target.sql(f"GRANT TRUNCATE ON a, b TO {role}")
+        loaded = target.restore(first.run_dir, "--truncate", user=role, password="pw")
+    assert loaded.code == 0, loaded.stderr
+    assert target.fetch("SELECT (SELECT id FROM a), (SELECT id FROM b)")[0] == (1, 2)
+
+
+def test_arrays_keep_their_lower_bounds(db: Database, target: Database) -> None:
+    ddl = "CREATE TABLE arr (id int, f float8[], i int[][], t text[], n numeric[]);"
+    db.sql(ddl + "INSERT INTO arr VALUES (1, '[0:1]={1.1,2.2}', '[1:1][-1:0]={{1,2}}', '[5:5]={x}', '{1.5}'),"
+           "(2, '{3.3}', '{{1}}', '{}', '[2:3]={NaN,1e-30}');")
+    first = db.dump("--run-id", "src")
+    assert [r["f"] for r in first.rows("public", "arr")] == ["[0:1]={1.1,2.2}", [Decimal("3.3")]]
+    target.sql(ddl)
+    assert target.restore(first.run_dir).code == 0
+    rows = "SELECT id, f::text, i::text, t::text, n::text FROM arr ORDER BY id"
+    assert target.fetch(rows) == db.fetch(rows)
