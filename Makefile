@@ -31,6 +31,7 @@ demo: $(STAMP) postgres
 
 lint: $(STAMP)
 	$(BIN)/ruff check dumper tests devtools bench
+	$(BIN)/ruff format --check dumper tests devtools bench
 	$(BIN)/mypy
 
 # Every database test runs against PostgreSQL 15 and 18; `make test MAJORS=15` runs one major alone.

@@ -90,8 +90,10 @@ def postmaster_children_cpu(cluster: Cluster) -> float:
 
 def wait_for_backends_gone(cluster: Cluster, dbname: str) -> None:
     for _ in range(200):
-        n = cluster.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                         "AND pid <> pg_backend_pid()", dbname).strip()
+        n = cluster.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            dbname,
+        ).strip()
         if n == "0":
             return
         time.sleep(0.05)
@@ -105,8 +107,13 @@ def measure(cluster: Cluster, dbname: str, cmd: list[str], env: dict[str, str], 
     report = out.parent / (out.name + ".rss")
     start = time.perf_counter()
     # devtools.peak_rss forks the client itself, so this process's memory is not counted.
-    proc = subprocess.run([sys.executable, "-m", "devtools.peak_rss", str(report), *cmd], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "devtools.peak_rss", str(report), *cmd],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        check=False,
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed: {proc.stderr.decode()}")
@@ -114,8 +121,9 @@ def measure(cluster: Cluster, dbname: str, cmd: list[str], env: dict[str, str], 
     wait_for_backends_gone(cluster, dbname)
     server = postmaster_children_cpu(cluster) - cpu0
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and p.name.endswith(("l", "n", "z")))
-    return Sample(wall, float(fields["cpu_s"]), server, int(fields["peak_rss_kb"]) / 1024, size,
-                  int(fields["tree_rss_kb"]) / 1024)
+    return Sample(
+        wall, float(fields["cpu_s"]), server, int(fields["peak_rss_kb"]) / 1024, size, int(fields["tree_rss_kb"]) / 1024
+    )
 
 
 def main() -> int:
@@ -136,51 +144,83 @@ def main() -> int:
         print(f"building tables: mixed {args.rows:,} rows, narrow {args.narrow_rows:,} rows ...", flush=True)
         cluster.psql(MIXED_SQL.format(name="mixed", rows=args.rows), "bench")
         cluster.psql(MIXED_SQL.format(name="mixed2", rows=args.rows // 2), "bench")
-        cluster.psql("CREATE TABLE mixed_b AS SELECT * FROM mixed WHERE id > " + str(args.rows // 2)
-                     + "; DELETE FROM mixed2; INSERT INTO mixed2 SELECT * FROM mixed WHERE id <= "
-                     + str(args.rows // 2) + "; VACUUM ANALYZE mixed2, mixed_b;", "bench")
+        cluster.psql(
+            "CREATE TABLE mixed_b AS SELECT * FROM mixed WHERE id > "
+            + str(args.rows // 2)
+            + "; DELETE FROM mixed2; INSERT INTO mixed2 SELECT * FROM mixed WHERE id <= "
+            + str(args.rows // 2)
+            + "; VACUUM ANALYZE mixed2, mixed_b;",
+            "bench",
+        )
         cluster.psql(NARROW_SQL.format(name="narrow", rows=args.narrow_rows), "bench")
         cluster.psql(NARROW_SQL.format(name="narrow_small", rows=args.narrow_rows // 10), "bench")
 
-        env = {**os.environ, **cluster.env("bench", SUPERUSER, SUPERUSER_PASSWORD),
-               "DUMPER_LOG_FORMAT": "json", "PGSSLMODE": "verify-full", "PYTHONPATH": str(ROOT)}
+        env = {
+            **os.environ,
+            **cluster.env("bench", SUPERUSER, SUPERUSER_PASSWORD),
+            "DUMPER_LOG_FORMAT": "json",
+            "PGSSLMODE": "verify-full",
+            "PYTHONPATH": str(ROOT),
+        }
         dumper = [str(Path(sys.executable).parent / "dumper"), "run"]
 
         def psql_copy(table: str) -> Callable[[Path], list[str]]:
             return lambda out: [
-                "psql", "-X", "-q", "-h", "localhost", "-p", str(cluster.port), "-U", SUPERUSER, "bench",
-                "-c", f"\\copy (SELECT to_json(t) FROM {table} t) TO '{out}/{table}.jsonl' "
-                      "WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"]
+                "psql",
+                "-X",
+                "-q",
+                "-h",
+                "localhost",
+                "-p",
+                str(cluster.port),
+                "-U",
+                SUPERUSER,
+                "bench",
+                "-c",
+                f"\\copy (SELECT to_json(t) FROM {table} t) TO '{out}/{table}.jsonl' "
+                "WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')",
+            ]
 
         def dump(*extra: str) -> Callable[[Path], list[str]]:
             return lambda out: [*dumper, "--output", str(out), "--run-id", "r", *extra]
 
         moto = start_moto()
         if moto:
-            env.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
+            env.update(
+                {
+                    "AWS_ACCESS_KEY_ID": "bench",
+                    "AWS_SECRET_ACCESS_KEY": "bench",
+                    "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_EC2_METADATA_DISABLED": "true",
+                }
+            )
 
         def dump_s3(*extra: str) -> Callable[[Path], list[str]]:
             # A fresh bucket per run: the benchmark's output folder name is unique per method.
             def command(out: Path) -> list[str]:
                 bucket = f"bench-{out.name.replace('_', '-')}-{time.monotonic_ns()}"[:63]
                 boto3_client(moto).create_bucket(Bucket=bucket)
-                return [*dumper, "--output", f"s3://{bucket}/dumps", "--run-id", "r",
-                        "--s3-endpoint-url", moto, *extra]
+                return [*dumper, "--output", f"s3://{bucket}/dumps", "--run-id", "r", "--s3-endpoint-url", moto, *extra]
+
             return command
 
         # Restore: the same table loaded into an empty copy, against psql's \copy FROM of its CSV.
         cluster.psql("CREATE DATABASE target;")
         cluster.psql(MIXED_SQL.format(name="mixed", rows=0), "target")
         source = work / "source"
-        subprocess.run([*dumper, "--output", str(source), "--run-id", "src", "--include", "public.mixed"],
-                       env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*dumper, "--output", str(source), "--run-id", "src", "--include", "public.mixed"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         cluster.psql(f"\\copy mixed TO '{work}/mixed.csv' CSV", "bench")
 
         def emptied(command: list[str]) -> Callable[[Path], list[str]]:
             def fresh(out: Path) -> list[str]:
                 cluster.psql("TRUNCATE mixed; CHECKPOINT;", "target")
                 return command
+
             return fresh
 
         psql_target = ["psql", "-X", "-q", "-h", "localhost", "-p", str(cluster.port), "-U", SUPERUSER, "target"]
@@ -192,21 +232,32 @@ def main() -> int:
             "a_baseline_to_json_copy": (psql_copy("mixed"), args.rows),
             "b_dumper_jsonl": (dump("--include", "public.mixed", *one), args.rows),
             "c_dumper_gzip": (dump("--include", "public.mixed", "--compression", "gzip", *one), args.rows),
-            "d_dumper_jobs2_two_tables": (dump("--include", "public.mixed2", "--include", "public.mixed_b",
-                                               "--jobs", "2", "--split-mib", "0"), half + (args.rows - half)),
+            "d_dumper_jobs2_two_tables": (
+                dump("--include", "public.mixed2", "--include", "public.mixed_b", "--jobs", "2", "--split-mib", "0"),
+                half + (args.rows - half),
+            ),
             **({"e_dumper_s3_moto": (dump_s3("--include", "public.mixed", *one), args.rows)} if moto else {}),
             "f_dumper_jobs2_split": (dump("--include", "public.mixed", "--jobs", "2", "--processes", "1"), args.rows),
             # Every setting at its default: --jobs 2, split, worker processes = usable CPUs (at most --jobs).
             "g_dumper_defaults": (dump("--include", "public.mixed"), args.rows),
             # Scaling: the same four connections, read and encoded in 1, 2 or 4 processes.
-            **{f"p{n}_jobs4_processes{n}": (dump("--include", "public.mixed", "--jobs", "4", "--processes", str(n)),
-                                            args.rows) for n in (1, 2, 4)},
+            **{
+                f"p{n}_jobs4_processes{n}": (
+                    dump("--include", "public.mixed", "--jobs", "4", "--processes", str(n)),
+                    args.rows,
+                )
+                for n in (1, 2, 4)
+            },
             "n1_narrow_small": (dump("--include", "public.narrow_small", *one), args.narrow_rows // 10),
             "n2_narrow": (dump("--include", "public.narrow", *one), args.narrow_rows),
-            "n3_narrow_jobs2_split": (dump("--include", "public.narrow", "--jobs", "2", "--processes", "1"),
-                                      args.narrow_rows),
-            "r0_baseline_copy_from_csv": (emptied([*psql_target, "-c", f"\\copy mixed FROM '{work}/mixed.csv' CSV"]),
-                                          args.rows),
+            "n3_narrow_jobs2_split": (
+                dump("--include", "public.narrow", "--jobs", "2", "--processes", "1"),
+                args.narrow_rows,
+            ),
+            "r0_baseline_copy_from_csv": (
+                emptied([*psql_target, "-c", f"\\copy mixed FROM '{work}/mixed.csv' CSV"]),
+                args.rows,
+            ),
             "r1_dumper_restore": (emptied(restore_cmd), args.rows),
             # A drill of the same dump: scratch database, restore with schema, dump again, compare, drop.
             "x1_dumper_drill": (lambda out: [*dumper[:-1], "drill", str(source / "src")], args.rows),
@@ -220,20 +271,34 @@ def main() -> int:
                 out = work / name
                 s = measure(cluster, "bench", cmd(out), env, out)
                 samples[name].append(s)
-                print(f"round {round_no + 1} {name}: {s.wall:.2f}s server {s.server_cpu:.2f}s "
-                      f"client {s.client_cpu:.2f}s rss {s.peak_rss_mb:.0f}MB tree {s.tree_rss_mb:.0f}MB", flush=True)
+                print(
+                    f"round {round_no + 1} {name}: {s.wall:.2f}s server {s.server_cpu:.2f}s "
+                    f"client {s.client_cpu:.2f}s rss {s.peak_rss_mb:.0f}MB tree {s.tree_rss_mb:.0f}MB",
+                    flush=True,
+                )
 
         report = summarize(methods, samples)
         print_table(report)
         per_million = {k: round(v["wall_s"] / v["rows"] * 1e6, 2) for k, v in report.items()}
         if "x1_dumper_drill" in report and "b_dumper_jsonl" in report:
-            print(f"\ndrill: {per_million['x1_dumper_drill']} s per million rows; the dump alone (b): "
-                  f"{per_million['b_dumper_jsonl']} s per million rows")
-        machine = {"cores": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
-                   "postgres": cluster.psql("SHOW server_version", "bench").strip()}
-        result = {"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                  "machine": machine, "rows": args.rows, "narrow_rows": args.narrow_rows,
-                  "repeat": args.repeat, "methods": report}
+            print(
+                f"\ndrill: {per_million['x1_dumper_drill']} s per million rows; the dump alone (b): "
+                f"{per_million['b_dumper_jsonl']} s per million rows"
+            )
+        machine = {
+            "cores": os.cpu_count(),
+            "cpu": cpu_model(),
+            "python": platform.python_version(),
+            "postgres": cluster.psql("SHOW server_version", "bench").strip(),
+        }
+        result = {
+            "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": machine,
+            "rows": args.rows,
+            "narrow_rows": args.narrow_rows,
+            "repeat": args.repeat,
+            "methods": report,
+        }
         Path(args.result).parent.mkdir(parents=True, exist_ok=True)
         Path(args.result).write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nmachine: {machine}\nresult written to {args.result}")
@@ -256,8 +321,14 @@ def start_moto() -> str | None:
 
 def boto3_client(endpoint: str) -> Any:
     import boto3
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
-                        aws_secret_access_key="bench")  # noqa: S106 - moto accepts any key
+
+    return boto3.client(  # moto accepts any key
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",  # noqa: S106
+    )
 
 
 def cpu_model() -> str:
@@ -267,17 +338,22 @@ def cpu_model() -> str:
     return platform.processor()
 
 
-def summarize(methods: dict[str, tuple[Callable[[Path], list[str]], int]],
-              samples: dict[str, list[Sample]]) -> dict[str, dict[str, float]]:
+def summarize(
+    methods: dict[str, tuple[Callable[[Path], list[str]], int]], samples: dict[str, list[Sample]]
+) -> dict[str, dict[str, float]]:
     report: dict[str, dict[str, float]] = {}
     for name, runs in samples.items():
         rows = methods[name][1]
         wall = statistics.median(s.wall for s in runs)
         if name.startswith("e_") and "b_dumper_jsonl" in samples:  # S3: same bytes as the local jsonl run
-            runs = [Sample(r.wall, r.client_cpu, r.server_cpu, r.peak_rss_mb, b.out_bytes)
-                    for r, b in zip(runs, samples["b_dumper_jsonl"], strict=False)]
+            runs = [
+                Sample(r.wall, r.client_cpu, r.server_cpu, r.peak_rss_mb, b.out_bytes)
+                for r, b in zip(runs, samples["b_dumper_jsonl"], strict=False)
+            ]
         report[name] = {
-            "rows": rows, "wall_s": round(wall, 3), "rows_per_s": round(rows / wall),
+            "rows": rows,
+            "wall_s": round(wall, 3),
+            "rows_per_s": round(rows / wall),
             "mb_per_s": round(statistics.median(s.out_bytes for s in runs) / 1e6 / wall, 1),
             "client_cpu_s": round(statistics.median(s.client_cpu for s in runs), 2),
             "server_cpu_s": round(statistics.median(s.server_cpu for s in runs), 2),
@@ -294,7 +370,8 @@ def summarize(methods: dict[str, tuple[Callable[[Path], list[str]], int]],
             entry["server_cpu_vs_baseline"] = round(entry["server_cpu_s"] / base_cpu, 2)
             # The client's CPU per row against what to_json costs the server per row (the measure).
             entry["client_cpu_per_row_vs_baseline_server"] = round(
-                entry["client_cpu_s"] / entry["rows"] / (base_cpu / base["rows"]), 2)
+                entry["client_cpu_s"] / entry["rows"] / (base_cpu / base["rows"]), 2
+            )
             paired(entry, samples[name], samples[base_name], base["rows"])
     return report
 
@@ -306,19 +383,47 @@ def paired(entry: dict[str, float], runs: list[Sample], base_runs: list[Sample],
     pairs = list(zip(runs, base_runs, strict=False))
     per_row = entry["rows"] / base_rows
     entry["rows_per_s_vs_baseline_paired"] = round(statistics.median(b.wall * per_row / r.wall for r, b in pairs), 2)
-    entry["client_cpu_per_row_vs_baseline_server_paired"] = round(statistics.median(
-        r.client_cpu / per_row / max(b.server_cpu, 0.01) for r, b in pairs), 2)
+    entry["client_cpu_per_row_vs_baseline_server_paired"] = round(
+        statistics.median(r.client_cpu / per_row / max(b.server_cpu, 0.01) for r, b in pairs), 2
+    )
 
 
 def print_table(report: dict[str, dict[str, float]]) -> None:
-    cols = ["wall_s", "rows_per_s", "mb_per_s", "client_cpu_s", "server_cpu_s", "peak_rss_mb", "tree_rss_mb",
-            "rows_per_s_vs_baseline", "server_cpu_vs_baseline", "client_cpu_per_row_vs_baseline_server",
-            "rows_per_s_vs_baseline_paired", "client_cpu_per_row_vs_baseline_server_paired"]
-    print("\n" + "method".ljust(28) + "".join(c.rjust(14) for c in ["wall s", "rows/s", "MB/s", "client cpu",
-                                                                   "server cpu", "peak RSS MB", "tree RSS MB",
-                                                                   "rows/s ratio", "srv cpu ratio",
-                                                                   "cli cpu/row r", "rows/s pair",
-                                                                   "cpu/row pair"]))
+    cols = [
+        "wall_s",
+        "rows_per_s",
+        "mb_per_s",
+        "client_cpu_s",
+        "server_cpu_s",
+        "peak_rss_mb",
+        "tree_rss_mb",
+        "rows_per_s_vs_baseline",
+        "server_cpu_vs_baseline",
+        "client_cpu_per_row_vs_baseline_server",
+        "rows_per_s_vs_baseline_paired",
+        "client_cpu_per_row_vs_baseline_server_paired",
+    ]
+    print(
+        "\n"
+        + "method".ljust(28)
+        + "".join(
+            c.rjust(14)
+            for c in [
+                "wall s",
+                "rows/s",
+                "MB/s",
+                "client cpu",
+                "server cpu",
+                "peak RSS MB",
+                "tree RSS MB",
+                "rows/s ratio",
+                "srv cpu ratio",
+                "cli cpu/row r",
+                "rows/s pair",
+                "cpu/row pair",
+            ]
+        )
+    )
     for name, entry in report.items():
         print(name.ljust(28) + "".join(str(entry.get(c, "")).rjust(14) for c in cols))
 

@@ -26,8 +26,15 @@ from devtools.background import BackgroundServer
 
 
 class CuttingProxy:
-    def __init__(self, upstream_host: str, upstream_port: int, cut_after: int | None = None,
-                 stall: bool = False, cut_when: bytes | None = None, stall_replies_after: int | None = None) -> None:
+    def __init__(
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        cut_after: int | None = None,
+        stall: bool = False,
+        cut_when: bytes | None = None,
+        stall_replies_after: int | None = None,
+    ) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.stall_replies_after = stall_replies_after  # hold each reply after this many bytes (a frozen server)
         self.cut_after = cut_after
@@ -50,8 +57,14 @@ class CuttingProxy:
         self.held.set()
         await self._released.wait()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    limit: int | None, keep: bytearray | None = None, stall: bool | None = None) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        limit: int | None,
+        keep: bytearray | None = None,
+        stall: bool | None = None,
+    ) -> None:
         stall = self.stall if stall is None else stall
         sent = 0
         was_held = False
@@ -66,7 +79,7 @@ class CuttingProxy:
                     if not stall:
                         self.cuts += 1
                         break
-                    head, data = data[:limit - sent], data[limit - sent:]  # exactly `limit` bytes go through
+                    head, data = data[: limit - sent], data[limit - sent :]  # exactly `limit` bytes go through
                     writer.write(head)
                     await writer.drain()
                     sent += len(head)
@@ -91,8 +104,10 @@ class CuttingProxy:
             up_r, up_w = await asyncio.open_connection(*self.upstream)
             keep = bytearray()
             self.sent.append(keep)
-            await asyncio.gather(self._pipe(client_r, up_w, self.cut_after, keep),
-                                 self._pipe(up_r, client_w, self.stall_replies_after, stall=True))
+            await asyncio.gather(
+                self._pipe(client_r, up_w, self.cut_after, keep),
+                self._pipe(up_r, client_w, self.stall_replies_after, stall=True),
+            )
         finally:
             client_w.close()
             self._handlers.discard(task)
@@ -111,6 +126,7 @@ class CuttingProxy:
         """Held connections go on (never to be held again); nothing more is held,
         or with hold_next the next connection past the bound is (in one step: no
         connection can slip past the bound between the two)."""
+
         async def set_released() -> None:
             assert self._released is not None
             self._released.set()

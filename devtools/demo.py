@@ -24,16 +24,36 @@ def main() -> int:
         password = secrets.token_urlsafe(18)  # lives only for this demo
         cluster.psql("CREATE DATABASE shop;")
         cluster.psql((ROOT / "devtools" / "sample_data.sql").read_text(), "shop")
-        cluster.psql(f"CREATE ROLE dumper_demo LOGIN PASSWORD '{password}';"
-                     "GRANT pg_read_all_data TO dumper_demo;"
-                     f"CREATE ROLE restore_demo LOGIN PASSWORD '{password}';"
-                     f"CREATE ROLE drill_demo LOGIN CREATEDB PASSWORD '{password}';"
-                     "CREATE DATABASE shop_copy OWNER restore_demo;")
+        cluster.psql(
+            f"CREATE ROLE dumper_demo LOGIN PASSWORD '{password}';"
+            "GRANT pg_read_all_data TO dumper_demo;"
+            f"CREATE ROLE restore_demo LOGIN PASSWORD '{password}';"
+            f"CREATE ROLE drill_demo LOGIN CREATEDB PASSWORD '{password}';"
+            "CREATE DATABASE shop_copy OWNER restore_demo;"
+        )
         print(f"loaded the sample database 'shop' (port {cluster.port})\n", flush=True)
-        args = ["--host", "localhost", "--port", str(cluster.port), "--dbname", "shop",
-                "--user", "dumper_demo", "--auth", "password", "--sslmode", "verify-full",
-                "--sslrootcert", str(cluster.ca_file), "--output", "./dumps", "--jobs", "2",
-                "--log-format", "text"]
+        args = [
+            "--host",
+            "localhost",
+            "--port",
+            str(cluster.port),
+            "--dbname",
+            "shop",
+            "--user",
+            "dumper_demo",
+            "--auth",
+            "password",
+            "--sslmode",
+            "verify-full",
+            "--sslrootcert",
+            str(cluster.ca_file),
+            "--output",
+            "./dumps",
+            "--jobs",
+            "2",
+            "--log-format",
+            "text",
+        ]
         print("$ dumper run " + " ".join(args) + "\n", flush=True)
         env = {**os.environ, "PGPASSWORD": password}
         run = subprocess.run([DUMPER, "run", *args], env=env, check=False)
@@ -45,8 +65,21 @@ def main() -> int:
         if verified:
             return verified
         # The way back: an empty database, built from the dump alone (schema files, rows, sequences).
-        restore = ["restore", f"dumps/{run_id}", *args[:4], "--dbname", "shop_copy", "--user", "restore_demo",
-                   *args[8:14], "--with-schema", "--jobs", "2", "--log-format", "text"]
+        restore = [
+            "restore",
+            f"dumps/{run_id}",
+            *args[:4],
+            "--dbname",
+            "shop_copy",
+            "--user",
+            "restore_demo",
+            *args[8:14],
+            "--with-schema",
+            "--jobs",
+            "2",
+            "--log-format",
+            "text",
+        ]
         print(f"\n$ dumper {' '.join(restore)}\n", flush=True)
         restored = subprocess.run([DUMPER, *restore], env=env, check=False).returncode
         if restored:

@@ -28,14 +28,15 @@ SIGV4_TIME = "%Y%m%dT%H%M%SZ"
 
 # --- BER, the small part LDAP needs --------------------------------------
 
+
 def _read_tlv(data: bytes, at: int) -> tuple[int, bytes, int]:
     tag, length = data[at], data[at + 1]
     at += 2
     if length & 0x80:
         n = length & 0x7F
-        length = int.from_bytes(data[at:at + n], "big")
+        length = int.from_bytes(data[at : at + n], "big")
         at += n
-    return tag, data[at:at + length], at + length
+    return tag, data[at : at + length], at + length
 
 
 def _tlv(tag: int, value: bytes) -> bytes:
@@ -56,6 +57,7 @@ def bind_response(message_id: int, code: int, message: str) -> bytes:
 
 
 # --- token checks -----------------------------------------------------------
+
 
 @dataclass
 class TokenCheck:
@@ -94,8 +96,9 @@ class TokenCheck:
             return f"unknown access key {akid}"
         if one.get("X-Amz-Security-Token") != secret[1]:
             return "session token does not belong to the access key"
-        unsigned = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-                    if k != "X-Amz-Signature"]
+        unsigned = [
+            (k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k != "X-Amz-Signature"
+        ]
         request = AWSRequest(method="GET", url=f"https://{parts.netloc}/?{urllib.parse.urlencode(unsigned)}")
         request.context["timestamp"] = one["X-Amz-Date"]
         auth = SigV4QueryAuth(Credentials(akid, secret[0], secret[1]), "rds-db", region, expires=900)
@@ -106,6 +109,7 @@ class TokenCheck:
 
 
 # --- the server ---------------------------------------------------------------
+
 
 @dataclass
 class IamLdapServer:

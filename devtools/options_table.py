@@ -1,6 +1,6 @@
 """Print the README's options table from dumper.config.OPTIONS, or rewrite it in place.
 
-    python -m devtools.options_table [--write README.md]
+python -m devtools.options_table [--write README.md]
 """
 
 from __future__ import annotations

@@ -72,8 +72,10 @@ def main() -> int:
         tree_peak = max(tree_peak, tree_rss_kb(pid))
         time.sleep(SAMPLE_EVERY)
     with open(sys.argv[1], "w") as report:
-        report.write(f"peak_rss_kb={usage.ru_maxrss} tree_rss_kb={max(tree_peak, usage.ru_maxrss)} "
-                     f"cpu_s={usage.ru_utime + usage.ru_stime:.3f}\n")
+        report.write(
+            f"peak_rss_kb={usage.ru_maxrss} tree_rss_kb={max(tree_peak, usage.ru_maxrss)} "
+            f"cpu_s={usage.ru_utime + usage.ru_stime:.3f}\n"
+        )
     return os.waitstatus_to_exitcode(status)
 
 

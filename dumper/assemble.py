@@ -31,8 +31,15 @@ PROGRESS_EVERY = 10.0  # seconds between progress lines for a running table
 class Assembly:
     """Batches from pieces 0..count-1 into one TableFile, in piece order."""
 
-    def __init__(self, name: str, out: TableFile, count: int, framer: Framer, writer: StoredWriter,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        name: str,
+        out: TableFile,
+        count: int,
+        framer: Framer,
+        writer: StoredWriter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name = name  # schema.table, for progress lines
         self.out = out
         self.count = count

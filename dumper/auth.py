@@ -38,12 +38,19 @@ class IamToken:
     """Signs RDS IAM auth tokens with the AWS SDK's default credential chain
     (IRSA web identity, EKS Pod Identity, profiles, env keys), caching one."""
 
-    def __init__(self, settings: Settings, session: Any = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 lifetime: float = TOKEN_LIFETIME, margin: float = MARGIN) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        session: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        lifetime: float = TOKEN_LIFETIME,
+        margin: float = MARGIN,
+    ) -> None:
         if not settings.region:
-            raise ConfigError("--region: IAM auth needs the database's AWS region "
-                              "(set --region, DUMPER_REGION, AWS_REGION or AWS_DEFAULT_REGION)")
+            raise ConfigError(
+                "--region: IAM auth needs the database's AWS region "
+                "(set --region, DUMPER_REGION, AWS_REGION or AWS_DEFAULT_REGION)"
+            )
         import aioboto3  # deferred: only IAM auth needs the AWS SDK
 
         self._settings = settings
@@ -73,7 +80,8 @@ class IamToken:
         s = self._settings
         async with aws_errors(self._settings), self._session.client("rds", region_name=s.region) as rds:
             token: str = await rds.generate_db_auth_token(
-                DBHostname=s.host, Port=s.port, DBUsername=s.user, Region=s.region)
+                DBHostname=s.host, Port=s.port, DBUsername=s.user, Region=s.region
+            )
         await _let_transports_close()
         return token
 
@@ -99,7 +107,8 @@ def _no_credentials() -> ConnectError:
     return ConnectError(
         "no AWS credentials found for the IAM token: on EKS, annotate the service account with "
         "eks.amazonaws.com/role-arn (IRSA) or use EKS Pod Identity; elsewhere set AWS_PROFILE or "
-        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or use --auth password against a dev server)")
+        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or use --auth password against a dev server)"
+    )
 
 
 @contextlib.asynccontextmanager
@@ -118,7 +127,8 @@ async def aws_errors(settings: Settings) -> AsyncIterator[None]:
             raise ConnectError(
                 f"STS AssumeRoleWithWebIdentity was denied for role {settings.aws_role_arn or '?'} "
                 f"({code}: {message}); check the role's trust policy names this cluster's OIDC "
-                "provider and system:serviceaccount:<namespace>:<service account>") from None
+                "provider and system:serviceaccount:<namespace>:<service account>"
+            ) from None
         raise ConnectError(f"AWS {exc.operation_name} failed ({code}: {message})") from None
     except (bx.BotoCoreError, OSError) as exc:
         raise ConnectError(f"AWS credentials could not be resolved: {exc}") from None

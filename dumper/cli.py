@@ -40,14 +40,58 @@ EXIT_CODES = """exit codes:
 
 VERIFY_OPTIONS = ("s3_endpoint_url", "s3_region", "s3_expected_bucket_owner", "stall_timeout")
 PRUNE_OPTIONS = ("output", "keep", "dry_run", "log_format", "stall_timeout", *VERIFY_OPTIONS)
-RESTORE_OPTIONS = ("host", "port", "dbname", "user", "auth", "region", "sslmode", "sslrootcert", "include",
-                   "exclude", "jobs", "lock_timeout", "statement_timeout", "stall_timeout", "connect_attempts",
-                   "grace_seconds", "log_format", "truncate", "create_tables", "single_transaction", "with_schema",
-                   "no_sequences", *VERIFY_OPTIONS)
-DRILL_OPTIONS = ("host", "port", "dbname", "user", "auth", "region", "sslmode", "sslrootcert", "jobs", "processes",
-                 "split_mib", "lock_timeout", "statement_timeout", "stall_timeout", "connect_attempts", "grace_seconds",
-                 "log_format", "scratch_dbname", "metrics_file", "pushgateway_url", "pushgateway_url_file",
-                 "notify_url", "notify_url_file", "notify_on", *VERIFY_OPTIONS)
+RESTORE_OPTIONS = (
+    "host",
+    "port",
+    "dbname",
+    "user",
+    "auth",
+    "region",
+    "sslmode",
+    "sslrootcert",
+    "include",
+    "exclude",
+    "jobs",
+    "lock_timeout",
+    "statement_timeout",
+    "stall_timeout",
+    "connect_attempts",
+    "grace_seconds",
+    "log_format",
+    "truncate",
+    "create_tables",
+    "single_transaction",
+    "with_schema",
+    "no_sequences",
+    *VERIFY_OPTIONS,
+)
+DRILL_OPTIONS = (
+    "host",
+    "port",
+    "dbname",
+    "user",
+    "auth",
+    "region",
+    "sslmode",
+    "sslrootcert",
+    "jobs",
+    "processes",
+    "split_mib",
+    "lock_timeout",
+    "statement_timeout",
+    "stall_timeout",
+    "connect_attempts",
+    "grace_seconds",
+    "log_format",
+    "scratch_dbname",
+    "metrics_file",
+    "pushgateway_url",
+    "pushgateway_url_file",
+    "notify_url",
+    "notify_url_file",
+    "notify_on",
+    *VERIFY_OPTIONS,
+)
 T = TypeVar("T")
 
 
@@ -61,55 +105,94 @@ def _add_options(command: argparse.ArgumentParser, name: str, only: tuple[str, .
         if (only and option.name not in only) or (not only and name not in option.commands):
             continue
         if option.switch:
-            command.add_argument(option.flag, dest=option.name, action="store_true", default=None,
-                                 help=f"{option.help} (env {option.env}=true)")
+            command.add_argument(
+                option.flag,
+                dest=option.name,
+                action="store_true",
+                default=None,
+                help=f"{option.help} (env {option.env}=true)",
+            )
             continue
         env = option.env + (f", {option.pg_env}" if option.pg_env else "")
         default = option.default if not option.repeatable else ",".join(option.default) or None
         shown = f"; default: {default}" if default not in (None, "") else ""
         choices = f" [{'|'.join(option.choices)}]" if option.choices else ""
-        command.add_argument(option.flag, dest=option.name, metavar=option.name.upper(),
-                             action="append" if option.repeatable else "store",
-                             help=f"{option.help}{choices} (env {env}{shown})")
+        command.add_argument(
+            option.flag,
+            dest=option.name,
+            metavar=option.name.upper(),
+            action="append" if option.repeatable else "store",
+            help=f"{option.help}{choices} (env {env}{shown})",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="dumper", description=(
-        "Dump every table of a PostgreSQL database, from one consistent snapshot, to per-table "
-        "JSON files with a manifest. Every option can also be set as DUMPER_<NAME> in the environment."),
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="dumper",
+        description=(
+            "Dump every table of a PostgreSQL database, from one consistent snapshot, to per-table "
+            "JSON files with a manifest. Every option can also be set as DUMPER_<NAME> in the environment."
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"dumper {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name, summary in (("run", "dump the database"),
-                          ("schedule", "run the dump on a cron schedule, in this process, until stopped"),
-                          ("check", "preflight: credentials, token, TLS connection, readable tables"),
-                          ("token", "print an RDS IAM auth token (for psql while debugging)")):
-        command = commands.add_parser(name, help=summary, description=summary, epilog=EXIT_CODES,
-                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, summary in (
+        ("run", "dump the database"),
+        ("schedule", "run the dump on a cron schedule, in this process, until stopped"),
+        ("check", "preflight: credentials, token, TLS connection, readable tables"),
+        ("token", "print an RDS IAM auth token (for psql while debugging)"),
+    ):
+        command = commands.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         _add_options(command, name)
-    verify_cmd = commands.add_parser("verify", help="check a dump against its manifest", epilog=EXIT_CODES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    verify_cmd = commands.add_parser(
+        "verify",
+        help="check a dump against its manifest",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     verify_cmd.add_argument("path", help="the run's folder or URL: <output>/<run_id>")
     _add_options(verify_cmd, "verify", only=VERIFY_OPTIONS)
     summary = "keep the N newest complete runs of --output, remove older runs and a killed run's leftovers"
-    prune_cmd = commands.add_parser("prune", help=summary, description=summary, epilog=EXIT_CODES,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    prune_cmd = commands.add_parser(
+        "prune",
+        help=summary,
+        description=summary,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_options(prune_cmd, "prune", only=PRUNE_OPTIONS)
     summary = "load a dump back into a database: verified first, parents before children"
-    restore_cmd = commands.add_parser("restore", help=summary, description=summary + " (docs/restore.md)",
-                                      epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    restore_cmd = commands.add_parser(
+        "restore",
+        help=summary,
+        description=summary + " (docs/restore.md)",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     restore_cmd.add_argument("source", help="the run's folder or URL: <output>/<run_id>")
     _add_options(restore_cmd, "restore", only=RESTORE_OPTIONS)
     summary = "prove a dump: restore it into a scratch database, dump that again, compare every table"
-    drill_cmd = commands.add_parser("drill", help=summary, description=summary + " (docs/drill.md)",
-                                    epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    drill_cmd = commands.add_parser(
+        "drill",
+        help=summary,
+        description=summary + " (docs/drill.md)",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     drill_cmd.add_argument("source", help="the run's folder or URL, <output>/<run_id>; or <output>, its newest run")
     _add_options(drill_cmd, "drill", only=DRILL_OPTIONS)
     return parser
 
 
-def _run_main(coro: Coroutine[Any, Any, T], grace_seconds: float = 20.0,
-              left: str = "no manifest was written") -> T:
+def _run_main(coro: Coroutine[Any, Any, T], grace_seconds: float = 20.0, left: str = "no manifest was written") -> T:
     """asyncio.run, with SIGTERM/SIGINT cancelling the work: clean-up (aborting
     uploads, removing partial files) runs in finally blocks; if it takes longer
     than `grace_seconds`, the process exits anyway with the signal's code."""
@@ -166,11 +249,27 @@ def print_report(outcome: Outcome, json_lines: bool, out: TextIO) -> None:
     tables = outcome.tables
     if json_lines:
         for t in tables:
-            log.info("table dumped", extra={"table": f"{t.schema}.{t.table}", "rows": t.rows,
-                                            "bytes": t.bytes, "seconds": t.seconds, "path": t.path})
-        log.info("run finished", extra={"status": "success", "run_id": outcome.run_id,
-                                        "tables": len(tables), "rows": outcome.rows,
-                                        "bytes": outcome.bytes, "location": outcome.location})
+            log.info(
+                "table dumped",
+                extra={
+                    "table": f"{t.schema}.{t.table}",
+                    "rows": t.rows,
+                    "bytes": t.bytes,
+                    "seconds": t.seconds,
+                    "path": t.path,
+                },
+            )
+        log.info(
+            "run finished",
+            extra={
+                "status": "success",
+                "run_id": outcome.run_id,
+                "tables": len(tables),
+                "rows": outcome.rows,
+                "bytes": outcome.bytes,
+                "location": outcome.location,
+            },
+        )
         return
     rows = [(f"{t.schema}.{t.table}", f"{t.rows:,}", _human_bytes(t.bytes), f"{t.seconds:.2f}") for t in tables]
     rows.append((f"total ({len(tables)} tables)", f"{outcome.rows:,}", _human_bytes(outcome.bytes), ""))
@@ -193,19 +292,30 @@ def _warn_about_tls(settings: Settings) -> None:
     """Once per process: a password sent to a server nobody authenticated.
     (--auth iam below verify-full is refused outright by config.resolve.)"""
     if settings.sslmode == "disable":
-        log.warning("WARNING: --sslmode disable: the connection is NOT encrypted and the password goes in "
-                    "clear text; use it only against a local development server")
+        log.warning(
+            "WARNING: --sslmode disable: the connection is NOT encrypted and the password goes in "
+            "clear text; use it only against a local development server"
+        )
     elif settings.sslmode != "verify-full":
-        log.warning(f"WARNING: --sslmode {settings.sslmode}: the server's identity is not verified "
-                    f"({'no certificate check' if settings.sslmode == 'require' else 'any certificate of the CA'}), "
-                    "so a server that impersonates it receives the password; use --sslmode verify-full")
+        log.warning(
+            f"WARNING: --sslmode {settings.sslmode}: the server's identity is not verified "
+            f"({'no certificate check' if settings.sslmode == 'require' else 'any certificate of the CA'}), "
+            "so a server that impersonates it receives the password; use --sslmode verify-full"
+        )
 
 
 def cmd_run(settings: Settings, stdout: TextIO) -> int:
     json_lines = _start_logging(settings, stdout)
     password = auth.password_provider(settings)  # configuration errors before anything starts
-    log.info("run started", extra={"run_id": settings.run_id, "host": settings.host,
-                                   "dbname": settings.dbname, "output": redact_url(settings.output)})
+    log.info(
+        "run started",
+        extra={
+            "run_id": settings.run_id,
+            "host": settings.host,
+            "dbname": settings.dbname,
+            "output": redact_url(settings.output),
+        },
+    )
     live = progress.LiveDisplay(stdout) if not json_lines and stdout.isatty() else None
     with live or contextlib.nullcontext():
         outcome = _run_main(job.run_job(settings, password, live.update if live else None), settings.grace_seconds)
@@ -223,9 +333,11 @@ def cmd_schedule(settings: Settings, stdout: TextIO) -> int:
     Output.for_settings(settings)  # a bad --output is a configuration error now, not at the first tick
     job_run: schedule.Job = functools.partial(job.run_job, password=password)
     if not _json_mode(settings.log_format, stdout) and stdout.isatty():
+
         async def job_run_shown(run_settings: Settings) -> Outcome:  # the live display during each run
             with progress.LiveDisplay(stdout) as live:
                 return await job.run_job(run_settings, password, live.update)
+
         job_run = job_run_shown
     scheduler = schedule.Scheduler(settings, job_run)
 
@@ -260,17 +372,28 @@ def cmd_token(settings: Settings, stdout: TextIO) -> int:
 def cmd_restore(settings: Settings, stdout: TextIO) -> int:
     json_lines = _start_logging(settings, stdout)
     password = auth.password_provider(settings)
-    log.info("restore started", extra={"source": redact_url(settings.output), "host": settings.host,
-                                       "dbname": settings.dbname})
-    outcome = _run_main(restore.run(settings, password), settings.grace_seconds,
-                        "tables committed before it stay loaded, the others are as they were")
+    log.info(
+        "restore started",
+        extra={"source": redact_url(settings.output), "host": settings.host, "dbname": settings.dbname},
+    )
+    outcome = _run_main(
+        restore.run(settings, password),
+        settings.grace_seconds,
+        "tables committed before it stay loaded, the others are as they were",
+    )
     if json_lines:
         for t in outcome.tables:
-            log.info("table restored", extra={"table": f"{t.schema}.{t.table}", "rows": t.rows,
-                                              "seconds": t.seconds})
-        log.info("restore finished", extra={"status": "success", "tables": len(outcome.tables),
-                                            "rows": outcome.rows, "sequences": outcome.sequences,
-                                            "target": outcome.target})
+            log.info("table restored", extra={"table": f"{t.schema}.{t.table}", "rows": t.rows, "seconds": t.seconds})
+        log.info(
+            "restore finished",
+            extra={
+                "status": "success",
+                "tables": len(outcome.tables),
+                "rows": outcome.rows,
+                "sequences": outcome.sequences,
+                "target": outcome.target,
+            },
+        )
         return 0
     rows = [(f"{t.schema}.{t.table}", f"{t.rows:,}", f"{t.seconds:.2f}") for t in outcome.tables]
     rows.append((f"total ({len(outcome.tables)} tables)", f"{outcome.rows:,}", ""))
@@ -283,12 +406,23 @@ def cmd_drill(settings: Settings, stdout: TextIO) -> int:
     json_lines = _start_logging(settings, stdout)
     password = auth.password_provider(settings)
     log.info("drill started", extra={"source": redact_url(settings.output), "host": settings.host})
-    outcome = _run_main(drill.run(settings, password), settings.grace_seconds,
-                        "the scratch database and the temporary files were removed")
+    outcome = _run_main(
+        drill.run(settings, password),
+        settings.grace_seconds,
+        "the scratch database and the temporary files were removed",
+    )
     seconds = outcome.finished_at - outcome.started_at
     if json_lines:
-        log.info("drill finished", extra={"status": "success", "tables": len(outcome.tables), "rows": outcome.rows,
-                                          "seconds": round(seconds, 3), "source": outcome.location})
+        log.info(
+            "drill finished",
+            extra={
+                "status": "success",
+                "tables": len(outcome.tables),
+                "rows": outcome.rows,
+                "seconds": round(seconds, 3),
+                "source": outcome.location,
+            },
+        )
         return 0
     rows = [(f"{t.schema}.{t.table}", f"{t.rows:,}", "same") for t in outcome.tables]
     rows.append((f"total ({len(outcome.tables)} tables)", f"{outcome.rows:,}", ""))
@@ -310,14 +444,26 @@ def cmd_prune(settings: Settings, stdout: TextIO) -> int:
             event = "prune failed"
         where = output.url_of(decision.name)
         if json_lines:
-            log.info(event, extra={"run": decision.name, "why": decision.why, "location": where,
-                                   "error": result.failed.get(decision.name)})
+            log.info(
+                event,
+                extra={
+                    "run": decision.name,
+                    "why": decision.why,
+                    "location": where,
+                    "error": result.failed.get(decision.name),
+                },
+            )
         else:
-            print(f"{event} {where}: {decision.why}" + (f" ({result.failed[decision.name]})"
-                                                       if decision.name in result.failed else ""), file=stdout)
+            print(
+                f"{event} {where}: {decision.why}"
+                + (f" ({result.failed[decision.name]})" if decision.name in result.failed else ""),
+                file=stdout,
+            )
     if result.failed:
-        raise OutputError(f"{len(result.failed)} run(s) could not be removed: {', '.join(result.failed)}; the role "
-                          "needs s3:DeleteObject (deploy/iam/prune-policy.json) or write access to the folder")
+        raise OutputError(
+            f"{len(result.failed)} run(s) could not be removed: {', '.join(result.failed)}; the role "
+            "needs s3:DeleteObject (deploy/iam/prune-policy.json) or write access to the folder"
+        )
     return 0
 
 
@@ -341,8 +487,9 @@ def cmd_verify(settings: Settings, stdout: TextIO) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
-         stdout: TextIO | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None, stdout: TextIO | None = None
+) -> int:
     environ = os.environ if environ is None else environ
     tune_malloc()
     stdout = stdout or sys.stdout
@@ -364,8 +511,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except DumperError as exc:
         print(f"dumper: error: {exc}", file=sys.stderr)
         if log.handlers and not isinstance(exc, ConfigError):
-            log.error("run failed", extra={"status": "failed", "error": str(exc),
-                                           "exit_code": exc.exit_code})
+            log.error("run failed", extra={"status": "failed", "error": str(exc), "exit_code": exc.exit_code})
         return exc.exit_code
     except Exception:
         log.exception("unexpected error")

@@ -33,8 +33,17 @@ RESTORE = ("restore",)
 DRILL = ("drill",)
 SCHEMA_FILES = ("auto", "require", "off")
 KEEPERS = ("run", "schedule", "prune")
-S3_STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR",
-                      "GLACIER", "DEEP_ARCHIVE", "REDUCED_REDUNDANCY", "EXPRESS_ONEZONE")
+S3_STORAGE_CLASSES = (
+    "STANDARD",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER_IR",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+    "REDUCED_REDUNDANCY",
+    "EXPRESS_ONEZONE",
+)
 
 
 @dataclass(frozen=True)
@@ -62,11 +71,13 @@ class Option:
 
 def _within(convert: Callable[[str], N], low: float, high: float, meaning: str) -> Callable[[str], N]:
     """A parser for numbers in [low, high]; nan fails every comparison."""
+
     def parse(text: str) -> N:
         value = convert(text)
         if not low <= value <= high:
             raise ValueError(f"must be {meaning}")
         return value
+
     return parse
 
 
@@ -101,102 +112,194 @@ def _run_id(text: str) -> str:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("host", "database host name (the real RDS endpoint for IAM auth)", "localhost",
-           pg_env="PGHOST"),
+    Option("host", "database host name (the real RDS endpoint for IAM auth)", "localhost", pg_env="PGHOST"),
     Option("port", "database port", 5432, _port, pg_env="PGPORT"),
     Option("dbname", "database name (default: the user name)", pg_env="PGDATABASE"),
     Option("user", "database user (default: the OS user)", pg_env="PGUSER"),
-    Option("auth", "how to authenticate: iam (RDS IAM token) or password (PGPASSWORD, local development "
-           "only)", "iam", choices=AUTHS),
+    Option(
+        "auth",
+        "how to authenticate: iam (RDS IAM token) or password (PGPASSWORD, local development only)",
+        "iam",
+        choices=AUTHS,
+    ),
     Option("region", "AWS region of the database, for IAM tokens (default: AWS_REGION / AWS_DEFAULT_REGION)"),
     Option("sslmode", "TLS mode", "verify-full", choices=SSLMODES, pg_env="PGSSLMODE"),
-    Option("sslrootcert", "CA bundle to verify the server certificate (default: the system trust store)",
-           pg_env="PGSSLROOTCERT"),
+    Option(
+        "sslrootcert",
+        "CA bundle to verify the server certificate (default: the system trust store)",
+        pg_env="PGSSLROOTCERT",
+    ),
     Option("schema", "schema to dump (repeatable)", ("public",), repeatable=True),
     Option("include", "glob on schema.table to dump (repeatable; default: all)", (), repeatable=True),
     Option("exclude", "glob on schema.table to skip (repeatable)", (), repeatable=True),
     Option("output", "output directory or fsspec URL", "./dumps"),
-    Option("schema_files", "write schema.pre-data.sql and schema.post-data.sql (pg_dump, same snapshot): auto "
-           "(when a pg_dump at least the server's major is found, else a warning), require (else exit 2), off",
-           "auto", choices=SCHEMA_FILES, commands=RUNS),
-    Option("pg_dump", "the pg_dump program for the schema files (default: the newest on PATH or under "
-           "/usr/lib/postgresql/*/bin)", commands=RUNS),
+    Option(
+        "schema_files",
+        "write schema.pre-data.sql and schema.post-data.sql (pg_dump, same snapshot): auto "
+        "(when a pg_dump at least the server's major is found, else a warning), require (else exit 2), off",
+        "auto",
+        choices=SCHEMA_FILES,
+        commands=RUNS,
+    ),
+    Option(
+        "pg_dump",
+        "the pg_dump program for the schema files (default: the newest on PATH or under /usr/lib/postgresql/*/bin)",
+        commands=RUNS,
+    ),
     Option("format", "jsonl (one object per line) or json (one array per file)", "jsonl", choices=FORMATS),
-    Option("extension_types", "values of a type an extension gives a cast to json (PostGIS geometry, hstore): text "
-           "(the type's own text output as a JSON string: exact, restorable) or cast (through that cast: GeoJSON, "
-           "objects; not restorable, and a value the cast refuses fails the run)", "text", choices=EXTENSION_TYPES),
+    Option(
+        "extension_types",
+        "values of a type an extension gives a cast to json (PostGIS geometry, hstore): text "
+        "(the type's own text output as a JSON string: exact, restorable) or cast (through that cast: GeoJSON, "
+        "objects; not restorable, and a value the cast refuses fails the run)",
+        "text",
+        choices=EXTENSION_TYPES,
+    ),
     Option("compression", "file compression", "none", choices=COMPRESSIONS),
     Option("gzip_level", "gzip level, 1 (fastest) to 9 (smallest); 1-3 use ISA-L (fast), 4-9 zlib", 1, _level),
-    Option("part_size", "S3 multipart part size in MiB (peak memory ~3-4 parts; doubles every 1000 parts)",
-           16, _part_size),
+    Option(
+        "part_size", "S3 multipart part size in MiB (peak memory ~3-4 parts; doubles every 1000 parts)", 16, _part_size
+    ),
     Option("s3_endpoint_url", "S3 endpoint for S3-compatible stores (default: AWS, or AWS_ENDPOINT_URL_S3)"),
     Option("s3_region", "the bucket's region (default: discovered; independent of --region)"),
     Option("s3_sse", "S3 server-side encryption", "none", choices=S3_SSE),
     Option("s3_kms_key_id", "KMS key id or ARN for --s3-sse aws:kms (default: the AWS managed key)"),
-    Option("s3_expected_bucket_owner", "AWS account id that must own the bucket, sent with every S3 request "
-           "(a re-created bucket of the same name in another account is refused)", parse=_account_id),
-    Option("s3_storage_class", "S3 storage class of the objects (default: STANDARD)",
-           choices=S3_STORAGE_CLASSES),
+    Option(
+        "s3_expected_bucket_owner",
+        "AWS account id that must own the bucket, sent with every S3 request "
+        "(a re-created bucket of the same name in another account is refused)",
+        parse=_account_id,
+    ),
+    Option("s3_storage_class", "S3 storage class of the objects (default: STANDARD)", choices=S3_STORAGE_CLASSES),
     Option("jobs", "connections reading tables (or pieces of a large table) concurrently", 2, _positive_int),
-    Option("processes", "worker processes that read and encode rows, sharing the --jobs connections (default: "
-           "the CPUs this process may use, at most --jobs; 1 = read in this process)", parse=_positive_int,
-           commands=RUNS),
-    Option("split_mib", "with --jobs > 1, read tables larger than this in pieces of this many MiB of pages, "
-           "concurrently; the file is the same (0 = never; needs PostgreSQL 14+)", 16.0, _mib),
-    Option("batch_rows", "maximum rows per cursor fetch (batches also stay near 4 MB)", 1000,
-           _positive_int),
-    Option("lock_timeout", "seconds to wait for a table lock before failing (0 = wait forever)", 60.0,
-           _seconds),
-    Option("statement_timeout", "seconds one statement (one cursor fetch) may take (0 = no limit)", 0.0,
-           _seconds),
-    Option("stall_timeout", "seconds without data from the database, or without the output accepting bytes, "
-           "before the run fails (0 = wait forever)", 600.0, _seconds),
-    Option("connect_attempts", "attempts to connect when the server refuses or restarts (backoff ~0.5-8 s)",
-           6, _positive_int),
-    Option("run_attempts", "attempts at the whole run when its snapshot is lost (server restart)", 3,
-           _positive_int),
-    Option("grace_seconds", "on SIGTERM/SIGINT: seconds allowed to cancel and clean up before exiting", 20.0,
-           _seconds),
+    Option(
+        "processes",
+        "worker processes that read and encode rows, sharing the --jobs connections (default: "
+        "the CPUs this process may use, at most --jobs; 1 = read in this process)",
+        parse=_positive_int,
+        commands=RUNS,
+    ),
+    Option(
+        "split_mib",
+        "with --jobs > 1, read tables larger than this in pieces of this many MiB of pages, "
+        "concurrently; the file is the same (0 = never; needs PostgreSQL 14+)",
+        16.0,
+        _mib,
+    ),
+    Option("batch_rows", "maximum rows per cursor fetch (batches also stay near 4 MB)", 1000, _positive_int),
+    Option("lock_timeout", "seconds to wait for a table lock before failing (0 = wait forever)", 60.0, _seconds),
+    Option("statement_timeout", "seconds one statement (one cursor fetch) may take (0 = no limit)", 0.0, _seconds),
+    Option(
+        "stall_timeout",
+        "seconds without data from the database, or without the output accepting bytes, "
+        "before the run fails (0 = wait forever)",
+        600.0,
+        _seconds,
+    ),
+    Option(
+        "connect_attempts",
+        "attempts to connect when the server refuses or restarts (backoff ~0.5-8 s)",
+        6,
+        _positive_int,
+    ),
+    Option("run_attempts", "attempts at the whole run when its snapshot is lost (server restart)", 3, _positive_int),
+    Option("grace_seconds", "on SIGTERM/SIGINT: seconds allowed to cancel and clean up before exiting", 20.0, _seconds),
     Option("run_id", "name of this run's folder (default: UTC start time YYYYMMDDTHHMMSSZ)", parse=_run_id),
-    Option("log_format", "log format: auto (text on a terminal, JSON otherwise), text or json", "auto",
-           choices=LOG_FORMATS),
-    Option("metrics_file", "write Prometheus metrics for node-exporter's textfile collector to this .prom file",
-           commands=RUNS),
+    Option(
+        "log_format", "log format: auto (text on a terminal, JSON otherwise), text or json", "auto", choices=LOG_FORMATS
+    ),
+    Option(
+        "metrics_file",
+        "write Prometheus metrics for node-exporter's textfile collector to this .prom file",
+        commands=RUNS,
+    ),
     Option("pushgateway_url", "push Prometheus metrics to this Pushgateway after each run", commands=RUNS),
-    Option("pushgateway_url_file", "read --pushgateway-url from this file (e.g. a mounted Secret)",
-           commands=RUNS),
-    Option("notify_url", "POST a JSON summary of each run to this webhook URL (a secret for Slack-style "
-           "hooks: prefer --notify-url-file)", commands=RUNS),
-    Option("notify_url_file", "read --notify-url from this file (e.g. a mounted Secret), so the URL is in no "
-           "command line or ConfigMap", commands=RUNS),
+    Option("pushgateway_url_file", "read --pushgateway-url from this file (e.g. a mounted Secret)", commands=RUNS),
+    Option(
+        "notify_url",
+        "POST a JSON summary of each run to this webhook URL (a secret for Slack-style "
+        "hooks: prefer --notify-url-file)",
+        commands=RUNS,
+    ),
+    Option(
+        "notify_url_file",
+        "read --notify-url from this file (e.g. a mounted Secret), so the URL is in no command line or ConfigMap",
+        commands=RUNS,
+    ),
     Option("notify_on", "when to call --notify-url", "always", choices=NOTIFY_ON, commands=RUNS),
-    Option("cron", "schedule: cron expression, 5 fields (min hour dom mon dow) or 6 (sec first)",
-           commands=SCHEDULE),
+    Option("cron", "schedule: cron expression, 5 fields (min hour dom mon dow) or 6 (sec first)", commands=SCHEDULE),
     Option("timezone", "schedule: time zone of --cron", "UTC", commands=SCHEDULE),
-    Option("jitter", "schedule: random delay of up to this many seconds for each run", 0.0, _seconds,
-           commands=SCHEDULE),
-    Option("misfire_grace", "schedule: a run up to this many seconds late still starts (missed runs coalesce)",
-           300.0, _seconds, commands=SCHEDULE),
-    Option("run_now", "schedule: start with a run, then follow --cron", False, _boolean, commands=SCHEDULE,
-           switch=True),
-    Option("keep", "keep the N newest complete runs in --output, removing older runs and a killed run's leftovers "
-           "(run/schedule: after each successful run; 0 = keep everything)", 0, _within(int, 0, math.inf,
-           "a whole number >= 0"), commands=KEEPERS),
-    Option("dry_run", "prune: say what would be removed, remove nothing", False, _boolean, commands=("prune",),
-           switch=True),
-    Option("truncate", "restore: empty the target tables first (one TRUNCATE; without it, a table that holds "
-           "rows is refused)", False, _boolean, commands=RESTORE, switch=True),
-    Option("create_tables", "restore: create missing schemas and tables from the manifest's column names and "
-           "types (no constraints, indexes or defaults)", False, _boolean, commands=RESTORE, switch=True),
-    Option("with_schema", "restore: build the tables from the dump's schema files first (pre-data, rows, "
-           "post-data, sequences); the target must hold none of the dump's schemas' objects", False, _boolean,
-           commands=RESTORE, switch=True),
-    Option("no_sequences", "restore: leave sequences as they are (default: set those of the loaded tables to "
-           "the dump's positions)", False, _boolean, commands=RESTORE, switch=True),
-    Option("scratch_dbname", "drill: the scratch database to create, restore into and drop (default: "
-           "dumper_drill_<run id>)", commands=DRILL),
-    Option("single_transaction", "restore: load every table in one transaction (all or nothing; one "
-           "connection)", False, _boolean, commands=RESTORE, switch=True),
+    Option(
+        "jitter", "schedule: random delay of up to this many seconds for each run", 0.0, _seconds, commands=SCHEDULE
+    ),
+    Option(
+        "misfire_grace",
+        "schedule: a run up to this many seconds late still starts (missed runs coalesce)",
+        300.0,
+        _seconds,
+        commands=SCHEDULE,
+    ),
+    Option(
+        "run_now", "schedule: start with a run, then follow --cron", False, _boolean, commands=SCHEDULE, switch=True
+    ),
+    Option(
+        "keep",
+        "keep the N newest complete runs in --output, removing older runs and a killed run's leftovers "
+        "(run/schedule: after each successful run; 0 = keep everything)",
+        0,
+        _within(int, 0, math.inf, "a whole number >= 0"),
+        commands=KEEPERS,
+    ),
+    Option(
+        "dry_run", "prune: say what would be removed, remove nothing", False, _boolean, commands=("prune",), switch=True
+    ),
+    Option(
+        "truncate",
+        "restore: empty the target tables first (one TRUNCATE; without it, a table that holds rows is refused)",
+        False,
+        _boolean,
+        commands=RESTORE,
+        switch=True,
+    ),
+    Option(
+        "create_tables",
+        "restore: create missing schemas and tables from the manifest's column names and "
+        "types (no constraints, indexes or defaults)",
+        False,
+        _boolean,
+        commands=RESTORE,
+        switch=True,
+    ),
+    Option(
+        "with_schema",
+        "restore: build the tables from the dump's schema files first (pre-data, rows, "
+        "post-data, sequences); the target must hold none of the dump's schemas' objects",
+        False,
+        _boolean,
+        commands=RESTORE,
+        switch=True,
+    ),
+    Option(
+        "no_sequences",
+        "restore: leave sequences as they are (default: set those of the loaded tables to the dump's positions)",
+        False,
+        _boolean,
+        commands=RESTORE,
+        switch=True,
+    ),
+    Option(
+        "scratch_dbname",
+        "drill: the scratch database to create, restore into and drop (default: dumper_drill_<run id>)",
+        commands=DRILL,
+    ),
+    Option(
+        "single_transaction",
+        "restore: load every table in one transaction (all or nothing; one connection)",
+        False,
+        _boolean,
+        commands=RESTORE,
+        switch=True,
+    ),
 )
 
 _FLAGS = {option.name: option.flag for option in OPTIONS}
@@ -299,8 +402,10 @@ def _http_url(option: str, url: str) -> None:
     """A webhook / Pushgateway URL must be http(s) with a host; the error never echoes it."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{option}: not an http(s):// URL with a host name ({redact_url(url, keep_path=False)!r} "
-                          "shown without its path and query); give the full URL, e.g. https://hooks.example.com/...")
+        raise ConfigError(
+            f"{option}: not an http(s):// URL with a host name ({redact_url(url, keep_path=False)!r} "
+            "shown without its path and query); give the full URL, e.g. https://hooks.example.com/..."
+        )
 
 
 def with_url_files(settings: Settings, read: Callable[[str], str]) -> Settings:
@@ -327,9 +432,7 @@ def default_run_id(now: dt.datetime) -> str:
 
 def _parse(option: Option, raw: str, source: str) -> Any:
     if option.choices and raw not in option.choices:
-        raise ConfigError(
-            f"{option.flag}: {raw!r} is not one of {', '.join(option.choices)} (from {source})"
-        )
+        raise ConfigError(f"{option.flag}: {raw!r} is not one of {', '.join(option.choices)} (from {source})")
     try:
         return option.parse(raw)
     except ValueError as exc:
@@ -398,11 +501,14 @@ def resolve(
         raise ConfigError(
             f"--sslmode {values['sslmode']}: --auth iam sends an IAM token (a 15-minute bearer credential) as the "
             "password, so it goes only to a server whose certificate and host name were verified; use "
-            "--sslmode verify-full with --sslrootcert (the RDS CA bundle)")
+            "--sslmode verify-full with --sslrootcert (the RDS CA bundle)"
+        )
     if values.get("with_schema") and (values.get("truncate") or values.get("create_tables")):
         given = [_FLAGS[name] for name in ("truncate", "create_tables") if values.get(name)]
-        raise ConfigError(f"--with-schema builds the tables in an empty target: {' and '.join(given)} "
-                          f"{'does' if len(given) == 1 else 'do'} not go with it (give one or the other)")
+        raise ConfigError(
+            f"--with-schema builds the tables in an empty target: {' and '.join(given)} "
+            f"{'does' if len(given) == 1 else 'do'} not go with it (give one or the other)"
+        )
     for name in ("notify_url", "pushgateway_url"):
         if values.get(name) and values.get(f"{name}_file"):
             raise ConfigError(f"{_FLAGS[name]} and {_FLAGS[f'{name}_file']}: give one of them")

@@ -35,8 +35,15 @@ from .logs import log
 PasswordProvider = Callable[[], Awaitable[str | None]]
 T = TypeVar("T")
 
-LOST = (asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
-        asyncpg.CannotConnectNowError, asyncpg.InternalClientError, ConnectionError, TimeoutError)
+LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,
+    ConnectionError,
+    TimeoutError,
+)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -50,16 +57,26 @@ def is_transient(exc: BaseException) -> bool:
 async def with_retries(what: str, action: Callable[[], Awaitable[T]], attempts: int) -> T:
     """Retry `action` on transient failures, with bounded exponential backoff and
     jitter; one log line per failed attempt."""
+
     def log_attempt(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log.warning(f"{what} failed, retrying", extra={
-            "attempt": state.attempt_number, "of": attempts, "error": f"{type(exc).__name__}: {exc}",
-            "retry_in_s": round(state.upcoming_sleep, 2)})
+        log.warning(
+            f"{what} failed, retrying",
+            extra={
+                "attempt": state.attempt_number,
+                "of": attempts,
+                "error": f"{type(exc).__name__}: {exc}",
+                "retry_in_s": round(state.upcoming_sleep, 2),
+            },
+        )
 
     retrying = tenacity.AsyncRetrying(
         stop=tenacity.stop_after_attempt(attempts),
         wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=8.0),
-        retry=tenacity.retry_if_exception(is_transient), before_sleep=log_attempt, reraise=True)
+        retry=tenacity.retry_if_exception(is_transient),
+        before_sleep=log_attempt,
+        reraise=True,
+    )
 
     async def attempt() -> T:  # tenacity awaits only coroutine functions, not lambdas
         return await action()
@@ -99,7 +116,9 @@ def session_settings(settings: Settings) -> dict[str, str]:
         "idle_in_transaction_session_timeout": "0",  # the snapshot holder idles for the whole run
         "statement_timeout": "0",  # --statement-timeout applies to table reads only (join_snapshot)
         # The server side of keepalive: a dump that died is noticed, its transaction ended.
-        "tcp_keepalives_idle": "60", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "6",
+        "tcp_keepalives_idle": "60",
+        "tcp_keepalives_interval": "10",
+        "tcp_keepalives_count": "6",
     }
 
 
@@ -124,20 +143,24 @@ def connect_error(exc: BaseException, settings: Settings) -> DumperError:
         return ConnectError(
             f"TLS: the server certificate of {settings.host} was not accepted ({exc.verify_message}); "
             "check --sslrootcert (the CA bundle, e.g. the RDS global-bundle.pem) and that --host is the "
-            "name on the certificate (the real endpoint, not an IP or CNAME)")
+            "name on the certificate (the real endpoint, not an IP or CNAME)"
+        )
     if isinstance(exc, ssl.SSLError):
         return ConnectError(f"TLS handshake with {settings.host}:{settings.port} failed: {exc}")
     text = str(exc)
     if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in text:
-        return ConnectError(f"{settings.host}:{settings.port} does not accept TLS; "
-                            f"--sslmode {settings.sslmode} requires it")
+        return ConnectError(
+            f"{settings.host}:{settings.port} does not accept TLS; --sslmode {settings.sslmode} requires it"
+        )
     if isinstance(exc, asyncpg.InvalidPasswordError) or "authentication failed" in text:
         if settings.auth == "iam":
-            hint = (f"the IAM token was refused: check that the database user has GRANT rds_iam TO "
-                    f"{settings.user}; that the role's policy allows rds-db:connect on "
-                    f"arn:aws:rds-db:{settings.region}:ACCOUNT:dbuser:DBI_RESOURCE_ID/{settings.user}; "
-                    f"that --region {settings.region} is the database's region; and that --host is the "
-                    "real instance or cluster endpoint, not a CNAME or IP")
+            hint = (
+                f"the IAM token was refused: check that the database user has GRANT rds_iam TO "
+                f"{settings.user}; that the role's policy allows rds-db:connect on "
+                f"arn:aws:rds-db:{settings.region}:ACCOUNT:dbuser:DBI_RESOURCE_ID/{settings.user}; "
+                f"that --region {settings.region} is the database's region; and that --host is the "
+                "real instance or cluster endpoint, not a CNAME or IP"
+            )
         else:
             hint = "check PGPASSWORD"
         return ConnectError(f"authentication failed for {where}: {text}; {hint}")
@@ -164,22 +187,25 @@ def table_error(exc: BaseException, table: str) -> DumperError:
         if "row-level security" in text:
             return PermissionDenied(
                 f"table {table}: row-level security would hide rows from this user, so the dump "
-                f"would be incomplete ({text}); give the dump role BYPASSRLS or make it the table owner")
+                f"would be incomplete ({text}); give the dump role BYPASSRLS or make it the table owner"
+            )
         return PermissionDenied(
             f"table {table}: {text}; grant read access, e.g. GRANT pg_read_all_data TO <user> "
-            f"(PostgreSQL 14+) or GRANT SELECT ON {table} TO <user> (see sql/)")
+            f"(PostgreSQL 14+) or GRANT SELECT ON {table} TO <user> (see sql/)"
+        )
     if getattr(exc, "sqlstate", None) == replica.RECOVERY_CONFLICT:  # a standby's replay cancelled the read
         return RecoveryConflict(f"table {table}: {text}")
     if isinstance(exc, asyncpg.LockNotAvailableError):
-        return DumpError(f"table {table}: could not lock it within --lock-timeout (another session holds "
-                         f"a conflicting lock, e.g. ALTER TABLE): {text}")
+        return DumpError(
+            f"table {table}: could not lock it within --lock-timeout (another session holds "
+            f"a conflicting lock, e.g. ALTER TABLE): {text}"
+        )
     if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)):
         return DumpError(f"table {table}: {type(exc).__name__}: {text}")
     raise exc
 
 
-_CONNECT_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                     asyncpg.InternalClientError)
+_CONNECT_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 # The client side of TCP keepalive: a peer that vanished (a dropped NAT entry,
 # a failover) is noticed between fetches in about KEEPIDLE + KEEPINTVL * KEEPCNT.
@@ -201,6 +227,7 @@ def _keepalive(conn: Any) -> None:
 async def connect(settings: Settings, password: PasswordProvider, *, codecs: bool = False) -> Any:
     """A new session (retried while the failure can heal), with keepalives and,
     for table reads, the codecs of encode.Kind."""
+
     async def attempt() -> Any:
         conn = await asyncpg.connect(**connect_kwargs(settings, password))
         try:
@@ -230,9 +257,11 @@ async def stall_guard(seconds: float, where: str) -> AsyncIterator[None]:
     except TimeoutError:
         if not deadline.expired():
             raise
-        raise DumpError(f"{where}: the database sent nothing for {seconds:g} s (--stall-timeout): the server, "
-                        "or the network to it, stalled; check the server's health and load, or raise "
-                        "--stall-timeout") from None
+        raise DumpError(
+            f"{where}: the database sent nothing for {seconds:g} s (--stall-timeout): the server, "
+            "or the network to it, stalled; check the server's health and load, or raise "
+            "--stall-timeout"
+        ) from None
 
 
 async def close(conn: Any) -> None:
@@ -259,8 +288,10 @@ async def import_snapshot(conn: Any, snapshot_id: str, settings: Settings) -> No
     except LOST as exc:
         raise ConnectionLost(f"the connection was lost while joining snapshot {snapshot_id}: {exc}") from exc
     except asyncpg.PostgresError as exc:
-        raise SnapshotLost(f"could not join the run's snapshot {snapshot_id} (its transaction has "
-                           f"ended, e.g. the server restarted): {exc}") from exc
+        raise SnapshotLost(
+            f"could not join the run's snapshot {snapshot_id} (its transaction has "
+            f"ended, e.g. the server restarted): {exc}"
+        ) from exc
 
 
 def _quote_literal(text: str) -> str:
@@ -268,8 +299,9 @@ def _quote_literal(text: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def preparing(settings: Settings, where: str = "while taking the snapshot and reading the catalog"
-                    ) -> AsyncIterator[None]:
+async def preparing(
+    settings: Settings, where: str = "while taking the snapshot and reading the catalog"
+) -> AsyncIterator[None]:
     """Errors while taking the snapshot and reading the catalog (or `where`), said plainly."""
     try:
         async with stall_guard(settings.stall_timeout, where):
@@ -306,20 +338,22 @@ async def register_codecs(conn: Any) -> None:
         await conn.set_type_codec(name, schema="pg_catalog", encoder=str, decoder=decoder, format="text")
 
 
-
 async def server_version(conn: Any) -> str:
     return str(await conn.fetchval("SHOW server_version"))
 
 
 async def scan_facts(conn: Any) -> tuple[int, int]:
     """server_version_num and block_size: can pages be read by range, and how big is one."""
-    row = await conn.fetchrow("SELECT pg_catalog.current_setting('server_version_num')::pg_catalog.int4, "
-                              "pg_catalog.current_setting('block_size')::pg_catalog.int4")
+    row = await conn.fetchrow(
+        "SELECT pg_catalog.current_setting('server_version_num')::pg_catalog.int4, "
+        "pg_catalog.current_setting('block_size')::pg_catalog.int4"
+    )
     return int(row[0]), int(row[1])
 
 
-async def stream(conn: Any, sql: str, table: str, next_size: Callable[[], int],
-                 stall_timeout: float) -> AsyncIterator[list[Any]]:
+async def stream(
+    conn: Any, sql: str, table: str, next_size: Callable[[], int], stall_timeout: float
+) -> AsyncIterator[list[Any]]:
     """Batches of records from a server-side cursor, each as large as
     `next_size()` says at that moment (so the caller can bound bytes, not rows).
     A fetch that gets no data for `stall_timeout` seconds ends the read."""
@@ -340,8 +374,9 @@ async def stream(conn: Any, sql: str, table: str, next_size: Callable[[], int],
     except LOST as exc:
         # Terminated backend, server restart, network: the connection object is
         # unusable now (InternalClientError when the notice came between fetches).
-        raise ConnectionLost(f"table {table}: the connection to the server was lost "
-                             f"({type(exc).__name__}: {exc})") from exc
+        raise ConnectionLost(
+            f"table {table}: the connection to the server was lost ({type(exc).__name__}: {exc})"
+        ) from exc
     except asyncpg.InterfaceError as exc:
         if "closed" not in str(exc):  # "the underlying connection is closed": lost, as above
             raise table_error(exc, table) from exc

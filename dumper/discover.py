@@ -29,8 +29,10 @@ WRITTEN = (WRITTEN_JSON, WRITTEN_TEXT, WRITTEN_CAST)
 
 # Any lower bound of an array other than 1 (JSON arrays have none: to_json drops them). One
 # dimension, the common case, costs two header reads; more dimensions a look at array_dims.
-_NOT_ONE_BASED = ("(pg_catalog.array_lower({c}, 1) OPERATOR(pg_catalog.<>) 1 OR (pg_catalog.array_ndims({c}) "
-                  "OPERATOR(pg_catalog.>) 1 AND pg_catalog.array_dims({c}) OPERATOR(pg_catalog.~) '\\[(?!1:)'))")
+_NOT_ONE_BASED = (
+    "(pg_catalog.array_lower({c}, 1) OPERATOR(pg_catalog.<>) 1 OR (pg_catalog.array_ndims({c}) "
+    "OPERATOR(pg_catalog.>) 1 AND pg_catalog.array_dims({c}) OPERATOR(pg_catalog.~) '\\[(?!1:)'))"
+)
 
 
 @dataclass(frozen=True)
@@ -93,13 +95,14 @@ class Table:
         only = "" if self.partitioned else "ONLY "
         # After the columns: each array column's text form when its bounds are not 1 (encode.RowEncoder).
         cols = ", ".join([c.select_sql() for c in self.columns] + [c.bounds_sql() for c in self.columns if c.array])
-        ranges = [f"ctid OPERATOR(pg_catalog.>=) '({first_page},0)'::pg_catalog.tid" if first_page is not None else "",
-                  f"ctid OPERATOR(pg_catalog.<) '({end_page},0)'::pg_catalog.tid" if end_page is not None else ""]
+        ranges = [
+            f"ctid OPERATOR(pg_catalog.>=) '({first_page},0)'::pg_catalog.tid" if first_page is not None else "",
+            f"ctid OPERATOR(pg_catalog.<) '({end_page},0)'::pg_catalog.tid" if end_page is not None else "",
+        ]
         where = " AND ".join(r for r in ranges if r)
         if self.condition:  # the extension's own filter, as pg_dump applies it (never split: see plan_pieces)
             return f"SELECT {cols} FROM {only}{self.relation_sql()} {self.condition}"
         return f"SELECT {cols} FROM {only}{self.relation_sql()}" + (f" WHERE {where}" if where else "")
-
 
     @property
     def arrays(self) -> tuple[int, ...]:
@@ -229,13 +232,24 @@ WHERE p.t OPERATOR(pg_catalog.>=) 16384  -- FirstNormalObjectId: not built in
 """
 
 
-async def discover(conn: Any, schemas: Sequence[str], include: Sequence[str], exclude: Sequence[str],
-                   extension_types: str = WRITTEN_TEXT, extensions: Sequence[Extension] = ()) -> list[Table]:
+async def discover(
+    conn: Any,
+    schemas: Sequence[str],
+    include: Sequence[str],
+    exclude: Sequence[str],
+    extension_types: str = WRITTEN_TEXT,
+    extensions: Sequence[Extension] = (),
+) -> list[Table]:
     """Tables to dump, in catalog order, with their columns and read plans; then the
     configuration tables of the dumped `extensions` (their user rows)."""
-    present = {r[0] for r in await conn.fetch(
-        "SELECT nspname FROM pg_catalog.pg_namespace "
-        "WHERE nspname OPERATOR(pg_catalog.=) ANY($1::pg_catalog.text[])", list(schemas))}
+    present = {
+        r[0]
+        for r in await conn.fetch(
+            "SELECT nspname FROM pg_catalog.pg_namespace "
+            "WHERE nspname OPERATOR(pg_catalog.=) ANY($1::pg_catalog.text[])",
+            list(schemas),
+        )
+    }
     missing = [s for s in schemas if s not in present]
     if missing:
         raise ConfigError(f"--schema: schema {missing[0]!r} does not exist in this database")
@@ -250,23 +264,34 @@ async def discover(conn: Any, schemas: Sequence[str], include: Sequence[str], ex
 
     col_rows = await conn.fetch(_COLUMNS_SQL, oids)
     type_oids = sorted({r["atttypid"] for r in col_rows})
-    bases = {r["start"]: (r["base"], r["base_name"], r["array"])
-             for r in await conn.fetch(_BASE_TYPES_SQL, type_oids)}
+    bases = {r["start"]: (r["base"], r["base_name"], r["array"]) for r in await conn.fetch(_BASE_TYPES_SQL, type_oids)}
     cast = {r[0] for r in await conn.fetch(_CAST_TYPES_SQL, type_oids)}
 
     columns: dict[int, list[Column]] = {oid: [] for oid in oids}
     for r in col_rows:
         base_oid, base_name, array = bases[r["atttypid"]]
         # Casting to the bare base type (no typmod) never changes a value.
-        columns[r["attrelid"]].append(Column(
-            name=r["attname"], type=r["type"], kind=kind_for(base_oid),
-            domain_base=base_name if r["atttypid"] != base_oid else None,
-            written=(extension_types if r["atttypid"] in cast else WRITTEN_JSON), array=array,
-        ))
+        columns[r["attrelid"]].append(
+            Column(
+                name=r["attname"],
+                type=r["type"],
+                kind=kind_for(base_oid),
+                domain_base=base_name if r["atttypid"] != base_oid else None,
+                written=(extension_types if r["atttypid"] in cast else WRITTEN_JSON),
+                array=array,
+            )
+        )
     return [
-        Table(schema=r["nspname"], name=r["relname"], oid=r["oid"], partitioned=r["partitioned"],
-              pages=r["pages"], columns=tuple(columns[r["oid"]]), extension=config.get(r["oid"], (None, ""))[0],
-              condition=config.get(r["oid"], (None, ""))[1])
+        Table(
+            schema=r["nspname"],
+            name=r["relname"],
+            oid=r["oid"],
+            partitioned=r["partitioned"],
+            pages=r["pages"],
+            columns=tuple(columns[r["oid"]]),
+            extension=config.get(r["oid"], (None, ""))[0],
+            condition=config.get(r["oid"], (None, ""))[1],
+        )
         for r in rows
     ]
 
@@ -274,9 +299,14 @@ async def discover(conn: Any, schemas: Sequence[str], include: Sequence[str], ex
 async def measured(conn: Any, tables: Sequence[Table]) -> list[Table]:
     """The tables with their current size (call with the tables locked)."""
     sizes = {r["oid"]: r for r in await conn.fetch(_PAGES_SQL, [t.oid for t in tables])}
+
     def sized(table: Table, row: Any) -> Table:
-        return dataclasses.replace(table, pages=row["pages"] or 0, bytes=row["bytes"] or 0,
-                                   toast_bytes=row["toast_bytes"],
-                                   rows_estimate=row["rows"] if row["analyzed"] else -1.0)
+        return dataclasses.replace(
+            table,
+            pages=row["pages"] or 0,
+            bytes=row["bytes"] or 0,
+            toast_bytes=row["toast_bytes"],
+            rows_estimate=row["rows"] if row["analyzed"] else -1.0,
+        )
 
     return [sized(t, sizes[t.oid]) if t.oid in sizes else t for t in tables]

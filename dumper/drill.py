@@ -63,8 +63,9 @@ def _rows(output: Output, path: str, compression: str, fmt: str) -> Iterator[byt
         yield from batch
 
 
-def compare(doc: dict[str, Any], source: Output, again: list[TableEntry], again_dir: Output,
-            again_run: str) -> list[str]:
+def compare(
+    doc: dict[str, Any], source: Output, again: list[TableEntry], again_dir: Output, again_run: str
+) -> list[str]:
     """One message per table whose rows did not come back exactly: compared as a multiset
     of rows, each by column name (sameness), after a byte-for-byte look that settles most."""
     compression, fmt = doc["compression"], doc["format"]
@@ -80,13 +81,17 @@ def compare(doc: dict[str, Any], source: Output, again: list[TableEntry], again_
         if compression == "none":
             same = got.sha256 == entry["sha256"]
         else:  # gzip bytes depend on how writes were grouped: compare what they hold
-            same = (_content_sha(source.chunks(entry["path"]) or [], compression)
-                    == _content_sha(again_dir.chunks(mine) or [], compression))
+            same = _content_sha(source.chunks(entry["path"]) or [], compression) == _content_sha(
+                again_dir.chunks(mine) or [], compression
+            )
         if same and got.rows == entry["rows"]:
             continue
         columns = [c["name"] for c in entry["columns"]]
-        differs = sameness.difference(functools.partial(_rows, source, entry["path"], compression, fmt),
-                                      functools.partial(_rows, again_dir, mine, compression, fmt), columns)
+        differs = sameness.difference(
+            functools.partial(_rows, source, entry["path"], compression, fmt),
+            functools.partial(_rows, again_dir, mine, compression, fmt),
+            columns,
+        )
         if differs is not None:
             problems.append(f"table {name}: {differs}")
     problems += [f"table {s}.{t}: in the restored database, not in the dump" for s, t in by_name]
@@ -116,8 +121,9 @@ async def _drop(conn: Any, name: str, settings: Settings, force: bool) -> bool:
             await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)}" + (" WITH (FORCE)" if force else ""))
         return True
     except asyncpg.ObjectInUseError:
-        log.warning("a scratch database of another drill is in use, left alone (a drill running now?)",
-                    extra={"database": name})
+        log.warning(
+            "a scratch database of another drill is in use, left alone (a drill running now?)", extra={"database": name}
+        )
         return False
 
 
@@ -128,12 +134,17 @@ async def _remove_leftovers(conn: Any, settings: Settings) -> None:
 
 
 async def _create(conn: Any, name: str, settings: Settings) -> None:
-    existing = await conn.fetchrow("SELECT pg_catalog.shobj_description(oid, 'pg_database') AS mark FROM "
-                                   "pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) $1", name)
+    existing = await conn.fetchrow(
+        "SELECT pg_catalog.shobj_description(oid, 'pg_database') AS mark FROM "
+        "pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) $1",
+        name,
+    )
     if existing is not None:
-        raise ConfigError(f"--scratch-dbname: database {name!r} exists and is not a drill's scratch database"
-                          if existing["mark"] != MARKER else
-                          f"--scratch-dbname: a drill of this dump is running now (scratch database {name!r} in use)")
+        raise ConfigError(
+            f"--scratch-dbname: database {name!r} exists and is not a drill's scratch database"
+            if existing["mark"] != MARKER
+            else f"--scratch-dbname: a drill of this dump is running now (scratch database {name!r} in use)"
+        )
     try:
         async with db.stall_guard(settings.stall_timeout, f"while creating scratch database {name}"):
             await conn.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0 ENCODING 'UTF8'")
@@ -144,8 +155,10 @@ async def _create(conn: Any, name: str, settings: Settings) -> None:
                     await _drop(conn, name, settings, force=True)
                 raise
     except asyncpg.InsufficientPrivilegeError as exc:
-        raise PermissionDenied(f"cannot create the scratch database {name}: {exc}; the drill's role needs "
-                               f"CREATEDB (ALTER ROLE {settings.user} CREATEDB), best on a scratch instance") from exc
+        raise PermissionDenied(
+            f"cannot create the scratch database {name}: {exc}; the drill's role needs "
+            f"CREATEDB (ALTER ROLE {settings.user} CREATEDB), best on a scratch instance"
+        ) from exc
     except asyncpg.PostgresError as exc:
         raise DumpError(f"cannot create the scratch database {name}: {type(exc).__name__}: {exc}") from exc
 
@@ -168,9 +181,11 @@ async def drill(settings: Settings, password: db.PasswordProvider) -> DrillResul
     except FileNotFoundError:
         raise VerifyError(f"{source.url_of(MANIFEST_NAME)} does not exist: not a complete dump") from None
     if not schema_files(doc):  # the dump cannot build an empty database: it does not come back by itself
-        raise VerifyError(f"this dump has no schema files ({schema_files_absent(doc)}): a drill builds the scratch "
-                          "database from them, as a restore into an empty database must; take dumps with a pg_dump "
-                          "at least the server's major (--schema-files require)")
+        raise VerifyError(
+            f"this dump has no schema files ({schema_files_absent(doc)}): a drill builds the scratch "
+            "database from them, as a restore into an empty database must; take dumps with a pg_dump "
+            "at least the server's major (--schema-files require)"
+        )
     scratch = settings.scratch_dbname or scratch_name(doc["run_id"])
     conn = await _admin(settings, password)
     try:
@@ -184,14 +199,33 @@ async def drill(settings: Settings, password: db.PasswordProvider) -> DrillResul
         log.info("drill: restoring into the scratch database", extra={"database": scratch})
         inside = dataclasses.replace(settings, dbname=scratch, output=source.url_of("").rstrip("/"))
         try:
-            await restore.run(dataclasses.replace(inside, with_schema=True, include=(), exclude=(), truncate=False,
-                                                  create_tables=False, no_sequences=False), password)
+            await restore.run(
+                dataclasses.replace(
+                    inside,
+                    with_schema=True,
+                    include=(),
+                    exclude=(),
+                    truncate=False,
+                    create_tables=False,
+                    no_sequences=False,
+                ),
+                password,
+            )
         except (LoadError, ConfigError) as exc:  # the dump does not load as it is (the options are the drill's own)
             return DrillResult([], [], scratch, inside.output, failed=f"{exc} (the restore failed)")
         log.info("drill: dumping the scratch database again", extra={"database": scratch})
         again_settings = dataclasses.replace(
-            inside, output=folder, run_id="drill", format=doc["format"], compression=doc["compression"],
-            schema=tuple(dump_schemas(doc)), include=(), exclude=(), schema_files="off", keep=0)
+            inside,
+            output=folder,
+            run_id="drill",
+            format=doc["format"],
+            compression=doc["compression"],
+            schema=tuple(dump_schemas(doc)),
+            include=(),
+            exclude=(),
+            schema_files="off",
+            keep=0,
+        )
         again_out = Output.for_settings(again_settings)
         manifest = await dump.run(again_settings, password, again_out)
         try:
@@ -213,8 +247,10 @@ async def _clean_up(settings: Settings, password: db.PasswordProvider, scratch: 
             await db.close(conn)
         log.info("drill: scratch database dropped", extra={"database": scratch})
     except DumperError as exc:
-        log.error("could not drop the scratch database; the next drill removes it", extra={
-            "database": scratch, "error": str(exc)})
+        log.error(
+            "could not drop the scratch database; the next drill removes it",
+            extra={"database": scratch, "error": str(exc)},
+        )
 
 
 async def run(settings: Settings, password: db.PasswordProvider) -> Outcome:
@@ -229,8 +265,10 @@ async def run(settings: Settings, password: db.PasswordProvider) -> Outcome:
         if result.mismatches:
             for problem in result.mismatches:
                 log.error(f"MISMATCH {problem}")
-            raise VerifyError(f"{len(result.mismatches)} table(s) did not come back exactly from "
-                              f"{redact_url(result.source)}: {'; '.join(result.mismatches)}")
+            raise VerifyError(
+                f"{len(result.mismatches)} table(s) did not come back exactly from "
+                f"{redact_url(result.source)}: {'; '.join(result.mismatches)}"
+            )
         status, code = "success", 0
     except DumperError as exc:
         code, error = exc.exit_code, str(exc)
@@ -240,8 +278,17 @@ async def run(settings: Settings, password: db.PasswordProvider) -> Outcome:
         raise
     finally:
         where = result.source if result else settings.output
-        outcome = Outcome(settings.run_id, status, started, time.time(), code, error, redact_url(where),
-                          result.tables if result else [], kind="drill",
-                          mismatches=(result.mismatches + ([result.failed] if result.failed else [])) if result else [])
+        outcome = Outcome(
+            settings.run_id,
+            status,
+            started,
+            time.time(),
+            code,
+            error,
+            redact_url(where),
+            result.tables if result else [],
+            kind="drill",
+            mismatches=(result.mismatches + ([result.failed] if result.failed else [])) if result else [],
+        )
         await asyncio.shield(publish(settings, outcome))
     return outcome

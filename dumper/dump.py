@@ -51,19 +51,35 @@ def _iso(when: dt.datetime) -> str:
 def _entry(piece: Piece, assembly: Assembly) -> TableEntry:
     table = piece.table
     return TableEntry(
-        schema=table.schema, table=table.name, path=piece.relpath.rpartition("/")[2],
-        rows=assembly.framer.rows, bytes=assembly.writer.bytes, sha256=assembly.writer.sha256,
+        schema=table.schema,
+        table=table.name,
+        path=piece.relpath.rpartition("/")[2],
+        rows=assembly.framer.rows,
+        bytes=assembly.writer.bytes,
+        sha256=assembly.writer.sha256,
         columns=[{"name": c.name, "type": c.type, "written": c.written} for c in table.columns],
-        seconds=round(time.monotonic() - assembly.started, 3), extension=table.extension)
+        seconds=round(time.monotonic() - assembly.started, 3),
+        extension=table.extension,
+    )
 
 
-async def _dump_tables(settings: Settings, password: db.PasswordProvider, output: Output,
-                       work: list[tuple[Table, str]], snapshot_id: str, piece_pages: int,
-                       committed: list[str], display: Display | None = None) -> list[TableEntry]:
+async def _dump_tables(
+    settings: Settings,
+    password: db.PasswordProvider,
+    output: Output,
+    work: list[tuple[Table, str]],
+    snapshot_id: str,
+    piece_pages: int,
+    committed: list[str],
+    display: Display | None = None,
+) -> list[TableEntry]:
     # Largest first, so one big table does not start last and run alone; a
     # split table's pieces in file order, so all connections share it.
-    queue = deque(piece for table, relpath in sorted(work, key=lambda item: -item[0].pages)
-                  for piece in plan_pieces(table, relpath, piece_pages))
+    queue = deque(
+        piece
+        for table, relpath in sorted(work, key=lambda item: -item[0].pages)
+        for piece in plan_pieces(table, relpath, piece_pages)
+    )
     assemblies: dict[str, Assembly] = {}
     results: dict[str, TableEntry] = {}
 
@@ -71,8 +87,12 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
         if piece.relpath not in assemblies:
             log.info("started", extra={"pieces": piece.count} if piece.count > 1 else {})
             assemblies[piece.relpath] = Assembly(
-                piece.table.qualified, output.open_table(piece.relpath), piece.count,
-                Framer(settings.format), StoredWriter(settings.compression, settings.gzip_level))
+                piece.table.qualified,
+                output.open_table(piece.relpath),
+                piece.count,
+                Framer(settings.format),
+                StoredWriter(settings.compression, settings.gzip_level),
+            )
         return assemblies[piece.relpath]
 
     async def worker(lane: Lane) -> None:
@@ -96,13 +116,16 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
     jobs = max(1, min(settings.jobs, len(queue)))
     processes = min(workers.processes(settings), jobs)
     estimates = {relpath: table.rows_estimate for table, relpath in work}
-    beat = asyncio.create_task(_heartbeat(assemblies, results, display and functools.partial(
-        _show, display, estimates, assemblies, results)))
+    beat = asyncio.create_task(
+        _heartbeat(assemblies, results, display and functools.partial(_show, display, estimates, assemblies, results))
+    )
     try:
         async with contextlib.AsyncExitStack() as stack:
-            lanes: list[Lane] = ([Reader(settings, password, snapshot_id) for _ in range(jobs)] if processes < 2
-                                 else await stack.enter_async_context(
-                                     workers.started(settings, password, snapshot_id, jobs, processes)))
+            lanes: list[Lane] = (
+                [Reader(settings, password, snapshot_id) for _ in range(jobs)]
+                if processes < 2
+                else await stack.enter_async_context(workers.started(settings, password, snapshot_id, jobs, processes))
+            )
             async with asyncio.TaskGroup() as group:
                 for lane in lanes:
                     group.create_task(worker(lane))
@@ -117,16 +140,22 @@ async def _dump_tables(settings: Settings, password: db.PasswordProvider, output
     return [results[relpath] for _, relpath in work]
 
 
-def _show(display: Display, estimates: dict[str, float], assemblies: dict[str, Assembly],
-          finished: dict[str, TableEntry]) -> None:
+def _show(
+    display: Display, estimates: dict[str, float], assemblies: dict[str, Assembly], finished: dict[str, TableEntry]
+) -> None:
     """Every table's progress, to the live display (a terminal)."""
-    display([TableProgress(a.name, estimates[relpath], a.started, a.rows_received, a.writer.bytes,
-                           relpath in finished) for relpath, a in assemblies.items()]
-            + [TableProgress(relpath, -1.0, 0.0) for relpath in estimates if relpath not in assemblies])
+    display(
+        [
+            TableProgress(a.name, estimates[relpath], a.started, a.rows_received, a.writer.bytes, relpath in finished)
+            for relpath, a in assemblies.items()
+        ]
+        + [TableProgress(relpath, -1.0, 0.0) for relpath in estimates if relpath not in assemblies]
+    )
 
 
-async def _heartbeat(assemblies: dict[str, Assembly], finished: dict[str, TableEntry],
-                     show: Callable[[], None] | None = None) -> None:
+async def _heartbeat(
+    assemblies: dict[str, Assembly], finished: dict[str, TableEntry], show: Callable[[], None] | None = None
+) -> None:
     """A progress line for every running table at least every PROGRESS_EVERY
     seconds, data or not: a stall shows in the log before it fails the run.
     And, on a terminal, the live display every second."""
@@ -138,9 +167,15 @@ async def _heartbeat(assemblies: dict[str, Assembly], finished: dict[str, TableE
         for relpath, assembly in list(assemblies.items()):
             if relpath not in finished and now >= assembly.last_report + PROGRESS_EVERY:
                 assembly.last_report = now
-                log.info("progress", extra={
-                    "table": assembly.name, "rows": assembly.rows_received, "bytes": assembly.writer.bytes,
-                    "seconds_since_data": round(now - assembly.last_data, 1)})
+                log.info(
+                    "progress",
+                    extra={
+                        "table": assembly.name,
+                        "rows": assembly.rows_received,
+                        "bytes": assembly.writer.bytes,
+                        "seconds_since_data": round(now - assembly.last_data, 1),
+                    },
+                )
 
 
 @dataclass
@@ -151,8 +186,13 @@ class _Source:
     conflicts: dict[str, int] = field(default_factory=dict)  # pg_stat_database_conflicts at the start
 
 
-async def run(settings: Settings, password: db.PasswordProvider, output: Output,
-              clock: Callable[[], dt.datetime] = _now, display: Display | None = None) -> Manifest:
+async def run(
+    settings: Settings,
+    password: db.PasswordProvider,
+    output: Output,
+    clock: Callable[[], dt.datetime] = _now,
+    display: Display | None = None,
+) -> Manifest:
     """Dump every selected table into <output>/<run_id>/; returns the manifest written.
 
     If the snapshot is lost (the server restarted, the snapshot's connection
@@ -172,17 +212,20 @@ async def run(settings: Settings, password: db.PasswordProvider, output: Output,
                     if error is exc:
                         raise
                     raise error from exc
-                log.warning("snapshot lost; starting the run again with a fresh snapshot",
-                            extra={"attempt": attempt + 1, "of": settings.run_attempts, "error": str(error)})
-                await asyncio.sleep(min(2.0 ** attempt, 30.0))
+                log.warning(
+                    "snapshot lost; starting the run again with a fresh snapshot",
+                    extra={"attempt": attempt + 1, "of": settings.run_attempts, "error": str(error)},
+                )
+                await asyncio.sleep(min(2.0**attempt, 30.0))
         raise AssertionError("unreachable")
     except BaseException:
         await asyncio.shield(asyncio.to_thread(output.remove_dir_if_empty, settings.run_id))
         raise
 
 
-async def _name_recovery_conflict(settings: Settings, password: db.PasswordProvider, source: _Source,
-                                  exc: DumperError) -> DumperError:
+async def _name_recovery_conflict(
+    settings: Settings, password: db.PasswordProvider, source: _Source, exc: DumperError
+) -> DumperError:
     """On a standby, a lost snapshot or connection is most often replay cancelling
     the run: if the conflict counters moved (or the server said so), say that."""
     if source.standby is None:
@@ -201,8 +244,14 @@ async def _name_recovery_conflict(settings: Settings, password: db.PasswordProvi
     return exc
 
 
-async def _run_once(settings: Settings, password: db.PasswordProvider, output: Output,
-                    clock: Callable[[], dt.datetime], source: _Source, display: Display | None) -> Manifest:
+async def _run_once(
+    settings: Settings,
+    password: db.PasswordProvider,
+    output: Output,
+    clock: Callable[[], dt.datetime],
+    source: _Source,
+    display: Display | None,
+) -> Manifest:
     started = clock()
     run_dir = settings.run_id
     committed: list[str] = []
@@ -216,52 +265,87 @@ async def _run_once(settings: Settings, password: db.PasswordProvider, output: O
                 facts = await db.scan_facts(coordinator)
                 piece_pages = _piece_pages(facts, settings)
                 carried = await schemadeps.extensions(coordinator, settings.schema)
-                tables = await discover(coordinator, settings.schema, settings.include, settings.exclude,
-                                        settings.extension_types, carried)
+                tables = await discover(
+                    coordinator, settings.schema, settings.include, settings.exclude, settings.extension_types, carried
+                )
                 outside = await schemadeps.outside(coordinator, settings.schema, carried)
                 source.standby = await replica.standby(coordinator)
                 if source.standby and not source.conflicts:
                     source.conflicts = await replica.conflicts(coordinator)
             pg_dump = await pgdump.choose(settings, facts[0] // 10000, version)
-            log.info("snapshot taken", extra={
-                "snapshot_id": snapshot_id, "tables": len(tables), "server_version": version,
-                **(source.standby.fields() if source.standby else {"standby": False})})
+            log.info(
+                "snapshot taken",
+                extra={
+                    "snapshot_id": snapshot_id,
+                    "tables": len(tables),
+                    "server_version": version,
+                    **(source.standby.fields() if source.standby else {"standby": False}),
+                },
+            )
             if source.standby and source.standby.can_cancel:
                 log.warning(source.standby.warning())
             for table in tables:
                 await db.lock_table(coordinator, table.relation_sql(), table.qualified, settings)
             async with db.preparing(settings):
                 tables = await measured(coordinator, tables)
-                positions = await sequences.read(coordinator, settings.schema,
-                                                 [oid for ext in carried for oid in ext.config_sequences])
+                positions = await sequences.read(
+                    coordinator, settings.schema, [oid for ext in carried for oid in ext.config_sequences]
+                )
                 excluded = await _not_dumped(coordinator, settings.schema, tables) if pg_dump else []
             if outside and pg_dump:
-                log.warning("the schema files name objects outside the dumped schemas: a restore --with-schema (or a "
-                            "drill) needs them in the target; dump their schemas too, or create them there first",
-                            extra={"objects": "; ".join(o["description"] for o in outside)})
-            names = unique_file_names([
-                table_file_name(t.schema, t.name, settings.format, settings.compression) for t in tables])
+                log.warning(
+                    "the schema files name objects outside the dumped schemas: a restore --with-schema (or a "
+                    "drill) needs them in the target; dump their schemas too, or create them there first",
+                    extra={"objects": "; ".join(o["description"] for o in outside)},
+                )
+            names = unique_file_names(
+                [table_file_name(t.schema, t.name, settings.format, settings.compression) for t in tables]
+            )
             work = [(t, f"{run_dir}/{name}") for t, name in zip(tables, names, strict=True)]
             # First, on one more connection while the tables wait: a pg_dump that fails ends the run early.
-            files = await _schema_files(settings, password, output, pg_dump, snapshot_id, excluded,
-                                        carried, committed) if pg_dump else None
-            schema_files = ({"status": "written", "pg_dump": pg_dump.version,
-                             "files": [dataclasses.asdict(f) for f in files]} if pg_dump and files else
-                            {"status": "absent", "reason": "--schema-files off" if settings.schema_files == "off"
-                             else "no pg_dump at least the server's major version was found"})
+            files = (
+                await _schema_files(settings, password, output, pg_dump, snapshot_id, excluded, carried, committed)
+                if pg_dump
+                else None
+            )
+            schema_files = (
+                {"status": "written", "pg_dump": pg_dump.version, "files": [dataclasses.asdict(f) for f in files]}
+                if pg_dump and files
+                else {
+                    "status": "absent",
+                    "reason": "--schema-files off"
+                    if settings.schema_files == "off"
+                    else "no pg_dump at least the server's major version was found",
+                }
+            )
             with young_gc_only():
-                entries = await _dump_tables(settings, password, output, work, snapshot_id, piece_pages,
-                                             committed, display)
+                entries = await _dump_tables(
+                    settings, password, output, work, snapshot_id, piece_pages, committed, display
+                )
         finally:
             await db.close(coordinator)
         manifest = Manifest(
-            tool={"name": "dumper", "version": __version__}, run_id=settings.run_id,
-            started_at=_iso(started), finished_at=_iso(clock()),
-            database={"host": settings.host, "port": settings.port, "dbname": settings.dbname,
-                      "user": settings.user, "server_version": version},
-            snapshot_id=snapshot_id, format=settings.format, compression=settings.compression,
-            tables=entries, schemas=list(settings.schema), schema_files=schema_files, sequences=positions,
-            extensions=[e.listed() for e in carried], requires=outside if pg_dump else [])
+            tool={"name": "dumper", "version": __version__},
+            run_id=settings.run_id,
+            started_at=_iso(started),
+            finished_at=_iso(clock()),
+            database={
+                "host": settings.host,
+                "port": settings.port,
+                "dbname": settings.dbname,
+                "user": settings.user,
+                "server_version": version,
+            },
+            snapshot_id=snapshot_id,
+            format=settings.format,
+            compression=settings.compression,
+            tables=entries,
+            schemas=list(settings.schema),
+            schema_files=schema_files,
+            sequences=positions,
+            extensions=[e.listed() for e in carried],
+            requires=outside if pg_dump else [],
+        )
         await output.put(f"{run_dir}/{MANIFEST_NAME}", manifest.to_bytes())
         done = True
     finally:
@@ -294,14 +378,22 @@ async def _not_dumped(conn: Any, schemas: tuple[str, ...], tables: list[Table]) 
     return [(r[0], r[1]) for r in await conn.fetch(_NOT_DUMPED_SQL, list(schemas), [t.oid for t in tables])]
 
 
-async def _schema_files(settings: Settings, password: db.PasswordProvider, output: Output, pg_dump: pgdump.PgDump,
-                        snapshot_id: str, excluded: list[tuple[str, str]],
-                        extensions: list[schemadeps.Extension], committed: list[str]) -> list[FileEntry]:
+async def _schema_files(
+    settings: Settings,
+    password: db.PasswordProvider,
+    output: Output,
+    pg_dump: pgdump.PgDump,
+    snapshot_id: str,
+    excluded: list[tuple[str, str]],
+    extensions: list[schemadeps.Extension],
+    committed: list[str],
+) -> list[FileEntry]:
     """pg_dump's pre-data and post-data sections, written into the run folder."""
     files = []
     for section in pgdump.SECTIONS:
-        data = await pgdump.section_with_retries(settings, password, pg_dump, snapshot_id, section, excluded,
-                                                 extensions)
+        data = await pgdump.section_with_retries(
+            settings, password, pg_dump, snapshot_id, section, excluded, extensions
+        )
         name = pgdump.file_name(section)
         relpath = f"{settings.run_id}/{name}"
         await output.put(relpath, data)
@@ -325,6 +417,9 @@ def _piece_pages(facts: tuple[int, int], settings: Settings) -> int:
 def _remove_all(output: Output, relpaths: list[str]) -> None:
     left = [relpath for relpath in relpaths if not output.remove(relpath)]
     if left:  # e.g. a role without s3:DeleteObject (deploy/iam/policy.json): no manifest, so no dump
-        log.warning("could not remove the files a failed run wrote; without a manifest they are not a dump, "
-                    "and LATEST does not name them: remove them with a role that may delete (or let "
-                    "the bucket's lifecycle rules do it)", extra={"files": [output.url_of(p) for p in left]})
+        log.warning(
+            "could not remove the files a failed run wrote; without a manifest they are not a dump, "
+            "and LATEST does not name them: remove them with a role that may delete (or let "
+            "the bucket's lifecycle rules do it)",
+            extra={"files": [output.url_of(p) for p in left]},
+        )

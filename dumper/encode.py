@@ -124,12 +124,16 @@ def _timestamptz_other(text: str) -> str:
 # (str, msgspec.Raw) where the text is already exact: one Python call per
 # value costs ~10% of a dump per column.
 TEXT_DECODERS: dict[str, Callable[[str], Any]] = {
-    "numeric": number, "float4": number, "float8": number,
+    "numeric": number,
+    "float4": number,
+    "float8": number,
     "json": json_text,  # may hold raw newlines
     "jsonb": msgspec.Raw,  # jsonb output escapes every control character
-    "uuid": str, "date": str,
+    "uuid": str,
+    "date": str,
     "bytea": str,  # with bytea_output=hex the text is what to_json writes
-    "timestamp": timestamp, "timestamptz": timestamptz,
+    "timestamp": timestamp,
+    "timestamptz": timestamptz,
 }
 
 
@@ -153,8 +157,13 @@ def _row_maker(names: tuple[str, ...], extra: int = 0) -> Callable[[Iterable[Ite
     fields: list[str | tuple[str, type, None]] = [f"c{i}" for i in range(len(names))]
     fields += [(f"extra{i}", object, None) for i in range(extra)]
     try:
-        row = msgspec.defstruct("Row", fields, gc=False, omit_defaults=bool(extra),  # values hold no cycles
-                                rename={f"c{i}": name for i, name in enumerate(names)})
+        row = msgspec.defstruct(
+            "Row",
+            fields,
+            gc=False,
+            omit_defaults=bool(extra),  # values hold no cycles
+            rename={f"c{i}": name for i, name in enumerate(names)},
+        )
     except ValueError:
         return lambda records: map(dict, map(zip, repeat(names), records))  # zip stops at the columns
     return partial(starmap, row)
@@ -186,7 +195,7 @@ class RowEncoder:
             return records
         fixed = []
         for record in records:
-            values = list(record)[:self._width]
+            values = list(record)[: self._width]
             for column, get in found:
                 text = get(record)
                 if text is not None:

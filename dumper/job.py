@@ -30,8 +30,9 @@ async def run_job(settings: Settings, password: db.PasswordProvider, display: Di
         await asyncio.shield(publish(settings, outcome))
         raise
     else:
-        outcome = Outcome(settings.run_id, "success", started, time.time(), 0, None,
-                          output.url_of(settings.run_id), manifest.tables)
+        outcome = Outcome(
+            settings.run_id, "success", started, time.time(), 0, None, output.url_of(settings.run_id), manifest.tables
+        )
         if settings.keep:
             await prune.after_run(output, settings.keep)
     await publish(settings, outcome)

@@ -35,7 +35,7 @@ def table_file_name(schema: str, table: str, fmt: str, compression: str) -> str:
     stem = f"{_escape(schema)}.{_escape(table)}"
     if len(stem) > _MAX_NAME:
         digest = hashlib.sha256(f"{schema}\0{table}".encode()).hexdigest()[:16]
-        stem = f"{stem[:_MAX_NAME - 17]}~{digest}"
+        stem = f"{stem[: _MAX_NAME - 17]}~{digest}"
     return stem + "." + fmt + (".gz" if compression == "gzip" else "")
 
 
@@ -114,9 +114,24 @@ class Manifest:
             "rows": sum(t.rows for t in self.tables),
             "bytes": sum(t.bytes for t in self.tables),
         }
-        order = ["manifest_version", "tool", "run_id", "started_at", "finished_at", "database",
-                 "snapshot_id", "format", "compression", "schemas", "tables", "totals", "schema_files",
-                 "sequences", "extensions", "requires"]
+        order = [
+            "manifest_version",
+            "tool",
+            "run_id",
+            "started_at",
+            "finished_at",
+            "database",
+            "snapshot_id",
+            "format",
+            "compression",
+            "schemas",
+            "tables",
+            "totals",
+            "schema_files",
+            "sequences",
+            "extensions",
+            "requires",
+        ]
         return orjson.dumps({k: data[k] for k in order}, option=orjson.OPT_INDENT_2) + b"\n"
 
 
@@ -126,20 +141,31 @@ def parse(data: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise VerifyError(f"{MANIFEST_NAME} is not valid JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("manifest_version") != MANIFEST_VERSION:
-        raise VerifyError(f"{MANIFEST_NAME}: unsupported manifest_version {doc.get('manifest_version')!r}"
-                          if isinstance(doc, dict) else f"{MANIFEST_NAME} is not a JSON object")
+        raise VerifyError(
+            f"{MANIFEST_NAME}: unsupported manifest_version {doc.get('manifest_version')!r}"
+            if isinstance(doc, dict)
+            else f"{MANIFEST_NAME} is not a JSON object"
+        )
     return doc
 
 
 def is_file_name(path: Any) -> bool:
     """A name that stays in the run folder: what table_file_name() makes, never
     a path (no separators, no '..', not hidden, not absolute)."""
-    return (isinstance(path, str) and 0 < len(path) <= 255 and not path.startswith(".")
-            and not set(path) & {"/", "\\", "\0", ":"})
+    return (
+        isinstance(path, str)
+        and 0 < len(path) <= 255
+        and not path.startswith(".")
+        and not set(path) & {"/", "\\", "\0", ":"}
+    )
 
 
-def verify(doc: dict[str, Any], open_chunks: Callable[[str], Iterable[bytes] | None],
-           tables: Sequence[dict[str, Any]] | None = None, files: bool = True) -> list[str]:
+def verify(
+    doc: dict[str, Any],
+    open_chunks: Callable[[str], Iterable[bytes] | None],
+    tables: Sequence[dict[str, Any]] | None = None,
+    files: bool = True,
+) -> list[str]:
     """Check every listed file (or only `tables`, and the schema files unless
     files=False); returns one message per mismatch (empty = all good).
 

@@ -50,8 +50,12 @@ class Outcome:
     def payload(self, settings: Settings) -> dict[str, Any]:
         """The webhook's JSON body (documented in the README)."""
         return {
-            "run_id": self.run_id, "status": self.status, "exit_code": self.exit_code, "error": self.error,
-            "started_at": self.started_at, "finished_at": self.finished_at,
+            "run_id": self.run_id,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
             "duration_seconds": round(self.finished_at - self.started_at, 3),
             "database": {"host": settings.host, "port": settings.port, "dbname": settings.dbname},
             "location": self.location,
@@ -73,27 +77,53 @@ def registry_for(outcome: Outcome, dbname: str, last_success: float | None) -> C
     drill = outcome.kind == "drill"
     prefix, what = ("dumper_drill", "drill") if drill else ("dumper", "run")
     gauge(f"{prefix}_last_run_timestamp_seconds", f"When the last {what} finished", outcome.finished_at)
-    gauge(f"{prefix}_last_run_duration_seconds", f"How long the last {what} took",
-          outcome.finished_at - outcome.started_at)
-    gauge(f"{prefix}_last_run_success", "1 if the last drill gave every row back, else 0" if drill else
-          "1 if the last run wrote a complete dump, else 0", 1.0 if outcome.status == "success" else 0.0)
+    gauge(
+        f"{prefix}_last_run_duration_seconds",
+        f"How long the last {what} took",
+        outcome.finished_at - outcome.started_at,
+    )
+    gauge(
+        f"{prefix}_last_run_success",
+        "1 if the last drill gave every row back, else 0"
+        if drill
+        else "1 if the last run wrote a complete dump, else 0",
+        1.0 if outcome.status == "success" else 0.0,
+    )
     gauge(f"{prefix}_last_run_exit_code", f"Exit code of the last {what}", outcome.exit_code)
     if last_success is not None:
-        gauge(DRILL_SUCCESS if drill else LAST_SUCCESS, f"When the last {'passed drill' if drill else 'complete dump'} "
-              "finished", last_success)
+        gauge(
+            DRILL_SUCCESS if drill else LAST_SUCCESS,
+            f"When the last {'passed drill' if drill else 'complete dump'} finished",
+            last_success,
+        )
     if drill:
-        gauge("dumper_drill_last_run_mismatched_tables", "Tables whose rows the last drill did not get back",
-              len(outcome.mismatches))
+        gauge(
+            "dumper_drill_last_run_mismatched_tables",
+            "Tables whose rows the last drill did not get back",
+            len(outcome.mismatches),
+        )
         return registry
     if outcome.status == "success":
         gauge("dumper_last_run_rows", "Rows in the last complete dump", outcome.rows)
         gauge("dumper_last_run_bytes", "Bytes stored by the last complete dump", outcome.bytes)
-        rows = Gauge("dumper_table_rows", "Rows per table in the last complete dump",
-                     [*labels, "schema", "table"], registry=registry)
-        size = Gauge("dumper_table_bytes", "Bytes per table in the last complete dump",
-                     [*labels, "schema", "table"], registry=registry)
-        secs = Gauge("dumper_table_seconds", "Seconds per table in the last complete dump",
-                     [*labels, "schema", "table"], registry=registry)
+        rows = Gauge(
+            "dumper_table_rows",
+            "Rows per table in the last complete dump",
+            [*labels, "schema", "table"],
+            registry=registry,
+        )
+        size = Gauge(
+            "dumper_table_bytes",
+            "Bytes per table in the last complete dump",
+            [*labels, "schema", "table"],
+            registry=registry,
+        )
+        secs = Gauge(
+            "dumper_table_seconds",
+            "Seconds per table in the last complete dump",
+            [*labels, "schema", "table"],
+            registry=registry,
+        )
         for t in outcome.tables:
             rows.labels(dbname, t.schema, t.table).set(t.rows)
             size.labels(dbname, t.schema, t.table).set(t.bytes)
@@ -131,13 +161,18 @@ def push(url: str, outcome: Outcome, dbname: str) -> None:
     """POST (pushadd): a failed run leaves the gateway's last success time in place."""
     last = outcome.finished_at if outcome.status == "success" else None
     job = "dumper" if outcome.kind == "dump" else "dumper-drill"
-    pushadd_to_gateway(url, job=job, grouping_key={"database": dbname},
-                       registry=registry_for(outcome, dbname, last), timeout=10)
+    pushadd_to_gateway(
+        url, job=job, grouping_key={"database": dbname}, registry=registry_for(outcome, dbname, last), timeout=10
+    )
 
 
 def post_webhook(url: str, body: dict[str, Any]) -> None:
-    request = urllib.request.Request(url, data=orjson.dumps(body), method="POST",  # noqa: S310 - operator's URL
-                                     headers={"Content-Type": "application/json", "User-Agent": "dumper"})
+    request = urllib.request.Request(  # noqa: S310 - the operator's URL, checked to be http(s)
+        url,
+        data=orjson.dumps(body),
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": "dumper"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
         response.read()
 

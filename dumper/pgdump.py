@@ -42,9 +42,14 @@ class PgDump:
 
 async def _version(path: str) -> PgDump | None:
     try:
-        proc = await asyncio.create_subprocess_exec(path, "--version", stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.DEVNULL, env=_base_env())
+        proc = await asyncio.create_subprocess_exec(
+            path,
+            "--version",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=_base_env(),
+        )
         async with asyncio.timeout(30):
             out, _ = await proc.communicate()
     except (OSError, TimeoutError):
@@ -62,8 +67,10 @@ async def find(explicit: str | None) -> PgDump | None:
     if explicit:
         found = await _version(explicit)
         if found is None:
-            raise ConfigError(f"--pg-dump: {explicit!r} is not a pg_dump that runs (`{explicit} --version` failed); "
-                              "give the path of PostgreSQL's pg_dump, or leave --pg-dump unset to search for one")
+            raise ConfigError(
+                f"--pg-dump: {explicit!r} is not a pg_dump that runs (`{explicit} --version` failed); "
+                "give the path of PostgreSQL's pg_dump, or leave --pg-dump unset to search for one"
+            )
         return found
     paths = {p for p in [shutil.which("pg_dump"), *sorted(p for g in SEARCHED for p in glob.glob(g))] if p}
     versions = [v for v in await asyncio.gather(*map(_version, sorted(paths))) if v]
@@ -78,50 +85,88 @@ async def choose(settings: Settings, server_major: int, server_version: str) -> 
     found = await find(settings.pg_dump)
     if found and found.major >= server_major:
         return found
-    problem = (f"pg_dump {found.version} ({found.path}) is older than the server (PostgreSQL {server_version}); "
-               "pg_dump must be at least the server's major version" if found else
-               "no pg_dump was found (on PATH or under /usr/lib/postgresql/*/bin)")
+    problem = (
+        f"pg_dump {found.version} ({found.path}) is older than the server (PostgreSQL {server_version}); "
+        "pg_dump must be at least the server's major version"
+        if found
+        else "no pg_dump was found (on PATH or under /usr/lib/postgresql/*/bin)"
+    )
     advice = f"install pg_dump {server_major} or newer (postgresql-client-{server_major}), or give --pg-dump PATH"
     if settings.schema_files == "require":
         raise ConfigError(f"--schema-files require: {problem}; {advice}; nothing was dumped")
-    log.warning(f"no schema files in this run: {problem}; the rows are dumped and the manifest says the "
-                f"schema is absent ({advice}, or --schema-files off to silence this)")
+    log.warning(
+        f"no schema files in this run: {problem}; the rows are dumped and the manifest says the "
+        f"schema is absent ({advice}, or --schema-files off to silence this)"
+    )
     return None
 
 
 def _base_env() -> dict[str, str]:
     """A clean environment: no PG* variables, service files or password files of ours."""
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "PGPASSFILE": os.devnull,
-            "PGSERVICEFILE": os.devnull, "PGSYSCONFDIR": os.devnull}
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LC_ALL": "C.UTF-8",
+        "PGPASSFILE": os.devnull,
+        "PGSERVICEFILE": os.devnull,
+        "PGSYSCONFDIR": os.devnull,
+    }
 
 
 def _conninfo(settings: Settings) -> str:
     """libpq connection string: the run's server, TLS and keepalives (no password)."""
+
     def value(text: str) -> str:
         return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
     tls = settings.sslmode
     root = settings.sslrootcert or ("system" if tls in ("verify-full", "verify-ca") else None)
-    parts = {"host": settings.host, "port": str(settings.port), "dbname": settings.dbname, "user": settings.user,
-             "sslmode": tls, **({"sslrootcert": root} if root else {}), "connect_timeout": "30",
-             "application_name": f"dumper/{__version__}", "keepalives_idle": "30",
-             "keepalives_interval": "10", "keepalives_count": "3"}
+    parts = {
+        "host": settings.host,
+        "port": str(settings.port),
+        "dbname": settings.dbname,
+        "user": settings.user,
+        "sslmode": tls,
+        **({"sslrootcert": root} if root else {}),
+        "connect_timeout": "30",
+        "application_name": f"dumper/{__version__}",
+        "keepalives_idle": "30",
+        "keepalives_interval": "10",
+        "keepalives_count": "3",
+    }
     return " ".join(f"{k}={value(v)}" for k, v in parts.items())
 
 
 def pattern(schema: str, table: str | None = None) -> str:
     """A pg_dump pattern matching exactly this name: quoted, so '.', '*', '?'
     and regular-expression characters are literal ('"' doubled)."""
+
     def quoted(name: str) -> str:
         return '"' + name.replace('"', '""') + '"'
+
     return quoted(schema) + (f".{quoted(table)}" if table is not None else "")
 
 
-def arguments(settings: Settings, snapshot_id: str, section: str, excluded: Sequence[tuple[str, str]],
-              extensions: Sequence[str] = ()) -> list[str]:
+def arguments(
+    settings: Settings,
+    snapshot_id: str,
+    section: str,
+    excluded: Sequence[tuple[str, str]],
+    extensions: Sequence[str] = (),
+) -> list[str]:
     """pg_dump's command line (pg_dump 14 or later for `extensions`: see created_first)."""
     # Tablespaces are the source server's layout: a restore puts tables in the target's default.
-    args = ["--section", section, "--snapshot", snapshot_id, "--no-owner", "--no-privileges", "--no-tablespaces",
-            "--no-password", "--dbname", _conninfo(settings)]
+    args = [
+        "--section",
+        section,
+        "--snapshot",
+        snapshot_id,
+        "--no-owner",
+        "--no-privileges",
+        "--no-tablespaces",
+        "--no-password",
+        "--dbname",
+        _conninfo(settings),
+    ]
     if settings.lock_timeout:
         args += ["--lock-wait-timeout", f"{int(settings.lock_timeout * 1000)}ms"]
     for schema in settings.schema:
@@ -136,25 +181,44 @@ def arguments(settings: Settings, snapshot_id: str, section: str, excluded: Sequ
 def created_first(extensions: Sequence[Extension]) -> bytes:
     """What pg_dump 14 and later writes for --extension, for an older pg_dump (which has no such
     option): CREATE EXTENSION for each, in the order given (required ones first)."""
-    return "".join(f"CREATE EXTENSION IF NOT EXISTS {quote_ident(e.name)} WITH SCHEMA {quote_ident(e.schema)};\n"
-                   for e in extensions).encode()
+    return "".join(
+        f"CREATE EXTENSION IF NOT EXISTS {quote_ident(e.name)} WITH SCHEMA {quote_ident(e.schema)};\n"
+        for e in extensions
+    ).encode()
 
 
 EXTENSION_OPTION = 14  # the first pg_dump with --extension
 
 
-async def section(settings: Settings, password: db.PasswordProvider, pg_dump: PgDump, snapshot_id: str,
-                  name: str, excluded: Sequence[tuple[str, str]], extensions: Sequence[Extension] = ()) -> bytes:
+async def section(
+    settings: Settings,
+    password: db.PasswordProvider,
+    pg_dump: PgDump,
+    snapshot_id: str,
+    name: str,
+    excluded: Sequence[tuple[str, str]],
+    extensions: Sequence[Extension] = (),
+) -> bytes:
     """One section's SQL; DumpError (or PermissionDenied) naming pg_dump's own message."""
     env = _base_env()
     secret = await password()
     if secret:
         env["PGPASSWORD"] = secret  # the environment of a child of ours: not on any command line
     proc = await asyncio.create_subprocess_exec(
-        pg_dump.path, *arguments(settings, snapshot_id, name, excluded,
-                                 [e.name for e in extensions] if pg_dump.major >= EXTENSION_OPTION else []), env=env,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True)  # a SIGINT at the terminal reaches us, and we end it
+        pg_dump.path,
+        *arguments(
+            settings,
+            snapshot_id,
+            name,
+            excluded,
+            [e.name for e in extensions] if pg_dump.major >= EXTENSION_OPTION else [],
+        ),
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )  # a SIGINT at the terminal reaches us, and we end it
     # A bound on the whole of pg_dump: its table locks wait up to --lock-timeout, and
     # its catalog queries are short (quiet until the catalog is read: silence alone proves nothing).
     bound = settings.stall_timeout + settings.lock_timeout if settings.stall_timeout else 0.0
@@ -162,9 +226,11 @@ async def section(settings: Settings, password: db.PasswordProvider, pg_dump: Pg
         async with asyncio.timeout(bound or None):
             out, err = await proc.communicate()
     except TimeoutError:
-        raise DumpError(f"schema file {file_name(name)}: pg_dump did not finish within {bound:g} s (--stall-timeout "
-                        "plus --lock-timeout): the server, or the network to it, stalled; check the server's health "
-                        "and load, or raise --stall-timeout (a catalog of very many tables takes longer)") from None
+        raise DumpError(
+            f"schema file {file_name(name)}: pg_dump did not finish within {bound:g} s (--stall-timeout "
+            "plus --lock-timeout): the server, or the network to it, stalled; check the server's health "
+            "and load, or raise --stall-timeout (a catalog of very many tables takes longer)"
+        ) from None
     finally:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -174,17 +240,20 @@ async def section(settings: Settings, password: db.PasswordProvider, pg_dump: Pg
         text = err.decode("utf-8", "replace").replace(secret or "\0", "***")
         said = [line.strip() for line in text.splitlines() if re.search(r"error:|detail:|hint:|FATAL", line)]
         lines = " / ".join(said or [line.strip() for line in text.splitlines()[-3:]])
-        raise _error_class(lines)(f"schema file {file_name(name)}: pg_dump {pg_dump.version} failed "
-                                 f"(exit {proc.returncode}): {lines}")
+        raise _error_class(lines)(
+            f"schema file {file_name(name)}: pg_dump {pg_dump.version} failed (exit {proc.returncode}): {lines}"
+        )
     if name == "pre-data" and pg_dump.major < EXTENSION_OPTION:
         return created_first(extensions) + out
     return out
 
 
 _SNAPSHOT_GONE = re.compile(r'snapshot "[^"]*" does not exist|invalid snapshot identifier')
-_CONNECTION = re.compile(r"connection to server .* failed|server closed the connection|terminated abnormally|"
-                         r"SSL SYSCALL|could not (receive|send) data|the database system is|too many connections|"
-                         r"terminating connection|no connection to the server")
+_CONNECTION = re.compile(
+    r"connection to server .* failed|server closed the connection|terminated abnormally|"
+    r"SSL SYSCALL|could not (receive|send) data|the database system is|too many connections|"
+    r"terminating connection|no connection to the server"
+)
 
 
 def _error_class(text: str) -> type[DumpError | PermissionDenied]:
@@ -197,9 +266,15 @@ def _error_class(text: str) -> type[DumpError | PermissionDenied]:
     return PermissionDenied if "permission denied" in text else DumpError
 
 
-async def section_with_retries(settings: Settings, password: db.PasswordProvider, pg_dump: PgDump,
-                               snapshot_id: str, name: str, excluded: Sequence[tuple[str, str]],
-                               extensions: Sequence[Extension] = ()) -> bytes:
+async def section_with_retries(
+    settings: Settings,
+    password: db.PasswordProvider,
+    pg_dump: PgDump,
+    snapshot_id: str,
+    name: str,
+    excluded: Sequence[tuple[str, str]],
+    extensions: Sequence[Extension] = (),
+) -> bytes:
     """section(), again after a lost connection (in the same snapshot), up to --connect-attempts."""
     for attempt in range(1, settings.connect_attempts + 1):
         try:
@@ -207,7 +282,9 @@ async def section_with_retries(settings: Settings, password: db.PasswordProvider
         except ConnectionLost as exc:
             if attempt == settings.connect_attempts:
                 raise
-            log.warning("pg_dump could not connect or lost its connection, retrying", extra={
-                "attempt": attempt + 1, "of": settings.connect_attempts, "error": str(exc)})
-            await asyncio.sleep(min(0.5 * 2 ** attempt, 8.0))
+            log.warning(
+                "pg_dump could not connect or lost its connection, retrying",
+                extra={"attempt": attempt + 1, "of": settings.connect_attempts, "error": str(exc)},
+            )
+            await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
     raise AssertionError("unreachable")

@@ -27,8 +27,7 @@ class CheckReport:
     unreadable: list[str] = field(default_factory=list)
 
 
-async def check(settings: Settings, password: StaticPassword | IamToken,
-                say: Callable[[str], None]) -> CheckReport:
+async def check(settings: Settings, password: StaticPassword | IamToken, say: Callable[[str], None]) -> CheckReport:
     """Resolve credentials, sign a token, connect over TLS, list what would be
     dumped and whether each table is readable. Raises at the first blocker."""
     report = CheckReport()
@@ -43,21 +42,32 @@ async def check(settings: Settings, password: StaticPassword | IamToken,
     try:
         tls = await conn.fetchrow(
             "SELECT ssl, version FROM pg_catalog.pg_stat_ssl "
-            "WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()")
-        say(f"connected: {settings.host}:{settings.port}/{settings.dbname} as {settings.user}, "
+            "WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()"
+        )
+        say(
+            f"connected: {settings.host}:{settings.port}/{settings.dbname} as {settings.user}, "
             f"TLS {tls['version'] if tls and tls['ssl'] else 'OFF'} (--sslmode {settings.sslmode}), "
-            f"PostgreSQL {await db.server_version(conn)}")
+            f"PostgreSQL {await db.server_version(conn)}"
+        )
         standby = await replica.standby(conn)
         if standby:
             lag = "unknown" if standby.replay_lag_s is None else f"{standby.replay_lag_s:.1f} s"
-            say(f"standby: a hot standby (replay lag {lag}), hot_standby_feedback = "
+            say(
+                f"standby: a hot standby (replay lag {lag}), hot_standby_feedback = "
                 f"{standby.hot_standby_feedback}, max_standby_streaming_delay = "
                 f"{standby.max_standby_streaming_delay}, max_standby_archive_delay = "
-                f"{standby.max_standby_archive_delay}")
+                f"{standby.max_standby_archive_delay}"
+            )
             if standby.can_cancel:
                 say(f"  warning: {standby.warning()}")
-        tables = await discover(conn, settings.schema, settings.include, settings.exclude, settings.extension_types,
-                                await schemadeps.extensions(conn, settings.schema))
+        tables = await discover(
+            conn,
+            settings.schema,
+            settings.include,
+            settings.exclude,
+            settings.extension_types,
+            await schemadeps.extensions(conn, settings.schema),
+        )
         rows = {r["oid"]: r for r in await conn.fetch(_READABLE_SQL, [t.oid for t in tables])}
     finally:
         await db.close(conn)
@@ -74,7 +84,6 @@ async def check(settings: Settings, password: StaticPassword | IamToken,
             report.unreadable.append(table.qualified)
         say(f"  {table.qualified}: {status}")
     if report.unreadable:
-        raise PermissionDenied(f"{len(report.unreadable)} table(s) cannot be read: "
-                               + ", ".join(report.unreadable))
+        raise PermissionDenied(f"{len(report.unreadable)} table(s) cannot be read: " + ", ".join(report.unreadable))
     say("ok: a run would start")
     return report

@@ -54,8 +54,11 @@ def _size(n: float) -> str:
 
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 def render(tables: list[TableProgress], now: float) -> Table:
@@ -70,12 +73,19 @@ def render(tables: list[TableProgress], now: float) -> Table:
         fraction = t.fraction()
         estimate = f"{'' if t.exact() else '~'}{max(t.estimate, t.rows):,.0f}" if t.estimate > 0 else "~"
         eta = "" if not fraction or fraction >= 0.99 else _duration(elapsed * (1 - fraction) / fraction)
-        grid.add_row(t.name, f"{t.rows:,} / {estimate} rows", f"{fraction:.0%}" if fraction is not None else "",
-                     _size(t.bytes), f"{t.rows / elapsed:,.0f} rows/s", f"ETA {eta}" if eta else "")
+        grid.add_row(
+            t.name,
+            f"{t.rows:,} / {estimate} rows",
+            f"{fraction:.0%}" if fraction is not None else "",
+            _size(t.bytes),
+            f"{t.rows / elapsed:,.0f} rows/s",
+            f"ETA {eta}" if eta else "",
+        )
     done = sum(t.done for t in tables)
     rows = sum(t.rows for t in tables)
-    grid.add_row(f"total: {done} of {len(tables)} tables done", f"{rows:,} rows", "",
-                 _size(sum(t.bytes for t in tables)), "", "")
+    grid.add_row(
+        f"total: {done} of {len(tables)} tables done", f"{rows:,} rows", "", _size(sum(t.bytes for t in tables)), "", ""
+    )
     return grid
 
 
@@ -108,8 +118,9 @@ class LiveDisplay:
 
     def __init__(self, stream: TextIO) -> None:
         self._console = Console(file=stream)
-        self._live = Live(console=self._console, refresh_per_second=4, transient=True,
-                          redirect_stdout=False, redirect_stderr=False)
+        self._live = Live(
+            console=self._console, refresh_per_second=4, transient=True, redirect_stdout=False, redirect_stderr=False
+        )
         self._quiet: list[tuple[logging.StreamHandler[TextIO], int, TextIO]] = []
 
     def __enter__(self) -> LiveDisplay:

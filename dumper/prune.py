@@ -56,11 +56,15 @@ def decide(runs: Iterable[RunFolder], keep: int, latest: str | None) -> list[Dec
         if run.name == latest:
             decisions.append(Decision(run.name, False, "incomplete, but named by LATEST"))
         elif newest_complete is None or run.newest >= newest_complete:
-            decisions.append(Decision(run.name, False, "incomplete and not older than the newest complete run "
-                                                       "(may be a run in progress)"))
+            decisions.append(
+                Decision(
+                    run.name, False, "incomplete and not older than the newest complete run (may be a run in progress)"
+                )
+            )
         elif run.foreign:
-            decisions.append(Decision(run.name, False, f"incomplete, but holds files no run writes "
-                                                       f"({', '.join(run.foreign[:3])})"))
+            decisions.append(
+                Decision(run.name, False, f"incomplete, but holds files no run writes ({', '.join(run.foreign[:3])})")
+            )
         else:
             decisions.append(Decision(run.name, True, "incomplete, older than the newest complete run"))
     return decisions
@@ -110,8 +114,10 @@ def remove(output: Output, name: str) -> str | None:
     except FAILURES as exc:
         return f"{type(exc).__name__}: {exc}"
     if left:
-        return (f"{len(left)} file(s) are still there after the delete (refused: the role needs "
-                "s3:DeleteObject, see deploy/iam/prune-policy.json)")
+        return (
+            f"{len(left)} file(s) are still there after the delete (refused: the role needs "
+            "s3:DeleteObject, see deploy/iam/prune-policy.json)"
+        )
     return None
 
 

@@ -23,8 +23,9 @@ class RowBatches:
     about BATCH_BYTES each. After the last batch, `check()` compares what was
     read with the manifest entry."""
 
-    def __init__(self, chunks: Iterable[bytes], compression: str, fmt: str, name: str,
-                 batch_bytes: int = BATCH_BYTES) -> None:
+    def __init__(
+        self, chunks: Iterable[bytes], compression: str, fmt: str, name: str, batch_bytes: int = BATCH_BYTES
+    ) -> None:
         self._tally = Tally(chunks)
         self._compression = compression
         self._array = fmt == "json"
@@ -89,8 +90,10 @@ class RowBatches:
         """The file as read equals the manifest's entry (call after the last batch)."""
         read = self._tally
         if read.bytes != stored_bytes or read.sha256 != sha256:
-            raise VerifyError(f"{self._name}: changed since it was verified ({read.bytes} bytes, "
-                              f"sha256 {read.sha256}; the manifest says {stored_bytes} bytes, sha256 {sha256})")
+            raise VerifyError(
+                f"{self._name}: changed since it was verified ({read.bytes} bytes, "
+                f"sha256 {read.sha256}; the manifest says {stored_bytes} bytes, sha256 {sha256})"
+            )
         if self.rows != rows:
             raise VerifyError(f"{self._name}: {self.rows} rows, the manifest says {rows}")
 
@@ -107,7 +110,7 @@ def json_array(rows: list[bytes]) -> bytes:
 # here and its json values sent to the server untouched (see restore).
 
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]', re.DOTALL)
-_NUL_ESCAPE = re.compile(rb'(?:^|[^\\])(?:\\\\)*\\u0000')
+_NUL_ESCAPE = re.compile(rb"(?:^|[^\\])(?:\\\\)*\\u0000")
 
 
 def may_hold_nul(row: bytes) -> bool:
@@ -136,7 +139,7 @@ def split_object(row: bytes) -> list[tuple[bytes, str, bytes]]:
             elif text in (b"]", b"}") and depth:
                 depth -= 1
             elif depth == 0 and text in (b",", b"}"):
-                members.append((raw_key, orjson.loads(raw_key), row[start:token.start()]))
+                members.append((raw_key, orjson.loads(raw_key), row[start : token.start()]))
                 break
         else:
             raise ValueError("not a complete JSON object")

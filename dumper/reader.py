@@ -49,8 +49,10 @@ def plan_pieces(table: Table, relpath: str, piece_pages: int) -> list[Piece]:
     if piece_pages <= 0 or table.partitioned or table.extension or table.pages <= piece_pages:
         return [Piece(table, relpath, 0, 1, None, None)]
     starts = list(range(0, table.pages, piece_pages))
-    return [Piece(table, relpath, i, len(starts), start or None, starts[i + 1] if i + 1 < len(starts) else None)
-            for i, start in enumerate(starts)]
+    return [
+        Piece(table, relpath, i, len(starts), start or None, starts[i + 1] if i + 1 < len(starts) else None)
+        for i, start in enumerate(starts)
+    ]
 
 
 @contextlib.contextmanager
@@ -138,8 +140,13 @@ async def _read_piece(conn: Any, piece: Piece, sink: Sink, settings: Settings, d
     encoder = RowEncoder([c.name for c in piece.table.columns], settings.format == "json", piece.table.arrays)
     batcher = delivered.batcher  # a retry skips the delivered rows at the size already learned
     skip = delivered.rows
-    async for batch in db.stream(conn, piece.table.select_sql(piece.first_page, piece.end_page),
-                                 piece.table.qualified, batcher.size, settings.stall_timeout):
+    async for batch in db.stream(
+        conn,
+        piece.table.select_sql(piece.first_page, piece.end_page),
+        piece.table.qualified,
+        batcher.size,
+        settings.stall_timeout,
+    ):
         records = batch[skip:] if skip else batch
         skip = max(0, skip - len(batch))
         if records:
@@ -192,8 +199,10 @@ class Reader:
                 self.abort()
                 if attempt == TABLE_ATTEMPTS:
                     raise
-                log.warning("connection lost; reading the rest again in the same snapshot",
-                            extra={"attempt": attempt + 1, "of": TABLE_ATTEMPTS, "error": str(exc)})
+                log.warning(
+                    "connection lost; reading the rest again in the same snapshot",
+                    extra={"attempt": attempt + 1, "of": TABLE_ATTEMPTS, "error": str(exc)},
+                )
 
     def abort(self) -> None:
         """Drop the connection at once: it may be mid-fetch, and closing politely

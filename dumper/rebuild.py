@@ -70,9 +70,11 @@ def require_files(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The dump's schema files; ConfigError when it has none."""
     files = schema_files(doc)
     if not files:
-        raise ConfigError(f"--with-schema: this dump has no schema files ({schema_files_absent(doc)}); restore into "
-                          "tables created another way (the application's migrations, pg_dump --schema-only), "
-                          "without --with-schema")
+        raise ConfigError(
+            f"--with-schema: this dump has no schema files ({schema_files_absent(doc)}); restore into "
+            "tables created another way (the application's migrations, pg_dump --schema-only), "
+            "without --with-schema"
+        )
     return files
 
 
@@ -93,12 +95,19 @@ async def refuse_occupied(conn: Any, schemas: list[str]) -> list[str]:
     the schemas that exist (kept as they are)."""
     found = [r[0] for r in await conn.fetch(_OCCUPIED_SQL, schemas)]
     if found:
-        raise ConfigError(f"--with-schema: the target is not empty, it holds {', '.join(found)}"
-                          f"{' and more' if len(found) == 20 else ''}; nothing was changed (restore into a new "
-                          "database, or drop these objects first)")
-    return [r[0] for r in await conn.fetch(
-        "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) ANY($1::pg_catalog.text[])",
-        schemas)]
+        raise ConfigError(
+            f"--with-schema: the target is not empty, it holds {', '.join(found)}"
+            f"{' and more' if len(found) == 20 else ''}; nothing was changed (restore into a new "
+            "database, or drop these objects first)"
+        )
+    return [
+        r[0]
+        for r in await conn.fetch(
+            "SELECT nspname FROM pg_catalog.pg_namespace "
+            "WHERE nspname OPERATOR(pg_catalog.=) ANY($1::pg_catalog.text[])",
+            schemas,
+        )
+    ]
 
 
 async def extensions_ready(conn: Any, doc: dict[str, Any], user: str) -> list[str]:
@@ -120,20 +129,25 @@ async def extensions_ready(conn: Any, doc: dict[str, Any], user: str) -> list[st
         elif not row["superuser"] and not (row["trusted"] and row["may_create"]):
             refused.append(ext["name"])
         elif row["available"] != ext["version"]:
-            log.warning("the target creates an extension in another version than the dump's", extra={
-                "extension": ext["name"], "dump": ext["version"], "target": row["available"]})
+            log.warning(
+                "the target creates an extension in another version than the dump's",
+                extra={"extension": ext["name"], "dump": ext["version"], "target": row["available"]},
+            )
         if not row["schema_exists"] and ext["schema"] not in dump_schemas(doc) and ext["schema"] not in schemas:
             schemas.append(ext["schema"])
     if unavailable:
-        raise ConfigError(f"--with-schema: the target server has no extension {', '.join(unavailable)} (the dump's "
-                          "objects use it): install its package on the server (on RDS: an engine version that "
-                          "supports it); nothing was changed")
+        raise ConfigError(
+            f"--with-schema: the target server has no extension {', '.join(unavailable)} (the dump's "
+            "objects use it): install its package on the server (on RDS: an engine version that "
+            "supports it); nothing was changed"
+        )
     if refused:
         raise PermissionDenied(
             f"--with-schema: {user} may not create the extension(s) {', '.join(refused)} that the dump's objects use; "
             "nothing was changed. Restore as a superuser (on RDS: a member of rds_superuser, GRANT rds_superuser TO "
             f"{user}), or create them in the target first (CREATE EXTENSION), or for a trusted extension GRANT CREATE "
-            f"ON DATABASE ... TO {user}")
+            f"ON DATABASE ... TO {user}"
+        )
     return [f"CREATE SCHEMA IF NOT EXISTS {quote_ident(name)};\n" for name in schemas]
 
 
@@ -155,7 +169,12 @@ async def apply(conn: Any, section: str, script: str, existing: list[str], first
     except (asyncpg.PostgresError, asyncpg.InterfaceError, *db.LOST) as exc:
         position = getattr(exc, "position", None)
         where = f" at character {position}" if position else ""
-        raise LoadError(f"schema file {section}: {type(exc).__name__}{where}: {exc}"
-                        + ("; the rows are loaded, this section's objects are not"
-                           if section == "post-data" else "; nothing was changed")) from exc
+        raise LoadError(
+            f"schema file {section}: {type(exc).__name__}{where}: {exc}"
+            + (
+                "; the rows are loaded, this section's objects are not"
+                if section == "post-data"
+                else "; nothing was changed"
+            )
+        ) from exc
     log.info("schema applied", extra={"section": section})

@@ -27,17 +27,19 @@ SELECT pg_catalog.pg_is_in_recovery() AS standby,
 # pg_stat_database_conflicts' counters, and what fixes each kind of conflict.
 _KINDS = {
     "snapshot": "set hot_standby_feedback = on on the standby (on RDS: in the replica's DB parameter "
-                "group), so VACUUM on the primary keeps the rows the dump still reads",
+    "group), so VACUUM on the primary keeps the rows the dump still reads",
     "lock": "set vacuum_truncate = off on the busy tables (VACUUM's truncation takes an ACCESS EXCLUSIVE "
-            "lock that replay must apply), or a longer max_standby_streaming_delay",
+    "lock that replay must apply), or a longer max_standby_streaming_delay",
     "bufferpin": "raise max_standby_streaming_delay",
     "deadlock": "raise max_standby_streaming_delay",
     "tablespace": "do not drop tablespaces on the primary while a dump runs",
 }
-_CONFLICTS_SQL = ("SELECT confl_snapshot AS snapshot, confl_lock AS lock, confl_bufferpin AS bufferpin, "
-                  "confl_deadlock AS deadlock, confl_tablespace AS tablespace "
-                  "FROM pg_catalog.pg_stat_database_conflicts "
-                  "WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()")
+_CONFLICTS_SQL = (
+    "SELECT confl_snapshot AS snapshot, confl_lock AS lock, confl_bufferpin AS bufferpin, "
+    "confl_deadlock AS deadlock, confl_tablespace AS tablespace "
+    "FROM pg_catalog.pg_stat_database_conflicts "
+    "WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()"
+)
 RECOVERY_CONFLICT = "40001"  # SQLSTATE of a query cancelled or a session ended by replay
 
 
@@ -53,20 +55,27 @@ class Standby:
     @property
     def can_cancel(self) -> bool:
         return self.hot_standby_feedback != "on" and "-1" not in (
-            self.max_standby_streaming_delay, self.max_standby_archive_delay)
+            self.max_standby_streaming_delay,
+            self.max_standby_archive_delay,
+        )
 
     def fields(self) -> dict[str, Any]:
-        return {"standby": True, "replay_lag_s": None if self.replay_lag_s is None else round(self.replay_lag_s, 3),
-                "hot_standby_feedback": self.hot_standby_feedback,
-                "max_standby_streaming_delay": self.max_standby_streaming_delay,
-                "max_standby_archive_delay": self.max_standby_archive_delay}
+        return {
+            "standby": True,
+            "replay_lag_s": None if self.replay_lag_s is None else round(self.replay_lag_s, 3),
+            "hot_standby_feedback": self.hot_standby_feedback,
+            "max_standby_streaming_delay": self.max_standby_streaming_delay,
+            "max_standby_archive_delay": self.max_standby_archive_delay,
+        }
 
     def warning(self) -> str:
-        return (f"reading a standby with hot_standby_feedback = off: WAL replay cancels a query whose snapshot "
-                f"the primary's VACUUM has moved past after max_standby_streaming_delay = "
-                f"{self.max_standby_streaming_delay} (max_standby_archive_delay = {self.max_standby_archive_delay}), "
-                "so a run longer than that can be cancelled; set hot_standby_feedback = on on the standby (on "
-                "RDS: in the replica's DB parameter group), or dump from the primary")
+        return (
+            f"reading a standby with hot_standby_feedback = off: WAL replay cancels a query whose snapshot "
+            f"the primary's VACUUM has moved past after max_standby_streaming_delay = "
+            f"{self.max_standby_streaming_delay} (max_standby_archive_delay = {self.max_standby_archive_delay}), "
+            "so a run longer than that can be cancelled; set hot_standby_feedback = on on the standby (on "
+            "RDS: in the replica's DB parameter group), or dump from the primary"
+        )
 
 
 async def standby(conn: Any) -> Standby | None:
@@ -93,4 +102,5 @@ def explain(before: dict[str, int], after: dict[str, int], cause: BaseException)
         cause = cause.__cause__  # the server's words, not our guess (such as "the server restarted")
     return RecoveryConflict(
         f"the standby cancelled the dump: conflict with recovery ({named}): WAL replay from a busy primary "
-        f"ended the run's queries or snapshot; {fixes}; or dump from the primary (last error: {cause})")
+        f"ended the run's queries or snapshot; {fixes}; or dump from the primary (last error: {cause})"
+    )

@@ -141,8 +141,10 @@ def _read_manifest(source: Output) -> dict[str, Any]:
     try:
         return parse(source.read(MANIFEST_NAME))
     except FileNotFoundError:
-        raise VerifyError(f"{source.url_of(MANIFEST_NAME)} does not exist: not a complete dump "
-                          "(give the run's folder, e.g. ./dumps/20261124T020000Z)") from None
+        raise VerifyError(
+            f"{source.url_of(MANIFEST_NAME)} does not exist: not a complete dump "
+            "(give the run's folder, e.g. ./dumps/20261124T020000Z)"
+        ) from None
 
 
 def chosen_entries(doc: dict[str, Any], include: Sequence[str], exclude: Sequence[str]) -> list[dict[str, Any]]:
@@ -154,8 +156,10 @@ def chosen_entries(doc: dict[str, Any], include: Sequence[str], exclude: Sequenc
 async def _inspect(conn: Any, entries: list[dict[str, Any]], create: bool) -> tuple[list[Target], list[str]]:
     """The target tables, checked against the manifest; and the SQL that
     creates the missing ones (--create-tables). Raises before any change."""
-    found = {r["i"] - 1: r for r in await conn.fetch(
-        _TARGETS_SQL, [e["schema"] for e in entries], [e["table"] for e in entries])}
+    found = {
+        r["i"] - 1: r
+        for r in await conn.fetch(_TARGETS_SQL, [e["schema"] for e in entries], [e["table"] for e in entries])
+    }
     columns: dict[int, list[Any]] = {}
     for r in await conn.fetch(_COLUMNS_SQL, [r["oid"] for r in found.values()]):
         columns.setdefault(r["attrelid"], []).append(r)
@@ -167,8 +171,11 @@ async def _inspect(conn: Any, entries: list[dict[str, Any]], create: bool) -> tu
         if i not in found:
             missing.append(name)
             names = tuple(c["name"] for c in entry["columns"])
-            json_columns = {c["name"]: {"json": JSON, "json[]": JSON_ARRAY}[c["type"]] for c in entry["columns"]
-                            if c["type"] in ("json", "json[]")}
+            json_columns = {
+                c["name"]: {"json": JSON, "json[]": JSON_ARRAY}[c["type"]]
+                for c in entry["columns"]
+                if c["type"] in ("json", "json[]")
+            }
             targets.append(Target(entry, 0, names, False, json_columns))
             continue
         row = found[i]
@@ -184,13 +191,18 @@ async def _inspect(conn: Any, entries: list[dict[str, Any]], create: bool) -> tu
         json_columns = {c: have[c]["base"] for c in kept if have[c]["base"] in (JSON, JSON_ARRAY)}
         targets.append(Target(entry, row["oid"], kept, overriding, json_columns))
     if problems:
-        raise ConfigError("the target tables do not match the dump: " + "; ".join(problems)
-                          + " (create them from the same schema, e.g. the application's migrations or "
-                          "pg_dump --schema-only)")
+        raise ConfigError(
+            "the target tables do not match the dump: "
+            + "; ".join(problems)
+            + " (create them from the same schema, e.g. the application's migrations or "
+            "pg_dump --schema-only)"
+        )
     if missing and not create:
-        raise ConfigError(f"{len(missing)} table(s) of the dump do not exist in the target: {', '.join(missing)}; "
-                          "create them first (the application's migrations, pg_dump --schema-only), or give "
-                          "--create-tables to create plain tables (no constraints) from the manifest")
+        raise ConfigError(
+            f"{len(missing)} table(s) of the dump do not exist in the target: {', '.join(missing)}; "
+            "create them first (the application's migrations, pg_dump --schema-only), or give "
+            "--create-tables to create plain tables (no constraints) from the manifest"
+        )
     creating = [t for t in targets if not t.oid]
     return targets, await _create_sql(conn, creating)
 
@@ -213,9 +225,12 @@ async def _create_sql(conn: Any, targets: list[Target]) -> list[str]:
             defs.append(f"{quote_ident(col['name'])} {col['type']}")
         statements.append(f"CREATE TABLE {target.relation_sql} ({', '.join(defs)})")
     if problems:
-        raise ConfigError("--create-tables: the target lacks " + "; ".join(problems)
-                          + "; create these types first (an enum, a domain or a composite comes from the "
-                          "application's schema), or create the tables themselves")
+        raise ConfigError(
+            "--create-tables: the target lacks "
+            + "; ".join(problems)
+            + "; create these types first (an enum, a domain or a composite comes from the "
+            "application's schema), or create the tables themselves"
+        )
     return statements
 
 
@@ -231,8 +246,9 @@ async def _holding_rows(conn: Any, targets: list[Target]) -> list[str]:
         except asyncpg.InsufficientPrivilegeError:
             full = bool(await conn.fetchval(_SIZE_SQL, target.oid))
             if full:
-                holding.append(f"{target.qualified} (has pages; this role cannot read it to see whether "
-                               "they hold rows)")
+                holding.append(
+                    f"{target.qualified} (has pages; this role cannot read it to see whether they hold rows)"
+                )
             continue
         if full:
             holding.append(target.qualified)
@@ -241,8 +257,11 @@ async def _holding_rows(conn: Any, targets: list[Target]) -> list[str]:
 
 async def _keys(conn: Any, targets: list[Target]) -> list[loadplan.ForeignKey]:
     by_oid = {t.oid: t.qualified for t in targets if t.oid}
-    return [loadplan.ForeignKey(by_oid[r["child"]], by_oid[r["parent"]], r["condeferrable"], r["conname"])
-            for r in await conn.fetch(_KEYS_SQL) if r["child"] in by_oid and r["parent"] in by_oid]
+    return [
+        loadplan.ForeignKey(by_oid[r["child"]], by_oid[r["parent"]], r["condeferrable"], r["conname"])
+        for r in await conn.fetch(_KEYS_SQL)
+        if r["child"] in by_oid and r["parent"] in by_oid
+    ]
 
 
 async def _may_disable_triggers(conn: Any) -> bool:
@@ -264,13 +283,19 @@ async def _may_disable_triggers(conn: Any) -> bool:
 def refuse_cast_columns(entries: Sequence[dict[str, Any]]) -> None:
     """Columns written through an extension's cast to json (--extension-types cast) do not load back
     exactly (GeoJSON drops what it cannot say, an hstore object is not hstore's input): refused."""
-    cast = [f"{e['schema']}.{e['table']}.{c['name']} ({c['type']})" for e in entries for c in e["columns"]
-            if c.get("written") == "cast"]
+    cast = [
+        f"{e['schema']}.{e['table']}.{c['name']} ({c['type']})"
+        for e in entries
+        for c in e["columns"]
+        if c.get("written") == "cast"
+    ]
     if cast:
-        raise ConfigError(f"{len(cast)} column(s) of the dump were written through their type's cast to json "
-                          f"(--extension-types cast), which does not come back exactly: {', '.join(cast)}; nothing was "
-                          "loaded (leave these tables out with --exclude, or restore a dump taken with "
-                          "--extension-types text)")
+        raise ConfigError(
+            f"{len(cast)} column(s) of the dump were written through their type's cast to json "
+            f"(--extension-types cast), which does not come back exactly: {', '.join(cast)}; nothing was "
+            "loaded (leave these tables out with --exclude, or restore a dump taken with "
+            "--extension-types text)"
+        )
 
 
 # Of the target tables, those this role may not TRUNCATE; and the extension filter of a configuration table.
@@ -297,7 +322,8 @@ async def _emptying(conn: Any, targets: list[Target], user: str) -> list[str]:
         raise PermissionDenied(
             f"--truncate: {user} may not empty {', '.join(refused)}; nothing was changed. GRANT TRUNCATE ON "
             f"<table> TO {user} (pg_write_all_data grants INSERT, UPDATE and DELETE, not TRUNCATE), or empty the "
-            "tables another way and restore without --truncate")
+            "tables another way and restore without --truncate"
+        )
     statements = ["TRUNCATE " + ", ".join(t.relation_sql for t in plain)] if plain else []
     statements += [f"DELETE FROM ONLY {t.relation_sql} {rows[t.oid]['condition']}".rstrip() for t in config]
     return statements
@@ -310,10 +336,13 @@ def load_error(exc: BaseException, table: str) -> DumperError:
         return ConnectionLost(f"table {table}: the connection to the server was lost ({type(exc).__name__}: {exc})")
     if isinstance(exc, asyncpg.InsufficientPrivilegeError):
         if "row-level security" in text:
-            return PermissionDenied(f"table {table}: {text}; give the restoring role BYPASSRLS or make it the "
-                                    "table's owner")
-        return PermissionDenied(f"table {table}: {text}; the restoring role needs INSERT on it, e.g. GRANT "
-                                f"pg_write_all_data TO <user> (PostgreSQL 14+) or GRANT INSERT ON {table} TO <user>")
+            return PermissionDenied(
+                f"table {table}: {text}; give the restoring role BYPASSRLS or make it the table's owner"
+            )
+        return PermissionDenied(
+            f"table {table}: {text}; the restoring role needs INSERT on it, e.g. GRANT "
+            f"pg_write_all_data TO <user> (PostgreSQL 14+) or GRANT INSERT ON {table} TO <user>"
+        )
     if isinstance(exc, asyncpg.LockNotAvailableError):
         return db.table_error(exc, table)  # the same words as when a dump waits for its lock
     constraint = getattr(exc, "constraint_name", None)
@@ -356,6 +385,7 @@ class _Loader:
                     raise
                 except FAILURES as exc:
                     raise self.source.reading_error(exc, target.entry["path"]) from exc
+
             return asyncio.ensure_future(asyncio.to_thread(guarded))
 
         def prepared() -> tuple[list[bytes], bytes | None] | None:
@@ -387,8 +417,9 @@ class _Loader:
         try:
             rel = target.relation_sql
             if one_statement:  # every row in first, so the table's references to itself check at the end
-                await self.statement(conn, "CREATE TEMPORARY TABLE dumper_rows (doc pg_catalog.json) ON COMMIT DROP",
-                                     table)
+                await self.statement(
+                    conn, "CREATE TEMPORARY TABLE dumper_rows (doc pg_catalog.json) ON COMMIT DROP", table
+                )
                 into = f"INSERT INTO pg_temp.dumper_rows SELECT pg_catalog.json_array_elements({_json_param(1)})"
             else:
                 into = target.insert_sql(BATCH_SQL.format(rel=rel, json=_json_param(1)))
@@ -399,13 +430,15 @@ class _Loader:
                     await self.insert_around_nul(conn, target, into, batch)
                 del batch, payload
             if one_statement:
-                source = ("pg_temp.dumper_rows s CROSS JOIN LATERAL "
-                          f"pg_catalog.json_populate_record(NULL::{rel}, s.doc) r")
+                source = (
+                    f"pg_temp.dumper_rows s CROSS JOIN LATERAL pg_catalog.json_populate_record(NULL::{rel}, s.doc) r"
+                )
                 await self.statement(conn, target.insert_sql(source, "r."), table, bounded=False)
                 await self.statement(conn, "DROP TABLE pg_temp.dumper_rows", table)
             seconds = round(time.monotonic() - started, 3)
-            self.restored[table] = Restored(target.entry["schema"], target.entry["table"], target.entry["rows"],
-                                            target.entry["bytes"], seconds)
+            self.restored[table] = Restored(
+                target.entry["schema"], target.entry["table"], target.entry["rows"], target.entry["bytes"], seconds
+            )
             log.info("loaded", extra={"rows": target.entry["rows"], "seconds": seconds})
         finally:
             current_table.reset(token)
@@ -430,9 +463,11 @@ class _Loader:
                     continue  # generated by the target: its value is not loaded
                 kind = target.json_columns.get(name)
                 if kind is None:
-                    raise LoadError(f"table {target.qualified}: column {name!r} holds a JSON \\u0000 escape inside "
-                                    "a value that is not of type json or json[]; PostgreSQL cannot take such a "
-                                    "value apart, so this row cannot be restored")
+                    raise LoadError(
+                        f"table {target.qualified}: column {name!r} holds a JSON \\u0000 escape inside "
+                        "a value that is not of type json or json[]; PostgreSQL cannot take such a "
+                        "value apart, so this row cannot be restored"
+                    )
                 values.append(next(v for _, n, v in members if n == name))
                 expr = _json_param(len(values) + 1)
                 instead[name] = expr if kind == JSON else f"ARRAY(SELECT pg_catalog.json_array_elements({expr}))"
@@ -447,8 +482,11 @@ class _Loader:
         first = unit.tables[0]
         if unit.method == "replica":
             await self.statement(conn, "SET LOCAL session_replication_role = replica", first)
-            log.warning("loading a foreign-key cycle with triggers and foreign-key checks off "
-                        "(session_replication_role = replica)", extra={"tables": ", ".join(unit.tables)})
+            log.warning(
+                "loading a foreign-key cycle with triggers and foreign-key checks off "
+                "(session_replication_role = replica)",
+                extra={"tables": ", ".join(unit.tables)},
+            )
         elif unit.method == "deferred":
             await self.statement(conn, "SET CONSTRAINTS ALL DEFERRED", first)
         for name in unit.tables:
@@ -457,8 +495,9 @@ class _Loader:
             await self.statement(conn, "SET LOCAL session_replication_role = origin", first)
 
 
-async def _each_unit(units: list[loadplan.Unit], jobs: int,
-                     load: Callable[[loadplan.Unit, list[Any]], Awaitable[None]]) -> None:
+async def _each_unit(
+    units: list[loadplan.Unit], jobs: int, load: Callable[[loadplan.Unit, list[Any]], Awaitable[None]]
+) -> None:
     """Load units with `jobs` workers, each unit once every unit it needs is in.
     A worker keeps its connection in `slot[0]` between units."""
     done: set[int] = set()
@@ -470,8 +509,9 @@ async def _each_unit(units: list[loadplan.Unit], jobs: int,
         try:
             while True:
                 async with changed:
-                    while (ready := next((i for i, u in enumerate(units) if i not in started and u.after <= done),
-                                         None)) is None and len(started) < len(units):
+                    while (
+                        ready := next((i for i, u in enumerate(units) if i not in started and u.after <= done), None)
+                    ) is None and len(started) < len(units):
                         await changed.wait()
                     if ready is None:
                         return
@@ -524,8 +564,10 @@ async def run(settings: Settings, password: db.PasswordProvider) -> RestoreOutco
         for problem in problems:
             log.error(f"MISMATCH {problem}")
         raise VerifyError(f"{len(problems)} mismatch(es) in {redact_url(settings.output)}: nothing was loaded")
-    log.info("dump verified", extra={"tables": len(entries), "rows": sum(e["rows"] for e in entries),
-                                     "run_id": doc["run_id"]})
+    log.info(
+        "dump verified",
+        extra={"tables": len(entries), "rows": sum(e["rows"] for e in entries), "run_id": doc["run_id"]},
+    )
 
     conn = await _connect(settings, password)
     try:
@@ -545,15 +587,18 @@ async def run(settings: Settings, password: db.PasswordProvider) -> RestoreOutco
             may_disable = await _may_disable_triggers(conn) if cycles else False
             emptying = await _emptying(conn, targets, settings.user) if settings.truncate else []
         if holding and not settings.truncate:
-            raise ConfigError(f"{len(holding)} target table(s) already hold rows: {', '.join(holding)}; nothing was "
-                              "changed (restore into empty tables, or give --truncate to empty them first)")
+            raise ConfigError(
+                f"{len(holding)} target table(s) already hold rows: {', '.join(holding)}; nothing was "
+                "changed (restore into empty tables, or give --truncate to empty them first)"
+            )
         if cycles and not may_disable:
             named = "; ".join(" <-> ".join(u.tables) for u in cycles)
             raise PermissionDenied(
                 f"foreign keys that are not DEFERRABLE form a cycle ({named}): no load order satisfies them, so "
                 f"they must be off during the load (session_replication_role = replica), which {settings.user} "
                 f"may not set; nothing was changed. Restore as a superuser or rds_superuser, or GRANT SET ON "
-                f"PARAMETER session_replication_role TO {settings.user} (PostgreSQL 15+)")
+                f"PARAMETER session_replication_role TO {settings.user} (PostgreSQL 15+)"
+            )
         outcome = await _load(settings, password, source, doc, targets, create + emptying, units, conn)
         if settings.with_schema:
             await rebuild.apply(conn, "post-data", scripts["post-data"], existing)
@@ -574,16 +619,25 @@ async def _set_sequences(conn: Any, settings: Settings, doc: dict[str, Any], tar
         async with db.preparing(settings, "while setting the sequences"):
             done, missing = await sequences.set_positions(conn, recorded, by_owner=not settings.with_schema)
     except DumperError as exc:
-        raise DumpError(f"{exc}; the rows are loaded, the sequences may be behind them (--no-sequences to skip "
-                        "this step)") from exc
+        raise DumpError(
+            f"{exc}; the rows are loaded, the sequences may be behind them (--no-sequences to skip this step)"
+        ) from exc
     if missing:
         log.warning("sequences of the dump not found in the target, not set", extra={"sequences": ", ".join(missing)})
     log.info("sequences set", extra={"sequences": done})
     return done
 
 
-async def _load(settings: Settings, password: db.PasswordProvider, source: Output, doc: dict[str, Any],
-                targets: list[Target], create: list[str], units: list[loadplan.Unit], conn: Any) -> RestoreOutcome:
+async def _load(
+    settings: Settings,
+    password: db.PasswordProvider,
+    source: Output,
+    doc: dict[str, Any],
+    targets: list[Target],
+    create: list[str],
+    units: list[loadplan.Unit],
+    conn: Any,
+) -> RestoreOutcome:
     """`create`: what runs first, in one transaction (CREATE TABLE, then the emptying of --truncate)."""
     loader = _Loader(settings, source, doc, targets)
     first = targets[0].qualified if targets else "-"
@@ -615,13 +669,16 @@ async def _load(settings: Settings, password: db.PasswordProvider, source: Outpu
                     slot.pop().terminate()
                     if attempt == UNIT_ATTEMPTS:
                         raise
-                    log.warning("connection lost, loading the unit again", extra={
-                        "tables": ", ".join(unit.tables), "attempt": attempt, "error": str(exc)})
+                    log.warning(
+                        "connection lost, loading the unit again",
+                        extra={"tables": ", ".join(unit.tables), "attempt": attempt, "error": str(exc)},
+                    )
                 except BaseException:
                     slot.pop().terminate()  # its transaction is rolled back: the tables are as they were
                     raise
 
         await _each_unit(units, settings.jobs, load)
     order = [t.qualified for t in targets]
-    return RestoreOutcome([loader.restored[name] for name in order],
-                          f"{settings.host}:{settings.port}/{settings.dbname}")
+    return RestoreOutcome(
+        [loader.restored[name] for name in order], f"{settings.host}:{settings.port}/{settings.dbname}"
+    )

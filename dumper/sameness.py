@@ -77,11 +77,17 @@ def _shown(row: bytes, columns: Sequence[str]) -> str:
     """A canonical row as a JSON object again, cut at SHOWN characters."""
     values, at = [], 0
     while at < len(row):
-        size = int.from_bytes(row[at:at + 4], "big")
-        values.append(row[at + 4:at + 4 + size])
+        size = int.from_bytes(row[at : at + 4], "big")
+        values.append(row[at + 4 : at + 4 + size])
         at += 4 + size
-    text = "{" + ",".join(f"{msgspec.json.encode(c).decode()}:{v.decode('utf-8', 'replace')}"
-                          for c, v in zip(columns, values, strict=True)) + "}"
+    text = (
+        "{"
+        + ",".join(
+            f"{msgspec.json.encode(c).decode()}:{v.decode('utf-8', 'replace')}"
+            for c, v in zip(columns, values, strict=True)
+        )
+        + "}"
+    )
     return repr(text[:SHOWN] + ("..." if len(text) > SHOWN else ""))
 
 
@@ -97,8 +103,9 @@ def _kept(rows: Iterable[bytes], columns: Sequence[str], buckets: set[int]) -> C
     return kept
 
 
-def difference(dump: Callable[[], Iterable[bytes]], restored: Callable[[], Iterable[bytes]],
-               columns: Sequence[str]) -> str | None:
+def difference(
+    dump: Callable[[], Iterable[bytes]], restored: Callable[[], Iterable[bytes]], columns: Sequence[str]
+) -> str | None:
     """None when both hold the same rows (`dump()` and `restored()` iterate each side's row
     texts, again for each call); else what differs, in words, with an example row."""
     try:

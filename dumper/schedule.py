@@ -41,12 +41,15 @@ def trigger(settings: Settings) -> CronTrigger:
             return CronTrigger.from_crontab(settings.cron, timezone=zone)
         if len(fields) == 6:
             second, minute, hour, day, month, dow = fields
-            return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month, day_of_week=dow,
-                               timezone=zone)
+            return CronTrigger(
+                second=second, minute=minute, hour=hour, day=day, month=month, day_of_week=dow, timezone=zone
+            )
     except ValueError as exc:
         raise ConfigError(f"--cron: {settings.cron!r} is not a valid cron expression: {exc}") from None
-    raise ConfigError(f"--cron: {settings.cron!r} has {len(fields)} fields; use 5 (min hour dom mon dow) "
-                      "or 6 (sec min hour dom mon dow)")
+    raise ConfigError(
+        f"--cron: {settings.cron!r} has {len(fields)} fields; use 5 (min hour dom mon dow) "
+        "or 6 (sec min hour dom mon dow)"
+    )
 
 
 class Scheduler:
@@ -67,8 +70,10 @@ class Scheduler:
         self.current = asyncio.current_task()
         self.runs += 1
         outcome = await self.job(run_settings)
-        log.info("scheduled run ended", extra={"run_id": outcome.run_id, "status": outcome.status,
-                                               "next_run": self._next_run()})
+        log.info(
+            "scheduled run ended",
+            extra={"run_id": outcome.run_id, "status": outcome.status, "next_run": self._next_run()},
+        )
 
     def _next_run(self) -> str | None:
         job = self._scheduler.get_job("dump") if hasattr(self, "_scheduler") else None
@@ -76,24 +81,32 @@ class Scheduler:
 
     def _skipped(self, event: JobEvent) -> None:
         self.skipped += 1
-        log.warning("run skipped: the previous run is still running", extra={
-            "scheduled_for": str(getattr(event, "scheduled_run_times", ["?"])[0])})
+        log.warning(
+            "run skipped: the previous run is still running",
+            extra={"scheduled_for": str(getattr(event, "scheduled_run_times", ["?"])[0])},
+        )
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; then let a running dump finish within the grace period."""
         scheduler = AsyncIOScheduler(timezone=self._trigger.timezone)
         self._scheduler = scheduler
         scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
-        kwargs: dict[str, Any] = {"id": "dump", "max_instances": 1, "coalesce": True,
-                                  "misfire_grace_time": int(self.settings.misfire_grace) or None}
+        kwargs: dict[str, Any] = {
+            "id": "dump",
+            "max_instances": 1,
+            "coalesce": True,
+            "misfire_grace_time": int(self.settings.misfire_grace) or None,
+        }
         if self.settings.jitter:
             self._trigger.jitter = int(self.settings.jitter)
         scheduler.add_job(self._tick, self._trigger, **kwargs)
         if self.settings.run_now:
             scheduler.add_job(self._tick, id="run-now", max_instances=1)
         scheduler.start()
-        log.info("schedule started", extra={"cron": self.settings.cron, "timezone": self.settings.timezone,
-                                            "next_run": self._next_run()})
+        log.info(
+            "schedule started",
+            extra={"cron": self.settings.cron, "timezone": self.settings.timezone, "next_run": self._next_run()},
+        )
         try:
             await stop.wait()
         finally:

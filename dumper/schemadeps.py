@@ -189,23 +189,36 @@ async def extensions(conn: Any, schemas: Sequence[str]) -> list[Extension]:
     found = []
     for r in await conn.fetch(_EXTENSIONS_SQL, list(schemas)):
         conditions = list(r["conditions"]) + [""] * (len(r["config"]) - len(r["conditions"]))
-        config = tuple(ConfigTable(oid, condition or "") for oid, condition in zip(r["config"], conditions, strict=True)
-                       if oid not in r["config_sequences"])
-        found.append(Extension(r["extname"], r["nspname"], r["extversion"], tuple(r["requires"]), config,
-                               tuple(r["config_sequences"])))
+        config = tuple(
+            ConfigTable(oid, condition or "")
+            for oid, condition in zip(r["config"], conditions, strict=True)
+            if oid not in r["config_sequences"]
+        )
+        found.append(
+            Extension(
+                r["extname"], r["nspname"], r["extversion"], tuple(r["requires"]), config, tuple(r["config_sequences"])
+            )
+        )
     return creation_order(found)
 
 
 async def outside(conn: Any, schemas: Sequence[str], carried: Sequence[Extension]) -> list[dict[str, Any]]:
     """The objects outside the dump that its schema files name, as the manifest lists them."""
-    return [{"type": r["type"], "names": list(r["object_names"]), "args": list(r["object_args"]),
-             "schema": r["schema"], "description": r["description"]}
-            for r in await conn.fetch(_OUTSIDE_SQL, list(schemas), [e.name for e in carried])]
+    return [
+        {
+            "type": r["type"],
+            "names": list(r["object_names"]),
+            "args": list(r["object_args"]),
+            "schema": r["schema"],
+            "description": r["description"],
+        }
+        for r in await conn.fetch(_OUTSIDE_SQL, list(schemas), [e.name for e in carried])
+    ]
 
 
 _FIX = {
     "access method": "CREATE ACCESS METHOD in the target (it is a database-wide object, which a dump of "
-                     "schemas does not carry)",
+    "schemas does not carry)",
     "role": "CREATE ROLE in the target's cluster (roles are cluster-wide)",
 }
 
@@ -216,17 +229,27 @@ async def missing(conn: Any, required: Sequence[dict[str, Any]]) -> list[str]:
     lacking = []
     for obj in required:
         try:
-            await conn.fetchval("SELECT (pg_catalog.pg_get_object_address($1, $2::pg_catalog.text[], "
-                                "$3::pg_catalog.text[])).objid", obj["type"], obj["names"], obj["args"])
+            await conn.fetchval(
+                "SELECT (pg_catalog.pg_get_object_address($1, $2::pg_catalog.text[], $3::pg_catalog.text[])).objid",
+                obj["type"],
+                obj["names"],
+                obj["args"],
+            )
         except asyncpg.PostgresError:
             schema = obj.get("schema")
-            fix = _FIX.get(obj["type"], f"create it in the target first, or dump schema {schema} too (--schema)"
-                           if schema else "create it in the target first")
+            fix = _FIX.get(
+                obj["type"],
+                f"create it in the target first, or dump schema {schema} too (--schema)"
+                if schema
+                else "create it in the target first",
+            )
             lacking.append(f"{obj['description']} ({fix})")
     return lacking
 
 
 def refuse_missing(lacking: Sequence[str], where: str) -> None:
     if lacking:
-        raise ConfigError(f"{where}: the schema files name {len(lacking)} object(s) outside the dumped schemas that "
-                          f"the target lacks: {'; '.join(lacking)}; nothing was changed")
+        raise ConfigError(
+            f"{where}: the schema files name {len(lacking)} object(s) outside the dumped schemas that "
+            f"the target lacks: {'; '.join(lacking)}; nothing was changed"
+        )

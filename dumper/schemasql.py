@@ -44,7 +44,7 @@ def runnable(script: str, existing_schemas: Iterable[str]) -> str:
             skipped.add(f"CREATE SCHEMA {form};")
     comments = tuple(f"COMMENT ON SCHEMA {form} IS " for s in existing_schemas for form in _ident_forms(s))
     starts = [m.start() for m in _HEADER.finditer(text)] + [len(text)]
-    kept = [text[:starts[0]]]
+    kept = [text[: starts[0]]]
     for begin, end in itertools.pairwise(starts):
         entry = text[begin:end]
         body = _HEADER.sub("", entry, count=1).strip()

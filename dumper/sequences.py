@@ -46,21 +46,34 @@ async def read(conn: Any, schemas: Sequence[str], config: Sequence[int] = ()) ->
     rows = await conn.fetch(_SEQUENCES_SQL, list(schemas), list(config))
     unreadable = [f"{r['nspname']}.{r['relname']}" for r in rows if not r["readable"]]
     if unreadable:
-        log.warning("sequences this role may not read are not in the manifest; a restore leaves them at their "
-                    "start (GRANT SELECT on them, or pg_read_all_data)", extra={"sequences": ", ".join(unreadable)})
+        log.warning(
+            "sequences this role may not read are not in the manifest; a restore leaves them at their "
+            "start (GRANT SELECT on them, or pg_read_all_data)",
+            extra={"sequences": ", ".join(unreadable)},
+        )
     rows = [r for r in rows if r["readable"]]
     positions: dict[int, tuple[int, bool]] = {}
     for start in range(0, len(rows), CHUNK):
-        chunk = list(enumerate(rows[start:start + CHUNK], start))
+        chunk = list(enumerate(rows[start : start + CHUNK], start))
         sql = " UNION ALL ".join(
             f"SELECT {i}, last_value, is_called FROM {quote_ident(r['nspname'])}.{quote_ident(r['relname'])}"
-            for i, r in chunk)
+            for i, r in chunk
+        )
         positions.update({p[0]: (p[1], p[2]) for p in await conn.fetch(sql)})
-    return [{
-        "schema": r["nspname"], "name": r["relname"], "last_value": positions[i][0], "is_called": positions[i][1],
-        "owned_by": ({"schema": r["owner_schema"], "table": r["owner_table"], "column": r["owner_column"]}
-                     if r["owner_table"] is not None else None),
-    } for i, r in enumerate(rows)]
+    return [
+        {
+            "schema": r["nspname"],
+            "name": r["relname"],
+            "last_value": positions[i][0],
+            "is_called": positions[i][1],
+            "owned_by": (
+                {"schema": r["owner_schema"], "table": r["owner_table"], "column": r["owner_column"]}
+                if r["owner_table"] is not None
+                else None
+            ),
+        }
+        for i, r in enumerate(rows)
+    ]
 
 
 _SETVAL_SQL = "SELECT pg_catalog.setval($1::pg_catalog.regclass, $2, $3)"
@@ -82,10 +95,13 @@ async def set_positions(conn: Any, recorded: Iterable[dict[str, Any]], by_owner:
         if by_owner:
             owner = seq["owned_by"]
             name = await conn.fetchval(
-                _OWNED_SQL, f"{quote_ident(owner['schema'])}.{quote_ident(owner['table'])}", owner["column"])
+                _OWNED_SQL, f"{quote_ident(owner['schema'])}.{quote_ident(owner['table'])}", owner["column"]
+            )
             if name is None:
-                missing.append(f"{seq['schema']}.{seq['name']} (of {owner['schema']}.{owner['table']}."
-                               f"{owner['column']}, which has no sequence in the target)")
+                missing.append(
+                    f"{seq['schema']}.{seq['name']} (of {owner['schema']}.{owner['table']}."
+                    f"{owner['column']}, which has no sequence in the target)"
+                )
                 continue
         elif not await conn.fetchval("SELECT pg_catalog.to_regclass($1) IS NOT NULL", name):
             missing.append(f"{seq['schema']}.{seq['name']}")

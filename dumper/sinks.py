@@ -125,8 +125,11 @@ def storage_options(settings: Settings) -> dict[str, Any]:
         "cache_regions": not settings.s3_region,
         # A dying endpoint must fail the run in seconds, not retry for many minutes.
         # A reply that stops mid-body (a download) is bounded here: aiohttp's read timeout.
-        "config_kwargs": {"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 10,
-                          "read_timeout": min(settings.stall_timeout or 60.0, 60.0)},
+        "config_kwargs": {
+            "retries": {"max_attempts": 3, "mode": "standard"},
+            "connect_timeout": 10,
+            "read_timeout": min(settings.stall_timeout or 60.0, 60.0),
+        },
         "skip_instance_cache": True,
         "expected_bucket_owner": settings.s3_expected_bucket_owner,
     }
@@ -149,8 +152,9 @@ class TableFile:
         else:
             # "xb": the upload completes with If-None-Match: *, so it never replaces an object
             mode = "xb" if exclusive else "wb"
-            self._file = output.guard(lambda: output.fs.open(self._target, mode, block_size=self._part_size),
-                                      self.final)
+            self._file = output.guard(
+                lambda: output.fs.open(self._target, mode, block_size=self._part_size), self.final
+            )
 
     async def _blocking(self, action: Callable[[], T]) -> T:
         """Run a blocking object-store call in a thread; remember it until done."""
@@ -168,11 +172,13 @@ class TableFile:
 
     async def commit(self) -> None:
         if self._local:
+
             def finish() -> None:
                 self._file.flush()
                 os.fsync(self._file.fileno())
                 self._file.close()
                 os.replace(self._target, self.final)
+
             self._output.guard(finish, self.final)
         else:
             await self._blocking(self._file.close)  # completes the multipart upload
@@ -193,13 +199,15 @@ class TableFile:
 
 
 class Output:
-    def __init__(self, url: str, options: dict[str, Any] | None = None, part_size: int = 16,
-                 stall_timeout: float = 0.0) -> None:
+    def __init__(
+        self, url: str, options: dict[str, Any] | None = None, part_size: int = 16, stall_timeout: float = 0.0
+    ) -> None:
         shown = redact_url(url)  # user:password@ or a query string never reach a log or an error
         protocol = url.split("://", 1)[0] if "://" in url else "file"
         if protocol not in fsspec.available_protocols():
-            raise ConfigError(f"--output: {shown!r}: unknown protocol {protocol!r}; use a local path, s3:// or "
-                              "another fsspec URL")
+            raise ConfigError(
+                f"--output: {shown!r}: unknown protocol {protocol!r}; use a local path, s3:// or another fsspec URL"
+            )
         try:
             if url.startswith(("s3://", "s3a://")):
                 self.fs = _bounded_s3(stall_timeout, options or {})
@@ -241,17 +249,23 @@ class Output:
         where = what if self.local else f"{self.protocol}://{what}"
         text = str(exc) or type(exc).__name__
         if isinstance(exc, TimeoutError):  # OutputStalled, or a response that never came (read timeout)
-            return (f"cannot write {where}: the output accepted nothing for the --stall-timeout ({text}): the "
-                    "object store, or the network to it, stalled; the upload was aborted")
+            return (
+                f"cannot write {where}: the output accepted nothing for the --stall-timeout ({text}): the "
+                "object store, or the network to it, stalled; the upload was aborted"
+            )
         if self.protocol in ("s3", "s3a"):
             bucket = what.split("/", 1)[0]
             if "KMS" in text or "kms" in text:
-                return (f"cannot write {where}: KMS refused the key ({text}); the role needs "
-                        "kms:GenerateDataKey (and kms:Decrypt for multipart uploads) on the "
-                        "--s3-kms-key-id key")
+                return (
+                    f"cannot write {where}: KMS refused the key ({text}); the role needs "
+                    "kms:GenerateDataKey (and kms:Decrypt for multipart uploads) on the "
+                    "--s3-kms-key-id key"
+                )
             if isinstance(exc, PermissionError):
-                return (f"access denied writing {where} ({text}); the role needs s3:PutObject, "
-                        f"s3:AbortMultipartUpload and s3:ListBucket on bucket {bucket} (deploy/iam/policy.json)")
+                return (
+                    f"access denied writing {where} ({text}); the role needs s3:PutObject, "
+                    f"s3:AbortMultipartUpload and s3:ListBucket on bucket {bucket} (deploy/iam/policy.json)"
+                )
             if isinstance(exc, FileNotFoundError):
                 return f"cannot write {where}: bucket {bucket!r} does not exist ({text}); check --output"
         return f"cannot write {where}: {text}"
@@ -261,8 +275,10 @@ class Output:
         writable (fails fast, before any table). Locally it is private (0700):
         a folder someone made in advance (run ids are guessable) is refused."""
         path = self.path(relpath)
-        taken = ConfigError(f"--run-id: {self.url_of(relpath)} already exists: a run writes only into a "
-                            "folder it creates itself, never over another run (choose another run id)")
+        taken = ConfigError(
+            f"--run-id: {self.url_of(relpath)} already exists: a run writes only into a "
+            "folder it creates itself, never over another run (choose another run id)"
+        )
         if self.local:
             self.guard(lambda: os.makedirs(self.root, mode=0o700, exist_ok=True), self.root)
             try:
@@ -284,14 +300,15 @@ class Output:
         else:  # a multipart upload started and aborted: proves the write right, needs no delete right
             bucket, key, _ = self.fs.split_path(probe)
             upload = self.guard(lambda: self.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key), probe)
-            self.guard(lambda: self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key,
-                                               UploadId=upload["UploadId"]), probe)
+            self.guard(
+                lambda: self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"]),
+                probe,
+            )
 
     def _holds_objects(self, path: str) -> bool:
         """Whether any object is under the prefix `path/` (a listing: needs only s3:ListBucket)."""
         bucket, key, _ = self.fs.split_path(path)
-        found = self.guard(lambda: self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key + "/", MaxKeys=1),
-                           path)
+        found = self.guard(lambda: self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key + "/", MaxKeys=1), path)
         return bool(found.get("KeyCount"))
 
     def open_table(self, relpath: str, exclusive: bool = True) -> TableFile:
@@ -335,15 +352,17 @@ class Output:
         for start in range(0, size, READ_RANGE):
             data = self.fs.cat_file(path, start=start, end=min(start + READ_RANGE, size))
             for at in range(0, len(data), CHUNK):
-                yield data[at:at + CHUNK]
+                yield data[at : at + CHUNK]
 
     def reading_error(self, exc: BaseException, relpath: str | None = None) -> OutputError:
         """A failure to read a stored file (or, without relpath, the location), said
         so an operator can act on it."""
         where = self.url_of(relpath) if relpath else redact_url(self.url)
         if isinstance(exc, TimeoutError):  # a stalled request, or a reply that stopped mid-body
-            return OutputError(f"cannot read {where}: the object store sent nothing for the --stall-timeout "
-                               f"({type(exc).__name__}: {exc}); check the endpoint and the network to it")
+            return OutputError(
+                f"cannot read {where}: the object store sent nothing for the --stall-timeout "
+                f"({type(exc).__name__}: {exc}); check the endpoint and the network to it"
+            )
         return OutputError(f"cannot read {where}: {type(exc).__name__}: {exc}")
 
     def remove(self, relpath: str) -> bool:

@@ -167,8 +167,9 @@ class _Channel:
 class RemoteLane:
     """A connection held by a worker process, used like a Reader."""
 
-    def __init__(self, process: asyncio.subprocess.Process, channel: _Channel, password: db.PasswordProvider,
-                 silence: float) -> None:
+    def __init__(
+        self, process: asyncio.subprocess.Process, channel: _Channel, password: db.PasswordProvider, silence: float
+    ) -> None:
         self.process = process
         self.channel = channel
         self.password = password
@@ -186,8 +187,9 @@ class RemoteLane:
                 return
             elif kind == ASK:
                 secret = await self.password()
-                await self.channel.send(PASSWORD if secret is not None else NO_PASSWORD,
-                                        payload=secret.encode() if secret else b"")
+                await self.channel.send(
+                    PASSWORD if secret is not None else NO_PASSWORD, payload=secret.encode() if secret else b""
+                )
             elif kind == LOG:
                 record = orjson.loads(payload)
                 log.log(record["level"], record["event"], extra={**record["fields"], "worker": self.process.pid})
@@ -198,9 +200,11 @@ class RemoteLane:
         try:
             return await self.channel.receive(self.silence)
         except TimeoutError:
-            raise DumpError(f"worker process {self.process.pid} sent nothing for {self.silence:g} s, not even its "
-                            "heartbeat: it is stopped or starved of CPU; the run fails (a lower --processes, or "
-                            "more CPU for the pod)") from None
+            raise DumpError(
+                f"worker process {self.process.pid} sent nothing for {self.silence:g} s, not even its "
+                "heartbeat: it is stopped or starved of CPU; the run fails (a lower --processes, or "
+                "more CPU for the pod)"
+            ) from None
         except (asyncio.IncompleteReadError, ConnectionError):
             raise DumpError(await self._death()) from None
 
@@ -208,8 +212,13 @@ class RemoteLane:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.process.wait(), STOP_WAIT)
         code = self.process.returncode
-        how = (f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else
-               f"exited with status {code}" if code is not None else "closed its connection")
+        how = (
+            f"was killed by signal {signal.Signals(-code).name}"
+            if code is not None and code < 0
+            else f"exited with status {code}"
+            if code is not None
+            else "closed its connection"
+        )
         hint = " (e.g. the out-of-memory killer)" if code == -signal.SIGKILL else ""
         return f"worker process {self.process.pid} {how}{hint} while reading; the run fails"
 
@@ -242,8 +251,9 @@ def _worker_env() -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def started(settings: Settings, password: db.PasswordProvider, snapshot_id: str, lanes: int,
-                  count: int) -> AsyncIterator[list[Lane]]:
+async def started(
+    settings: Settings, password: db.PasswordProvider, snapshot_id: str, lanes: int, count: int
+) -> AsyncIterator[list[Lane]]:
     """`count` worker processes holding `lanes` lanes between them; every one
     of them is gone (exited, or killed and reaped) when this block ends."""
     spawned: list[asyncio.subprocess.Process] = []
@@ -257,9 +267,18 @@ async def started(settings: Settings, password: db.PasswordProvider, snapshot_id
             try:
                 ends = [str(theirs.fileno()) for _, theirs in pairs]
                 process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-P", "-m", "dumper.workers", str(os.getpid()), *ends,
-                    pass_fds=[theirs.fileno() for _, theirs in pairs], stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.DEVNULL, env=_worker_env(), preexec_fn=_before_exec())
+                    sys.executable,
+                    "-P",
+                    "-m",
+                    "dumper.workers",
+                    str(os.getpid()),
+                    *ends,
+                    pass_fds=[theirs.fileno() for _, theirs in pairs],
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    env=_worker_env(),
+                    preexec_fn=_before_exec(),
+                )
                 spawned.append(process)
             finally:
                 for _, theirs in pairs:
@@ -425,6 +444,7 @@ def _before_exec() -> Callable[[], None]:
         prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
         for signum in (signal.SIGINT, signal.SIGTERM):
             set_handler(int(signum), ignore)
+
     return before_exec
 
 

@@ -94,24 +94,39 @@ class Database:
 
     def fetch(self, query: str, *args: Any) -> list[Any]:
         async def go() -> list[Any]:
-            conn = await asyncpg.connect(host=str(self.cluster.socket_dir), port=self.cluster.port,
-                                         user=SUPERUSER, database=self.name,
-                                         server_settings={"TimeZone": "UTC"})
+            conn = await asyncpg.connect(
+                host=str(self.cluster.socket_dir),
+                port=self.cluster.port,
+                user=SUPERUSER,
+                database=self.name,
+                server_settings={"TimeZone": "UTC"},
+            )
             try:
                 return list(await conn.fetch(query, *args))
             finally:
                 await conn.close()
+
         return asyncio.run(go())
 
     def base_env(self, user: str = SUPERUSER, password: str = SUPERUSER_PASSWORD) -> dict[str, str]:
         # `make coverage` measures the CLI processes tests spawn: they need coverage's own variables.
         measured = {k: v for k, v in os.environ.items() if k.startswith("COVERAGE_")}
-        return {**measured, **self.cluster.env(self.name, user, password), "DUMPER_LOG_FORMAT": "json",
-                "DUMPER_PG_DUMP": str(self.cluster.bin / "pg_dump"),  # the server's own major (18: no TLS)
-                "DUMPER_OUTPUT": str(self.tmp / "out"), **self.env}
+        return {
+            **measured,
+            **self.cluster.env(self.name, user, password),
+            "DUMPER_LOG_FORMAT": "json",
+            "DUMPER_PG_DUMP": str(self.cluster.bin / "pg_dump"),  # the server's own major (18: no TLS)
+            "DUMPER_OUTPUT": str(self.tmp / "out"),
+            **self.env,
+        }
 
-    def dump(self, *args: str, env: Mapping[str, str] | None = None, user: str = SUPERUSER,
-             password: str = SUPERUSER_PASSWORD) -> Result:
+    def dump(
+        self,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        user: str = SUPERUSER,
+        password: str = SUPERUSER_PASSWORD,
+    ) -> Result:
         """Run `dumper run ARGS` in this process, as the CLI would."""
         environ = {**self.base_env(user, password), **(env or {})}
         out, err = io.StringIO(), io.StringIO()
@@ -119,8 +134,14 @@ class Database:
             code = cli.main(["run", *args], environ, stdout=out)
         return Result(code, out.getvalue(), err.getvalue(), Path(environ["DUMPER_OUTPUT"]))
 
-    def restore(self, source: Path | str, *args: str, env: Mapping[str, str] | None = None,
-                user: str = SUPERUSER, password: str = SUPERUSER_PASSWORD) -> Result:
+    def restore(
+        self,
+        source: Path | str,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        user: str = SUPERUSER,
+        password: str = SUPERUSER_PASSWORD,
+    ) -> Result:
         """Run `dumper restore SOURCE ARGS` into this database, in this process."""
         environ = {**self.base_env(user, password), **(env or {})}
         out, err = io.StringIO(), io.StringIO()
@@ -128,8 +149,14 @@ class Database:
             code = cli.main(["restore", str(source), *args], environ, stdout=out)
         return Result(code, out.getvalue(), err.getvalue(), Path(environ["DUMPER_OUTPUT"]))
 
-    def drill(self, source: Path | str, *args: str, env: Mapping[str, str] | None = None,
-              user: str = SUPERUSER, password: str = SUPERUSER_PASSWORD) -> Result:
+    def drill(
+        self,
+        source: Path | str,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        user: str = SUPERUSER,
+        password: str = SUPERUSER_PASSWORD,
+    ) -> Result:
         """Run `dumper drill SOURCE ARGS` against this database's server, in this process."""
         environ = {**self.base_env(user, password), **(env or {})}
         out, err = io.StringIO(), io.StringIO()
@@ -145,12 +172,29 @@ class Database:
         LOCK TABLE cannot (a sequence: ALTER SEQUENCE ... RENAME, never committed)."""
         statement = by or f"LOCK TABLE {table} IN {mode} MODE"
         holder = subprocess.Popen(
-            ["psql", "-X", "-q", "-h", str(self.cluster.socket_dir), "-p", str(self.cluster.port), "-U", SUPERUSER,
-             "-d", self.name, "-c", f"BEGIN; {statement}; SELECT pg_sleep(600);"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "psql",
+                "-X",
+                "-q",
+                "-h",
+                str(self.cluster.socket_dir),
+                "-p",
+                str(self.cluster.port),
+                "-U",
+                SUPERUSER,
+                "-d",
+                self.name,
+                "-c",
+                f"BEGIN; {statement}; SELECT pg_sleep(600);",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         lock_name = mode.title().replace(" ", "") + "Lock"  # pg_locks' spelling: AccessExclusiveLock
-        held = ("SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                f"WHERE c.relname = $1 AND l.mode = '{lock_name}' AND l.granted")
+        held = (
+            "SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            f"WHERE c.relname = $1 AND l.mode = '{lock_name}' AND l.granted"
+        )
         try:
             wait_until(lambda: self.fetch(held, table))
             yield
@@ -161,16 +205,27 @@ class Database:
             holder.wait()
 
     def waiting_for_lock(self, table: str) -> bool:
-        return bool(self.fetch("SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                               "WHERE c.relname = $1 AND NOT l.granted", table))
+        return bool(
+            self.fetch(
+                "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = $1 AND NOT l.granted",
+                table,
+            )
+        )
 
-    def spawn(self, *argv: str, env: Mapping[str, str] | None = None,
-              prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    def spawn(
+        self, *argv: str, env: Mapping[str, str] | None = None, prefix: tuple[str, ...] = ()
+    ) -> subprocess.Popen[str]:
         """Start the real CLI (`dumper ARGV`, after a `prefix` such as taskset) in a subprocess,
         for signals and mid-run faults. It is killed when the test ends if it is still running."""
         environ = {"PATH": "/usr/bin:/bin", **self.base_env(), **(env or {})}
-        proc = subprocess.Popen([*prefix, sys.executable, "-m", "dumper", *argv], env=environ, cwd=self.tmp,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "dumper", *argv],
+            env=environ,
+            cwd=self.tmp,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.spawned.append(proc)
         return proc
 
@@ -244,9 +299,13 @@ def drop_scratch_databases(cluster: Cluster, name: str) -> None:
     one failed test leaves nothing for the next one to find."""
     from dumper.drill import MARKER
 
-    for (left,) in [row.split("|") for row in cluster.psql(
+    for (left,) in [
+        row.split("|")
+        for row in cluster.psql(
             "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') = "
-            f"'{MARKER}' AND strpos(datname, '{name}') > 0").split()]:
+            f"'{MARKER}' AND strpos(datname, '{name}') > 0"
+        ).split()
+    ]:
         cluster.psql(f'DROP DATABASE "{left}" WITH (FORCE)')
 
 
@@ -299,8 +358,14 @@ def moto() -> Iterator[Moto]:
 def s3(moto: Moto, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A clean moto S3 with one bucket; static test keys (moto accepts any)."""
     urllib.request.urlopen(urllib.request.Request(f"{moto.endpoint}/moto-api/reset", method="POST"))  # noqa: S310
-    for var in ("AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_PROFILE", "AWS_SESSION_TOKEN",
-                "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    for var in (
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

@@ -62,11 +62,13 @@ def capture(status: int = 200, body: bytes = b"", content_type: str = "text/plai
         yield result
 
 
-KMS_REFUSAL = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>User: '
-               b'arn:aws:sts::123456789012:assumed-role/dumper/pod is not authorized to perform: '
-               b'kms:GenerateDataKey on resource: arn:aws:kms:us-east-1:123456789012:key/dumper-key because no '
-               b'identity-based policy allows the kms:GenerateDataKey action</Message>'
-               b'<RequestId>R1</RequestId></Error>')
+KMS_REFUSAL = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>User: '
+    b"arn:aws:sts::123456789012:assumed-role/dumper/pod is not authorized to perform: "
+    b"kms:GenerateDataKey on resource: arn:aws:kms:us-east-1:123456789012:key/dumper-key because no "
+    b"identity-based policy allows the kms:GenerateDataKey action</Message>"
+    b"<RequestId>R1</RequestId></Error>"
+)
 
 
 @contextmanager

@@ -31,17 +31,37 @@ def test_jobs_4_dump_sees_one_consistent_snapshot(db: Database, split: list[str]
     """The writers commit while the run is held after its snapshot (it waits for its lock on
     `gate`): the dump must show none of what they did after the snapshot."""
     for i in range(4):
-        db.sql(f"CREATE TABLE acct_{i} (id int PRIMARY KEY, balance numeric NOT NULL, pad text);"
-               f"INSERT INTO acct_{i} SELECT g, 1000, repeat('x', 200) "
-               f"FROM generate_series(1, {ACCOUNTS}) g;")
+        db.sql(
+            f"CREATE TABLE acct_{i} (id int PRIMARY KEY, balance numeric NOT NULL, pad text);"
+            f"INSERT INTO acct_{i} SELECT g, 1000, repeat('x', 200) "
+            f"FROM generate_series(1, {ACCOUNTS}) g;"
+        )
     db.sql("CREATE TABLE ledger (id bigserial, src int, dst int, amt int); CREATE TABLE gate (i int);")
     invariant = Decimal(4 * ACCOUNTS * 1000)
     script = db.tmp / "transfer.sql"
     script.write_text(TRANSFER)
     writers = subprocess.Popen(
-        [str(db.cluster.bin / "pgbench"), "-n", "-f", str(script), "-c", "3", "-T", "600", "-h",
-         str(db.cluster.socket_dir), "-p", str(db.cluster.port), "-U", "postgres", db.name],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            str(db.cluster.bin / "pgbench"),
+            "-n",
+            "-f",
+            str(script),
+            "-c",
+            "3",
+            "-T",
+            "600",
+            "-h",
+            str(db.cluster.socket_dir),
+            "-p",
+            str(db.cluster.port),
+            "-U",
+            "postgres",
+            db.name,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     ledger_rows = "SELECT count(*) FROM ledger"
     try:
         wait_until(lambda: db.fetch(ledger_rows)[0][0] > 0)  # the writers are running before the snapshot

@@ -29,47 +29,110 @@ COLUMNS: dict[str, tuple[str, list[str]]] = {
     "int2": ("int2", ["0", "32767", "-32768"]),
     "int4": ("int4", ["1", "2147483647", "-2147483648"]),
     "int8": ("int8", ["42", "9223372036854775807", "-9223372036854775808"]),
-    "numeric": ("numeric", ["1.5", "1234567890123456789012345678901234567890.0123456789",
-                            "'NaN'", "'Infinity'", "'-Infinity'", "-0.000000000000000000000000000001",
-                            "0", "1e-30", "100"]),
+    "numeric": (
+        "numeric",
+        [
+            "1.5",
+            "1234567890123456789012345678901234567890.0123456789",
+            "'NaN'",
+            "'Infinity'",
+            "'-Infinity'",
+            "-0.000000000000000000000000000001",
+            "0",
+            "1e-30",
+            "100",
+        ],
+    ),
     "numeric_p": ("numeric(12,2)", ["1.50", "-9999999999.99", "0"]),
-    "float4": ("float4", ["0.1", "'NaN'", "'Infinity'", "'-Infinity'", "3.4028235e38", "1e-45",
-                          "'-0'"]),
-    "float8": ("float8", ["0.1", "'NaN'", "'Infinity'", "'-Infinity'", "1.7976931348623157e308",
-                          "5e-324", "'-0'", "123456789012345680000", "1e-7"]),
+    "float4": ("float4", ["0.1", "'NaN'", "'Infinity'", "'-Infinity'", "3.4028235e38", "1e-45", "'-0'"]),
+    "float8": (
+        "float8",
+        [
+            "0.1",
+            "'NaN'",
+            "'Infinity'",
+            "'-Infinity'",
+            "1.7976931348623157e308",
+            "5e-324",
+            "'-0'",
+            "123456789012345680000",
+            "1e-7",
+        ],
+    ),
     "bool": ("bool", ["true", "false"]),
-    "text": ("text", ["'plain'", "E'quote \" backslash \\\\ newline \\n tab \\t cr \\r'",
-                      "E'ctl \\x01 \\x1f del \\x7f'", "'ünïcødé 日本語 🎉 \u2028'", "''",
-                      "'line1' || chr(10) || 'line2'"]),
+    "text": (
+        "text",
+        [
+            "'plain'",
+            "E'quote \" backslash \\\\ newline \\n tab \\t cr \\r'",
+            "E'ctl \\x01 \\x1f del \\x7f'",
+            "'ünïcødé 日本語 🎉 \u2028'",
+            "''",
+            "'line1' || chr(10) || 'line2'",
+        ],
+    ),
     "varchar": ("varchar(20)", ["'v'", "'with space '"]),
     "bpchar": ("char(5)", ["'ab'", "'abcde'"]),
     "name": ('"name"', ["'a name'"]),
     "qchar": ('"char"', ["'x'", "'\"'"]),
     "uuid": ("uuid", ["'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'"]),
     "bytea": ("bytea", ["'\\x0001ff'::bytea", "''::bytea", "convert_to('héllo', 'UTF8')"]),
-    "date": ("date", ["'2024-02-29'", "'infinity'", "'-infinity'", "'0044-03-15 BC'",
-                      "'10000-01-01'", "'0001-01-01'"]),
+    "date": ("date", ["'2024-02-29'", "'infinity'", "'-infinity'", "'0044-03-15 BC'", "'10000-01-01'", "'0001-01-01'"]),
     "time": ("time", ["'12:34:56.789'", "'24:00:00'", "'00:00:00'"]),
     "timetz": ("timetz", ["'12:34:56+05:30'", "'00:00:00-08'", "'23:59:59.999999+14'"]),
-    "ts": ("timestamp", ["'2024-01-02 03:04:05.123456'", "'infinity'", "'-infinity'",
-                         "'0044-03-15 12:00:00 BC'", "'10000-01-01 00:00:00'", "'2000-01-01'"]),
-    "tstz": ("timestamptz", ["'2024-01-02 03:04:05.5+02'", "'infinity'", "'-infinity'",
-                             "'0044-03-15 12:00:00+00 BC'", "'10000-01-01 00:00:00+00'",
-                             "'1900-01-01 00:00:00 Europe/Berlin'", "'2024-06-30 23:59:59.999999-11:30'"]),
+    "ts": (
+        "timestamp",
+        [
+            "'2024-01-02 03:04:05.123456'",
+            "'infinity'",
+            "'-infinity'",
+            "'0044-03-15 12:00:00 BC'",
+            "'10000-01-01 00:00:00'",
+            "'2000-01-01'",
+        ],
+    ),
+    "tstz": (
+        "timestamptz",
+        [
+            "'2024-01-02 03:04:05.5+02'",
+            "'infinity'",
+            "'-infinity'",
+            "'0044-03-15 12:00:00+00 BC'",
+            "'10000-01-01 00:00:00+00'",
+            "'1900-01-01 00:00:00 Europe/Berlin'",
+            "'2024-06-30 23:59:59.999999-11:30'",
+        ],
+    ),
     "ts3": ("timestamp(3)", ["'2024-01-02 03:04:05.123456'"]),
-    "interval": ("interval", ["'1 year 2 mons 3 days 04:05:06.789'", "'-1 mons +40 days -00:00:01'",
-                              "'0'", "'1 mon'", "'178000000 years'"]),
-    "json": ("json", ["'{\"b\": 1, \"a\": [1, 2.50, 1e400]}'",
-                      "'{\n  \"multi\": \"line\",\r\n  \"n\": 123456789012345678901234567890\n}'",
-                      "'\"just a string\"'", "'null'", "'{\"dup\": 1, \"dup\": 2}'", "'[]'",
-                      "'{\"esc\": \"\\u0000 \\n \\\"\"}'"]),
-    "jsonb": ("jsonb", ["'{\"b\": 1, \"a\": {\"x\": [true, null, 1.000]}}'",
-                        "'12345678901234567890.123456789012345678901234567890'",
-                        "'{\"nl\": \"a\\nb\"}'", "'[]'"]),
+    "interval": (
+        "interval",
+        ["'1 year 2 mons 3 days 04:05:06.789'", "'-1 mons +40 days -00:00:01'", "'0'", "'1 mon'", "'178000000 years'"],
+    ),
+    "json": (
+        "json",
+        [
+            '\'{"b": 1, "a": [1, 2.50, 1e400]}\'',
+            '\'{\n  "multi": "line",\r\n  "n": 123456789012345678901234567890\n}\'',
+            "'\"just a string\"'",
+            "'null'",
+            '\'{"dup": 1, "dup": 2}\'',
+            "'[]'",
+            '\'{"esc": "\\u0000 \\n \\""}\'',
+        ],
+    ),
+    "jsonb": (
+        "jsonb",
+        [
+            '\'{"b": 1, "a": {"x": [true, null, 1.000]}}\'',
+            "'12345678901234567890.123456789012345678901234567890'",
+            '\'{"nl": "a\\nb"}\'',
+            "'[]'",
+        ],
+    ),
     "int_arr": ("int[]", ["'{1,2,NULL,4}'", "'{}'", "'[0:1]={7,8}'"]),
     "int_arr2": ("int[][]", ["'{{1,2},{3,NULL}}'", "'{{{1}},{{2}}}'"]),
     "int8_arr": ("int8[]", ["'{9223372036854775807}'"]),
-    "text_arr": ("text[]", ["'{a,\"b c\",NULL,\"\\\\\"}'", "'{}'", "ARRAY['x' || chr(10) || 'y']"]),
+    "text_arr": ("text[]", ['\'{a,"b c",NULL,"\\\\"}\'', "'{}'", "ARRAY['x' || chr(10) || 'y']"]),
     "bool_arr": ("bool[]", ["'{t,f,NULL}'"]),
     "num_arr": ("numeric[]", ["'{1.10,NaN,12345678901234567890.5}'"]),
     "float_arr": ("float8[]", ["'{0.1,NaN,Infinity,-Infinity}'"]),
@@ -87,8 +150,10 @@ COLUMNS: dict[str, tuple[str, list[str]]] = {
     "dom_ts": ("when_tz", ["'2024-01-01 10:00:00+01'", "'infinity'"]),
     "dom_char": ("padded", ["'ab'"]),
     "dom_jsonb": ("doc", ["'{\"k\": [1, 2]}'"]),
-    "composite": ("pair", ["ROW(1, 'x\"y', 1.50, '2024-01-01 00:00:00+00')::pair",
-                           "ROW(NULL, NULL, 'NaN', 'infinity')::pair"]),
+    "composite": (
+        "pair",
+        ["ROW(1, 'x\"y', 1.50, '2024-01-01 00:00:00+00')::pair", "ROW(NULL, NULL, 'NaN', 'infinity')::pair"],
+    ),
     "composite_json": ("holder", ["ROW('{\"a\":\n 1}', '{1,2}')::holder"]),
     "int4range": ("int4range", ["'[1,5)'", "'empty'", "'(,)'"]),
     "tstzrange": ("tstzrange", ["'[2024-01-01 00:00:00+00,2024-02-01 00:00:00+00)'"]),
@@ -124,8 +189,10 @@ def create_every_type(db: Database, table: str = "every_type", rows: bool = True
     cols = ",\n".join(f'  "{name}" {typ}' for name, (typ, _) in COLUMNS.items())
     # PostgreSQL 18 adds virtual generated columns (its default): to_json includes them, so must we.
     virtual = ',\n  "virtual" numeric GENERATED ALWAYS AS ("int4" * 3.0) VIRTUAL' if db.cluster.major >= 18 else ""
-    db.sql(TYPES_SQL + f'CREATE TABLE {table} (id int PRIMARY KEY,\n{cols},\n'
-           f'  "generated" numeric GENERATED ALWAYS AS ("int4" * 2.5) STORED{virtual});')
+    db.sql(
+        TYPES_SQL + f"CREATE TABLE {table} (id int PRIMARY KEY,\n{cols},\n"
+        f'  "generated" numeric GENERATED ALWAYS AS ("int4" * 2.5) STORED{virtual});'
+    )
     if not rows:
         return
     names = ", ".join(f'"{n}"' for n in COLUMNS)
@@ -143,10 +210,15 @@ def expected_rows(db: Database, table: str = "every_type") -> dict[int, Any]:
     array whose lower bounds are not all 1 is its text form ('[0:1]={7,8}'), a JSON string."""
     rows = db.fetch(f"SELECT id, to_json(t)::text FROM {table} t")
     expected = {row[0]: parse_json(row[1]) for row in rows}
-    arrays = [r[0] for r in db.fetch(
-        "SELECT a.attname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
-        "LEFT JOIN pg_type b ON b.oid = t.typbasetype WHERE a.attrelid = $1::regclass AND a.attnum > 0 "
-        "AND 'A' IN (t.typcategory, b.typcategory)", table)]
+    arrays = [
+        r[0]
+        for r in db.fetch(
+            "SELECT a.attname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+            "LEFT JOIN pg_type b ON b.oid = t.typbasetype WHERE a.attrelid = $1::regclass AND a.attnum > 0 "
+            "AND 'A' IN (t.typcategory, b.typcategory)",
+            table,
+        )
+    ]
     for key in arrays:
         column = '"' + key.replace('"', '""') + '"'
         for row_id, text in db.fetch(f"SELECT id, {column}::text FROM {table} WHERE left({column}::text, 1) = '['"):
@@ -166,8 +238,7 @@ def assert_same_as_to_json(db: Database, result: Result, table: str = "every_typ
             assert type(got[row_id][key]) is type(want[key]), f"row {row_id}, column {key!r}: JSON type"
 
 
-@pytest.mark.parametrize("fmt,compression", [("jsonl", "none"), ("json", "none"), ("jsonl", "gzip"),
-                                             ("json", "gzip")])
+@pytest.mark.parametrize("fmt,compression", [("jsonl", "none"), ("json", "none"), ("jsonl", "gzip"), ("json", "gzip")])
 def test_every_type_equals_to_json(db: Database, fmt: str, compression: str) -> None:
     create_every_type(db)
     result = db.dump("--format", fmt, "--compression", compression)
@@ -180,15 +251,18 @@ def test_contract_holds_with_one_row_per_fetch(db: Database) -> None:
     one = db.dump("--batch-rows", "1", "--run-id", "one")
     many = db.dump("--run-id", "many")
     assert one.code == many.code == 0
-    assert (one.output / "one" / "public.every_type.jsonl").read_bytes() == \
-        (many.output / "many" / "public.every_type.jsonl").read_bytes()
+    assert (one.output / "one" / "public.every_type.jsonl").read_bytes() == (
+        many.output / "many" / "public.every_type.jsonl"
+    ).read_bytes()
     assert_same_as_to_json(db, many)
 
 
 def test_long_numbers_are_not_rounded(db: Database) -> None:
-    db.sql("CREATE TABLE n (v numeric, j jsonb); INSERT INTO n VALUES "
-           "(123456789012345678901234567890123456789.987654321, "
-           "'{\"x\": 0.1000000000000000055511151231257827}')")
+    db.sql(
+        "CREATE TABLE n (v numeric, j jsonb); INSERT INTO n VALUES "
+        "(123456789012345678901234567890123456789.987654321, "
+        "'{\"x\": 0.1000000000000000055511151231257827}')"
+    )
     result = db.dump()
     line = (result.run_dir / "public.n.jsonl").read_text()
     assert '"v":123456789012345678901234567890123456789.987654321' in line

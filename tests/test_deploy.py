@@ -26,8 +26,12 @@ def docs() -> dict[str, Any]:
 
 @pytest.mark.parametrize("version", ["1.29.0", "1.33.0", "1.37.0"])
 def test_manifests_validate_strictly(version: str) -> None:
-    result = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", "-k", version, str(MANIFEST)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [str(BIN / "kubernetes-validate"), "--strict", "-k", version, str(MANIFEST)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("passed") == 3
 
@@ -35,8 +39,9 @@ def test_manifests_validate_strictly(version: str) -> None:
 def test_security_and_job_settings_stay() -> None:
     d = docs()
     assert d["ServiceAccount"]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
-    assert {"DUMPER_HOST", "DUMPER_PORT", "DUMPER_DBNAME", "DUMPER_USER", "DUMPER_REGION",
-            "DUMPER_OUTPUT"} <= set(d["ConfigMap"]["data"])
+    assert {"DUMPER_HOST", "DUMPER_PORT", "DUMPER_DBNAME", "DUMPER_USER", "DUMPER_REGION", "DUMPER_OUTPUT"} <= set(
+        d["ConfigMap"]["data"]
+    )
     cron = d["CronJob"]["spec"]
     assert cron["concurrencyPolicy"] == "Forbid"
     assert cron["startingDeadlineSeconds"] > 0 and cron["timeZone"]
@@ -97,8 +102,12 @@ def test_the_pod_holds_no_api_token_and_no_fallback_credentials() -> None:
 @pytest.mark.parametrize("version", ["1.29", "1.33"])
 def test_network_policy_validates_and_allows_only_what_a_dump_needs(version: str) -> None:
     policy_file = ROOT / "k8s" / "networkpolicy.yaml"
-    result = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", "-k", version, str(policy_file)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [str(BIN / "kubernetes-validate"), "--strict", "-k", version, str(policy_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     policy = yaml.safe_load(policy_file.read_text())["spec"]
     assert policy["ingress"] == [] and set(policy["policyTypes"]) == {"Ingress", "Egress"}
@@ -107,8 +116,9 @@ def test_network_policy_validates_and_allows_only_what_a_dump_needs(version: str
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    result = subprocess.run([str(BIN / "hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        [str(BIN / "hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     text = (ROOT / "Dockerfile").read_text()
     assert "ARG BASE=" in text and "USER 10001:10001" in text
@@ -123,9 +133,26 @@ def test_dockerfile_passes_hadolint() -> None:
 
 def _psql_file(db: Database, *args: str) -> str:
     result = subprocess.run(
-        ["psql", "-X", "-q", "-h", str(db.cluster.socket_dir), "-p", str(db.cluster.port), "-U", "postgres",
-         "-d", db.name, *args, "-f", str(ROOT / "sql" / "dumper_role.sql")],
-        capture_output=True, text=True, check=False)
+        [
+            "psql",
+            "-X",
+            "-q",
+            "-h",
+            str(db.cluster.socket_dir),
+            "-p",
+            str(db.cluster.port),
+            "-U",
+            "postgres",
+            "-d",
+            db.name,
+            *args,
+            "-f",
+            str(ROOT / "sql" / "dumper_role.sql"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return result.stderr
 
@@ -134,21 +161,27 @@ def _psql_file(db: Database, *args: str) -> str:
 @pytest.mark.parametrize("read_all", [False, True], ids=["schema-grants", "read-all-opt-in"])
 def test_sql_role_script_is_idempotent_and_gives_read_only_access(db: Database, read_all: bool) -> None:
     role = "dumper_sql_test"
-    db.cluster.psql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rds_iam') "
-                    "THEN CREATE ROLE rds_iam NOLOGIN; END IF; END $$;")  # stand-in for RDS's role
-    db.sql("CREATE SCHEMA app; CREATE TABLE app.orders (id serial); INSERT INTO app.orders VALUES (1), (2);"
-           "SELECT setval('app.orders_id_seq', 2);"
-           "CREATE TABLE public.notes (t text); INSERT INTO public.notes VALUES ('x');"
-           "CREATE SCHEMA hr; CREATE TABLE hr.salaries (n int); INSERT INTO hr.salaries VALUES (1);")
+    db.cluster.psql(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rds_iam') "
+        "THEN CREATE ROLE rds_iam NOLOGIN; END IF; END $$;"
+    )  # stand-in for RDS's role
+    db.sql(
+        "CREATE SCHEMA app; CREATE TABLE app.orders (id serial); INSERT INTO app.orders VALUES (1), (2);"
+        "SELECT setval('app.orders_id_seq', 2);"
+        "CREATE TABLE public.notes (t text); INSERT INTO public.notes VALUES ('x');"
+        "CREATE SCHEMA hr; CREATE TABLE hr.salaries (n int); INSERT INTO hr.salaries VALUES (1);"
+    )
     args = ["-v", f"role={role}", "-v", "schemas=app,public", *(["-v", "read_all=on"] if read_all else [])]
     try:
         _psql_file(db, *args)
         _psql_file(db, *args)  # again: nothing fails, nothing changes
         # Default privileges: a table and a sequence created later.
         db.sql("CREATE TABLE app.later (id int); INSERT INTO app.later VALUES (7); CREATE SEQUENCE app.later_seq;")
-        member_of = db.cluster.psql(f"SELECT string_agg(b.rolname, ',' ORDER BY b.rolname) FROM pg_auth_members m "
-                                    f"JOIN pg_roles r ON r.oid = m.member JOIN pg_roles b ON b.oid = m.roleid "
-                                    f"WHERE r.rolname = '{role}'").strip()
+        member_of = db.cluster.psql(
+            f"SELECT string_agg(b.rolname, ',' ORDER BY b.rolname) FROM pg_auth_members m "
+            f"JOIN pg_roles r ON r.oid = m.member JOIN pg_roles b ON b.oid = m.roleid "
+            f"WHERE r.rolname = '{role}'"
+        ).strip()
         assert member_of == ("pg_read_all_data,rds_iam" if read_all else "rds_iam")
         db.cluster.psql(f"ALTER ROLE {role} PASSWORD 'test-only'")  # the test server has no IAM for this role
         result = db.dump("--schema", "app", "--schema", "public", user=role, password="test-only")
@@ -175,7 +208,9 @@ def test_sql_role_script_runs_no_code_planted_in_public(db: Database) -> None:
     role = "dumper_sql_planted"
     # Look-alikes, each an exact type match for a call the script makes, as a
     # role with CREATE on public could plant them; run as the superuser.
-    db.sql(PLANT_SQL + """
+    db.sql(
+        PLANT_SQL
+        + """
         CREATE FUNCTION public.format(text, text) RETURNS text LANGUAGE plpgsql
             AS $$ BEGIN RAISE EXCEPTION 'PLANTED format ran as %', current_user; END $$;
         CREATE FUNCTION public.format(text, name, text, name) RETURNS text LANGUAGE plpgsql
@@ -186,7 +221,8 @@ def test_sql_role_script_runs_no_code_planted_in_public(db: Database) -> None:
             AS $$ BEGIN RAISE EXCEPTION 'PLANTED pg_get_userbyid ran as %', current_user; END $$;
         CREATE FUNCTION public.current_database() RETURNS name LANGUAGE plpgsql
             AS $$ BEGIN RAISE EXCEPTION 'PLANTED current_database ran as %', current_user; END $$;
-    """)
+    """
+    )
     try:
         stderr = _psql_file(db, "-v", f"role={role}")
         assert "PLANTED" not in stderr
@@ -201,8 +237,12 @@ DRILL_MANIFEST = ROOT / "k8s" / "drill-cronjob.yaml"
 
 @pytest.mark.parametrize("version", ["1.29.0", "1.37.0"])
 def test_the_drill_cronjob_validates_and_runs_with_its_own_role(version: str) -> None:
-    result = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", "-k", version, str(DRILL_MANIFEST)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [str(BIN / "kubernetes-validate"), "--strict", "-k", version, str(DRILL_MANIFEST)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     d = {o["kind"]: o for o in yaml.safe_load_all(DRILL_MANIFEST.read_text())}
     assert d["ServiceAccount"]["metadata"]["name"] == "dumper-drill" != docs()["ServiceAccount"]["metadata"]["name"]
@@ -227,13 +267,33 @@ def test_the_drill_role_script_gives_createdb_and_nothing_more(db: Database) -> 
     role = "dumper_drill_sql_test"
     for _ in range(2):  # idempotent
         result = subprocess.run(
-            ["psql", "-X", "-q", "-h", str(db.cluster.socket_dir), "-p", str(db.cluster.port), "-U", "postgres",
-             "-d", db.name, "-v", f"role={role}", "-f", str(ROOT / "sql" / "drill_role.sql")],
-            capture_output=True, text=True, check=False)
+            [
+                "psql",
+                "-X",
+                "-q",
+                "-h",
+                str(db.cluster.socket_dir),
+                "-p",
+                str(db.cluster.port),
+                "-U",
+                "postgres",
+                "-d",
+                db.name,
+                "-v",
+                f"role={role}",
+                "-f",
+                str(ROOT / "sql" / "drill_role.sql"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert result.returncode == 0, result.stderr
     try:
-        flags = db.fetch("SELECT rolcanlogin, rolcreatedb, rolsuper, rolcreaterole, rolbypassrls FROM pg_roles "
-                         "WHERE rolname = $1", role)[0]
+        flags = db.fetch(
+            "SELECT rolcanlogin, rolcreatedb, rolsuper, rolcreaterole, rolbypassrls FROM pg_roles WHERE rolname = $1",
+            role,
+        )[0]
         assert tuple(flags) == (True, True, False, False, False)
         db.sql("CREATE TABLE t (id serial PRIMARY KEY, v text); INSERT INTO t (v) VALUES ('a'), ('b');")
         dumped = db.dump("--run-id", "for-drill")

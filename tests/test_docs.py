@@ -36,8 +36,10 @@ def test_every_option_is_documented_in_readme_and_help(option: object) -> None:
 
 def test_every_exit_code_is_documented() -> None:
     from dumper import errors
-    codes = {cls.exit_code for cls in vars(errors).values()
-             if isinstance(cls, type) and issubclass(cls, errors.DumperError)}
+
+    codes = {
+        cls.exit_code for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.DumperError)
+    }
     table = README.split("## Exit codes", 1)[1]
     for code in codes | {0, 143}:
         assert re.search(rf"^\| (\d+ / )?{code}( / \d+)? \|", table, re.M), f"exit code {code}"

@@ -35,8 +35,15 @@ INSERT INTO slow VALUES (1);
 
 def scratch_databases(db: Database) -> list[str]:
     """The drill scratch databases of this test (their names hold its database's: its run ids do)."""
-    return [r[0] for r in db.fetch("SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') = $1 "
-                                   "AND strpos(datname, $2) > 0", MARKER, db.name)]
+    return [
+        r[0]
+        for r in db.fetch(
+            "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') = $1 "
+            "AND strpos(datname, $2) > 0",
+            MARKER,
+            db.name,
+        )
+    ]
 
 
 @pytest.fixture
@@ -76,10 +83,12 @@ def test_rows_that_do_not_come_back_fail_the_drill_naming_the_table(db: Database
     dumped = good_dump(db)
     # A pre-data that changes rows on their way in (a trigger there fires during the load).
     pre = dumped.run_dir / "schema.pre-data.sql"
-    pre.write_text(pre.read_text() + "\nCREATE FUNCTION public.mangle() RETURNS trigger LANGUAGE plpgsql AS "
-                   "$$BEGIN NEW.name := NEW.name || '!'; RETURN NEW; END$$;\n"
-                   "CREATE TRIGGER mangled BEFORE INSERT ON public.pets FOR EACH ROW "
-                   "EXECUTE FUNCTION public.mangle();\n")
+    pre.write_text(
+        pre.read_text() + "\nCREATE FUNCTION public.mangle() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN NEW.name := NEW.name || '!'; RETURN NEW; END$$;\n"
+        "CREATE TRIGGER mangled BEFORE INSERT ON public.pets FOR EACH ROW "
+        "EXECUTE FUNCTION public.mangle();\n"
+    )
     manifest_path = dumped.run_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     data = pre.read_bytes()
@@ -95,9 +104,11 @@ def test_rows_that_do_not_come_back_fail_the_drill_naming_the_table(db: Database
     assert body["mismatches"] == [m for m in body["mismatches"] if m.startswith("table public.pets: 5 rows in the")]
     assert len(body["mismatches"]) == 1 and body["location"] == str(dumped.run_dir)
     assert "1 table(s) did not come back exactly" in result.stderr
-    assert ("table public.pets: 5 rows in the dump, 5 restored; a row of the dump that did not come back: "
-            "'{\"id\":1,\"owner_id\":1,\"name\":\"pet 1\"}'; a restored row that is not in the dump: "
-            "'{\"id\":1,\"owner_id\":1,\"name\":\"pet 1!\"}'") in result.stderr
+    assert (
+        "table public.pets: 5 rows in the dump, 5 restored; a row of the dump that did not come back: "
+        '\'{"id":1,"owner_id":1,"name":"pet 1"}\'; a restored row that is not in the dump: '
+        '\'{"id":1,"owner_id":1,"name":"pet 1!"}\''
+    ) in result.stderr
     assert "public.people" not in result.stderr.split("did not come back exactly")[1]
     assert scratch_databases(db) == []
     assert list(private_tmp.iterdir()) == []
@@ -117,8 +128,10 @@ def test_rows_the_server_refuses_fail_the_drill_naming_the_table(db: Database, p
     manifest_path.write_text(json.dumps(manifest))
     result = db.drill(dumped.run_dir)
     assert result.code == 7, result.stderr
-    assert f"the dump {dumped.run_dir} did not come back: table public.pets: InvalidTextRepresentationError" \
+    assert (
+        f"the dump {dumped.run_dir} did not come back: table public.pets: InvalidTextRepresentationError"
         in result.stderr
+    )
     assert "(the restore failed)" in result.stderr
     assert scratch_databases(db) == []
     assert list(private_tmp.iterdir()) == []
@@ -144,8 +157,13 @@ def test_a_role_without_createdb_is_told(db: Database) -> None:
 
 
 def sleeping_in_scratch(db: Database) -> bool:
-    return bool(db.fetch("SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'dumper_drill_%' "
-                         "AND strpos(datname, $1) > 0 AND wait_event = 'PgSleep'", db.name)[0][0])
+    return bool(
+        db.fetch(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'dumper_drill_%' "
+            "AND strpos(datname, $1) > 0 AND wait_event = 'PgSleep'",
+            db.name,
+        )[0][0]
+    )
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -191,9 +209,9 @@ def good_dump_again(db: Database) -> Result:
     return result
 
 
-def test_the_newest_run_on_s3_drills_with_the_shipped_drill_policy(db: Database, s3: Any, moto: Moto,
-                                                                     private_tmp: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_newest_run_on_s3_drills_with_the_shipped_drill_policy(
+    db: Database, s3: Any, moto: Moto, private_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """deploy/iam/drill-policy.json (read the bucket, nothing else), moto enforcing it;
     SOURCE is the output folder: its LATEST names the run."""
     from moto.core import enable_iam_authentication
@@ -236,9 +254,11 @@ def test_a_scratch_name_of_a_database_that_is_not_a_drills_is_refused(db: Databa
 def test_columns_in_another_order_and_rows_in_another_order_come_back(db: Database) -> None:
     """pg_dump recreates an inheritance child with its inherited columns first: the restored
     table lists them in another order than the dumped one. Every value is the same by name."""
-    db.sql("CREATE TABLE parent (a int); CREATE TABLE child (b text) INHERITS (parent);"
-           "ALTER TABLE parent ADD COLUMN c int;"  # the child: a, b, c; recreated: a, c, b
-           "INSERT INTO child VALUES (1, 'x', 3), (2, 'y', 4);")
+    db.sql(
+        "CREATE TABLE parent (a int); CREATE TABLE child (b text) INHERITS (parent);"
+        "ALTER TABLE parent ADD COLUMN c int;"  # the child: a, b, c; recreated: a, c, b
+        "INSERT INTO child VALUES (1, 'x', 3), (2, 'y', 4);"
+    )
     order = "SELECT attname FROM pg_attribute WHERE attrelid = 'child'::regclass AND attnum > 0 ORDER BY attnum"
     assert [r[0] for r in db.fetch(order)] == ["a", "b", "c"]
     dumped = db.dump("--run-id", f"n_{db.name}")
@@ -249,21 +269,34 @@ def test_columns_in_another_order_and_rows_in_another_order_come_back(db: Databa
 def test_sameness_is_by_column_name_and_as_a_multiset_of_rows() -> None:
     from dumper.sameness import difference
 
-    dump = [b'{"a":1,"b":"x","n":123456789012345678901234567890.1}', b'{"a":2,"b":"y","n":0.1}',
-            b'{"a":2,"b":"y","n":0.1}']
+    dump = [
+        b'{"a":1,"b":"x","n":123456789012345678901234567890.1}',
+        b'{"a":2,"b":"y","n":0.1}',
+        b'{"a":2,"b":"y","n":0.1}',
+    ]
     columns = ["a", "b", "n"]
 
     def same(restored: list[bytes]) -> str | None:
         return difference(lambda: iter(dump), lambda: iter(restored), columns)
 
-    assert same([b'{"n":0.1,"a":2,"b":"y"}', b'{"b":"x","a":1,"n":123456789012345678901234567890.1}',
-                 b'{"a":2,"b":"y","n":0.1}']) is None, "other column and row order: the same"
-    assert "3 rows in the dump, 2 restored; a row of the dump that did not come back: " \
-        "'{\"a\":2,\"b\":\"y\",\"n\":0.1}'" in (same(dump[:2]) or "")
+    assert (
+        same(
+            [
+                b'{"n":0.1,"a":2,"b":"y"}',
+                b'{"b":"x","a":1,"n":123456789012345678901234567890.1}',
+                b'{"a":2,"b":"y","n":0.1}',
+            ]
+        )
+        is None
+    ), "other column and row order: the same"
+    assert '3 rows in the dump, 2 restored; a row of the dump that did not come back: \'{"a":2,"b":"y","n":0.1}\'' in (
+        same(dump[:2]) or ""
+    )
     changed = same([dump[0], dump[1], b'{"a":2,"b":"y","n":0.10}'])  # the same number, other digits: changed
-    assert changed and "a restored row that is not in the dump: '{\"a\":2,\"b\":\"y\",\"n\":0.10}'" in changed
-    assert "not ['a', 'b', 'n']" not in (same([b'{"a":1}']) or "") and "the restored table has the columns ['a']" \
-        in (same([b'{"a":1}']) or "")
+    assert changed and 'a restored row that is not in the dump: \'{"a":2,"b":"y","n":0.10}\'' in changed
+    assert "not ['a', 'b', 'n']" not in (same([b'{"a":1}']) or "") and "the restored table has the columns ['a']" in (
+        same([b'{"a":1}']) or ""
+    )
 
 
 def test_a_dump_whose_schema_file_does_not_match_its_columns_does_not_come_back(db: Database) -> None:
@@ -275,6 +308,8 @@ def test_a_dump_whose_schema_file_does_not_match_its_columns_does_not_come_back(
     manifest_path.write_text(json.dumps(manifest))
     result = db.drill(dumped.run_dir)
     assert result.code == 7, result.stderr
-    assert "did not come back: the target tables do not match the dump: table public.pets: has no column " \
+    assert (
+        "did not come back: the target tables do not match the dump: table public.pets: has no column "
         "'nickname'" in result.stderr
+    )
     assert scratch_databases(db) == []

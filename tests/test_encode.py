@@ -35,10 +35,16 @@ def test_timestamp_to_xsd() -> None:
 
 
 def test_numbers_are_verbatim_unless_not_finite() -> None:
-    row = {"a": encode.number("12345678901234567890.000000000000000000001"), "b": encode.number("NaN"),
-           "c": encode.number("-Infinity"), "d": encode.number("1e+100")}
-    assert msgspec.json.encode(row) == \
-        b'{"a":12345678901234567890.000000000000000000001,"b":"NaN","c":"-Infinity","d":1e+100}'
+    row = {
+        "a": encode.number("12345678901234567890.000000000000000000001"),
+        "b": encode.number("NaN"),
+        "c": encode.number("-Infinity"),
+        "d": encode.number("1e+100"),
+    }
+    assert (
+        msgspec.json.encode(row)
+        == b'{"a":12345678901234567890.000000000000000000001,"b":"NaN","c":"-Infinity","d":1e+100}'
+    )
 
 
 def test_json_text_keeps_one_row_per_line() -> None:
@@ -48,13 +54,16 @@ def test_json_text_keeps_one_row_per_line() -> None:
     assert json.loads(out) == {"j": json.loads(text)}
 
 
-@given(st.lists(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=2, max_size=2), max_size=30),
-       st.integers(1, 7), st.sampled_from(["jsonl", "json"]))
+@given(
+    st.lists(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=2, max_size=2), max_size=30),
+    st.integers(1, 7),
+    st.sampled_from(["jsonl", "json"]),
+)
 def test_framing_in_any_batches_is_valid_and_countable(rows: list[list[int]], step: int, fmt: str) -> None:
     framer = encode.Framer(fmt)
     out = framer.header()
     for i in range(0, len(rows), step):
-        batch = rows[i:i + step]
+        batch = rows[i : i + step]
         out += framer.separator(len(batch)) + encode.RowEncoder(["a", "b"], fmt == "json").encode(batch)
     out += framer.footer()
     expected = [{"a": a, "b": b} for a, b in rows]
@@ -66,9 +75,14 @@ def test_framing_in_any_batches_is_valid_and_countable(rows: list[list[int]], st
 
 
 # Values whose JSON holds ',', '\\n' and ']': a batch is joined and split on them.
-tricky = st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.text(),
-                   st.sampled_from([",\n,", "]", "\n", '{"a":1},\n,{'])
-                   .map(lambda t: encode.json_text(orjson.dumps([t, {"k": t}]).decode().replace(",", ",\n"))))
+tricky = st.one_of(
+    st.none(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.text(),
+    st.sampled_from([",\n,", "]", "\n", '{"a":1},\n,{']).map(
+        lambda t: encode.json_text(orjson.dumps([t, {"k": t}]).decode().replace(",", ",\n"))
+    ),
+)
 
 
 @given(st.lists(st.tuples(tricky, tricky), max_size=12), st.booleans())
@@ -78,14 +92,23 @@ def test_a_batch_is_its_rows_encoded_one_by_one(rows: list[tuple[Any, Any]], arr
     assert body == (b",\n".join(lines) if array else b"".join(line + b"\n" for line in lines))
 
 
-plain_values = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
-                         st.text(st.characters(blacklist_categories=("Cs",))), st.lists(st.text(), max_size=3))
-column_names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
-                       max_size=63)
+plain_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.text(st.characters(blacklist_categories=("Cs",))),
+    st.lists(st.text(), max_size=3),
+)
+column_names = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=63
+)
 
 
-@given(st.lists(column_names, min_size=1, max_size=8, unique=True).flatmap(
-    lambda names: st.tuples(st.just(names), st.lists(st.tuples(*[plain_values] * len(names)), max_size=5))))
+@given(
+    st.lists(column_names, min_size=1, max_size=8, unique=True).flatmap(
+        lambda names: st.tuples(st.just(names), st.lists(st.tuples(*[plain_values] * len(names)), max_size=5))
+    )
+)
 def test_any_column_names_make_the_same_bytes_as_orjson(table: tuple[list[str], list[tuple[Any, ...]]]) -> None:
     """Names msgspec takes as Struct fields and names it refuses ('"', '\\', control characters: a dict per
     row) both come out as orjson writes the row as a dict - an independent encoder as the reference."""
@@ -95,8 +118,9 @@ def test_any_column_names_make_the_same_bytes_as_orjson(table: tuple[list[str], 
     assert body == b"".join(lines)
 
 
-identifiers = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
-                      min_size=1, max_size=63).filter(lambda s: len(s.encode()) <= 63)
+identifiers = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=63
+).filter(lambda s: len(s.encode()) <= 63)
 
 
 @given(st.lists(st.tuples(identifiers, identifiers), min_size=1, max_size=20, unique=True))
@@ -114,13 +138,12 @@ def test_file_names_are_readable_for_plain_names() -> None:
     assert table_file_name("public", "Dot.ted", "json", "gzip") == "public.Dot%2Eted.json.gz"
 
 
-@given(st.lists(st.binary(max_size=2000), max_size=10), st.sampled_from(["none", "gzip"]),
-       st.integers(1, 9))
+@given(st.lists(st.binary(max_size=2000), max_size=10), st.sampled_from(["none", "gzip"]), st.integers(1, 9))
 def test_stored_writer_and_reader_agree(chunks: list[bytes], compression: str, level: int) -> None:
     """Every level (1-3: ISA-L, 4-9: zlib) writes standard gzip that gzip reads back."""
     writer = StoredWriter(compression, level)
     data = b"".join(writer.add(chunk) for chunk in chunks) + writer.finish()
     content = gzip.decompress(data) if compression == "gzip" else data
     assert content == b"".join(chunks)
-    stats = read_stats([data[i:i + 7] for i in range(0, len(data), 7)], compression)
+    stats = read_stats([data[i : i + 7] for i in range(0, len(data), 7)], compression)
     assert (stats.bytes, stats.sha256, stats.newlines) == (len(data), writer.sha256, content.count(b"\n"))

@@ -88,8 +88,10 @@ def test_the_dump_carries_the_extensions_and_only_the_users_rows_of_their_tables
     assert {"hstore", "citext", "pg_trgm", "ltree", "cube", "earthdistance"} <= set(names)
     pre = (result.run_dir / "schema.pre-data.sql").read_text()
     for name in names:
-        assert f"CREATE EXTENSION IF NOT EXISTS {name if name.isidentifier() else json.dumps(name)} WITH SCHEMA " \
-               "public;" in pre, name
+        assert (
+            f"CREATE EXTENSION IF NOT EXISTS {name if name.isidentifier() else json.dumps(name)} WITH SCHEMA "
+            "public;" in pre
+        ), name
     tables = {(t["schema"], t["table"]): t for t in manifest["tables"]}
     if with_postgis(db):
         assert {"postgis", "pgcrypto", "uuid-ossp"} <= set(names)
@@ -101,8 +103,7 @@ def test_the_dump_carries_the_extensions_and_only_the_users_rows_of_their_tables
         assert written["geom"] == written["polys"] == "text" and written["geog"] == "json"  # geography: no cast
     assert all(t.get("extension") is None for k, t in tables.items() if k != ("public", "spatial_ref_sys"))
     written = {c["name"]: c["written"] for c in tables[("public", "things")]["columns"]}
-    assert written == {"id": "json", "name": "json", "tags": "text", "path": "json", "box": "json",
-                       "tag_list": "text"}
+    assert written == {"id": "json", "name": "json", "tags": "text", "path": "json", "box": "json", "tag_list": "text"}
     first = result.rows("public", "things")[0]
     assert first["tags"] == '"a"=>"1", "b c"=>NULL, "q\\"uote"=>"x,y"', "hstore's own text, not an object"
     assert first["tag_list"] == ['"k"=>"v"', '"e"=>NULL']
@@ -137,8 +138,9 @@ def test_a_drill_of_the_extensions_database_passes_and_leaves_nothing(db: Databa
     assert left == [(db.name,)], "no scratch database left"
 
 
-def test_a_role_that_cannot_create_the_extension_is_refused_before_anything_changes(db: Database,
-                                                                                   target: Database) -> None:
+def test_a_role_that_cannot_create_the_extension_is_refused_before_anything_changes(
+    db: Database, target: Database
+) -> None:
     rich(db)
     result = dumped(db)
     role = f"r_{db.name}"
@@ -161,8 +163,9 @@ def test_a_role_that_cannot_create_the_extension_is_refused_before_anything_chan
     assert target.fetch("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace")[0][0] == 0
 
 
-def test_extension_types_cast_writes_the_casts_form_which_restore_and_drill_refuse(db: Database,
-                                                                                 target: Database) -> None:
+def test_extension_types_cast_writes_the_casts_form_which_restore_and_drill_refuse(
+    db: Database, target: Database
+) -> None:
     db.sql("CREATE EXTENSION hstore; CREATE TABLE kv (id int, tags hstore); INSERT INTO kv VALUES (1, 'a=>1');")
     result = dumped(db, "--extension-types", "cast")
     (entry,) = result.manifest()["tables"]
@@ -180,23 +183,26 @@ def test_extension_types_cast_writes_the_casts_form_which_restore_and_drill_refu
 def test_a_curve_dumps_with_text_and_fails_only_through_the_cast(db: Database) -> None:
     if not with_postgis(db):
         pytest.skip("PostGIS is Debian's, for PostgreSQL 15 (the 18 wheel has none)")
-    db.sql("CREATE EXTENSION postgis; CREATE TABLE c (g geometry); "
-           "INSERT INTO c VALUES ('CIRCULARSTRING(0 0, 1 1, 2 0)'), ('POINT M (1 2 3)');")
+    db.sql(
+        "CREATE EXTENSION postgis; CREATE TABLE c (g geometry); "
+        "INSERT INTO c VALUES ('CIRCULARSTRING(0 0, 1 1, 2 0)'), ('POINT M (1 2 3)');"
+    )
     result = dumped(db)
     assert [r["g"] for r in result.rows("public", "c")] == [r[0] for r in db.fetch("SELECT g::text FROM c")]
     cast = db.dump("--run-id", "cast", "--extension-types", "cast")
     assert cast.code == 5 and "CircularString" in cast.stderr, "GeoJSON has no curves: the user asked for it"
 
 
-def test_objects_outside_the_dumped_schemas_are_named_before_anything_changes(db: Database,
-                                                                              target: Database) -> None:
+def test_objects_outside_the_dumped_schemas_are_named_before_anything_changes(db: Database, target: Database) -> None:
     """A table access method (database-wide), a type of a schema that is not dumped, a role a
     policy is for: the schema files name them, a dump of schemas cannot carry them."""
     role = f"reader_{db.name}"
-    db.sql(f"CREATE ACCESS METHOD heap2 TYPE TABLE HANDLER heap_tableam_handler; CREATE SCHEMA other;"
-           f"CREATE TYPE other.mood AS ENUM ('ok'); CREATE ROLE {role};"
-           f"CREATE TABLE t (id int, m other.mood) USING heap2; INSERT INTO t VALUES (1, 'ok');"
-           f"ALTER TABLE t ENABLE ROW LEVEL SECURITY; CREATE POLICY p ON t TO {role} USING (true);")
+    db.sql(
+        f"CREATE ACCESS METHOD heap2 TYPE TABLE HANDLER heap_tableam_handler; CREATE SCHEMA other;"
+        f"CREATE TYPE other.mood AS ENUM ('ok'); CREATE ROLE {role};"
+        f"CREATE TABLE t (id int, m other.mood) USING heap2; INSERT INTO t VALUES (1, 'ok');"
+        f"ALTER TABLE t ENABLE ROW LEVEL SECURITY; CREATE POLICY p ON t TO {role} USING (true);"
+    )
     try:
         result = dumped(db)
     finally:
@@ -221,14 +227,18 @@ def test_objects_outside_the_dumped_schemas_are_named_before_anything_changes(db
 
 
 def test_an_extension_in_a_schema_that_is_not_dumped_is_created_there(db: Database, target: Database) -> None:
-    db.sql('CREATE SCHEMA "Ext ""Schema"""; CREATE EXTENSION hstore SCHEMA "Ext ""Schema""";'
-           'CREATE TABLE t (id int, h "Ext ""Schema""".hstore); INSERT INTO t VALUES (1, \'k=>v\');')
+    db.sql(
+        'CREATE SCHEMA "Ext ""Schema"""; CREATE EXTENSION hstore SCHEMA "Ext ""Schema""";'
+        'CREATE TABLE t (id int, h "Ext ""Schema""".hstore); INSERT INTO t VALUES (1, \'k=>v\');'
+    )
     result = dumped(db)  # --schema public only
-    assert result.manifest()["extensions"] == [{"name": "hstore", "schema": 'Ext "Schema"', "version": "1.8",
-                                                "requires": []}]
+    assert result.manifest()["extensions"] == [
+        {"name": "hstore", "schema": 'Ext "Schema"', "version": "1.8", "requires": []}
+    ]
     assert result.manifest()["requires"] == [], "the type is the extension's: CREATE EXTENSION makes it"
     restored = target.restore(result.run_dir, "--with-schema")
     assert restored.code == 0, restored.stderr
-    assert target.fetch('SELECT h::text FROM t') == [('"k"=>"v"',)]
+    assert target.fetch("SELECT h::text FROM t") == [('"k"=>"v"',)]
     assert target.fetch("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'hstore'") == [
-        ('"Ext ""Schema"""',)]
+        ('"Ext ""Schema"""',)
+    ]

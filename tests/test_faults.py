@@ -82,8 +82,9 @@ def test_an_s3_endpoint_that_stops_reading_fails_the_run_and_aborts(db: Database
     _nothing_left(s3)  # the abort did not go through the held connection: no pending upload
 
 
-@pytest.mark.parametrize("jobs", [["--jobs", "1"], ["--jobs", "2", "--split-mib", "4"]],
-                         ids=["one-connection", "split"])
+@pytest.mark.parametrize(
+    "jobs", [["--jobs", "1"], ["--jobs", "2", "--split-mib", "4"]], ids=["one-connection", "split"]
+)
 def test_a_restart_mid_table_ends_in_one_complete_dump(db: Database, jobs: list[str]) -> None:
     big(db)
     with replies_held(db) as hold:
@@ -119,8 +120,10 @@ def test_a_killed_snapshot_holder_mid_table_does_not_stop_the_run(db: Database) 
         seen = wait_for_line(proc, '"event":"started"', "public.big")
         hold.wait()
         assert_mid_table(db, "big")
-        holder = db.fetch("SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'dumper/%' "
-                          "AND datname = current_database() AND query NOT LIKE '%FROM ONLY%'")
+        holder = db.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'dumper/%' "
+            "AND datname = current_database() AND query NOT LIKE '%FROM ONLY%'"
+        )
         assert len(holder) == 1
         assert db.fetch("SELECT pg_terminate_backend($1)", holder[0][0])[0][0]
         hold.release()
@@ -131,8 +134,7 @@ def test_a_killed_snapshot_holder_mid_table_does_not_stop_the_run(db: Database) 
     assert_one_complete_dump(db, events, snapshots=1)
 
 
-def assert_one_complete_dump(db: Database, events: list[dict[str, Any]], snapshots: int,
-                             rows: int = ROWS) -> None:
+def assert_one_complete_dump(db: Database, events: list[dict[str, Any]], snapshots: int, rows: int = ROWS) -> None:
     taken = [e["snapshot_id"] for e in events if e["event"] == "snapshot taken"]
     assert len(taken) == snapshots, taken
     (run,) = run_dirs(db)
@@ -147,9 +149,11 @@ def assert_one_complete_dump(db: Database, events: list[dict[str, Any]], snapsho
 def test_huge_rows_dump_within_the_cronjobs_memory_limit(db: Database) -> None:
     # 4 documents of 48 MB each, stored compressed (repetitive): the catalog
     # says little about their size; 96 MB each as hex in JSON.
-    db.sql("CREATE TABLE docs (id int, body bytea);"
-           "INSERT INTO docs SELECT g, decode(repeat(md5(g::text), 3145728), 'hex') "
-           "FROM generate_series(1, 4) g; ANALYZE docs;")
+    db.sql(
+        "CREATE TABLE docs (id int, body bytea);"
+        "INSERT INTO docs SELECT g, decode(repeat(md5(g::text), 3145728), 'hex') "
+        "FROM generate_series(1, 4) g; ANALYZE docs;"
+    )
     peak = peak_rss_mb(db, "--run-id", "docs", "--jobs", "1")
     run = db.tmp / "out" / "docs"
     manifest = parse_json((run / "manifest.json").read_bytes())

@@ -67,8 +67,10 @@ CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = oid, FUNCTION = public.oid_e
 
 
 def planted(db: Database) -> None:
-    db.sql("CREATE TABLE t (id int, took interval, note text);"
-           "INSERT INTO t VALUES (1, '1 day', 'a'), (2, NULL, NULL);" + PLANT_SQL)
+    db.sql(
+        "CREATE TABLE t (id int, took interval, note text);"
+        "INSERT INTO t VALUES (1, '1 day', 'a'), (2, NULL, NULL);" + PLANT_SQL
+    )
     # The plant is live: a session with the default search_path runs it.
     with pytest.raises(RuntimeError, match="PLANTED unnest ran as postgres"):
         db.sql("SELECT unnest('{1}'::oid[])")
@@ -79,8 +81,10 @@ def test_planted_functions_never_run_in_a_dump(db: Database) -> None:
     result = db.dump("--jobs", "2")
     assert result.code == 0, result.stderr
     assert "PLANTED" not in result.stdout + result.stderr
-    assert result.rows("public", "t") == [{"id": 1, "took": "1 day", "note": "a"},
-                                          {"id": 2, "took": None, "note": None}]
+    assert result.rows("public", "t") == [
+        {"id": 1, "took": "1 day", "note": "a"},
+        {"id": 2, "took": None, "note": None},
+    ]
 
 
 def test_planted_functions_never_run_in_check(db: Database) -> None:
@@ -91,9 +95,15 @@ def test_planted_functions_never_run_in_check(db: Database) -> None:
 
 
 def _cli(db: Database, *argv: str, env: dict[str, str] | None = None) -> tuple[str, str]:
-    proc = subprocess.run([sys.executable, "-m", "dumper", *argv], cwd=db.tmp, capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT_DIR), **db.base_env(), **(env or {})},
-                          timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dumper", *argv],
+        cwd=db.tmp,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT_DIR), **db.base_env(), **(env or {})},
+        timeout=120,
+        check=False,
+    )
     return proc.stdout, proc.stderr + f"\nexit {proc.returncode}"
 
 
@@ -192,9 +202,18 @@ def listener() -> Iterator[tuple[int, list[bytes]]]:
 @pytest.mark.parametrize("sslmode", ["require", "verify-ca", "disable"])
 def test_iam_tokens_go_only_to_verified_servers(db: Database, sslmode: str) -> None:
     with listener() as (port, received):
-        result = db.dump("--port", str(port), "--sslmode", sslmode,
-                         env={"DUMPER_AUTH": "iam", "AWS_REGION": "eu-central-1", "AWS_ACCESS_KEY_ID": "AKIATEST",
-                              "AWS_SECRET_ACCESS_KEY": "secret-test-key"})
+        result = db.dump(
+            "--port",
+            str(port),
+            "--sslmode",
+            sslmode,
+            env={
+                "DUMPER_AUTH": "iam",
+                "AWS_REGION": "eu-central-1",
+                "AWS_ACCESS_KEY_ID": "AKIATEST",
+                "AWS_SECRET_ACCESS_KEY": "secret-test-key",
+            },
+        )
     assert result.code == 2
     assert f"--sslmode {sslmode}: --auth iam sends an IAM token" in result.stderr
     assert "verify-full" in result.stderr
@@ -236,16 +255,16 @@ def test_webhook_and_pushgateway_urls_from_files_stay_out_of_logs_and_repr(db: D
         url = f"{hook.url}/services/T000/B000/XOXB-SECRET-TOKEN?token=QUERY-SECRET"
         url_file = db.tmp / "webhook-url"
         url_file.write_text(url + "\n")
-        result = db.dump("--notify-url-file", str(url_file),
-                         "--pushgateway-url", "http://user:PUSH-SECRET@127.0.0.1:9/")
+        result = db.dump(
+            "--notify-url-file", str(url_file), "--pushgateway-url", "http://user:PUSH-SECRET@127.0.0.1:9/"
+        )
     assert result.code == 0, result.stderr
     assert hook.requests and hook.requests[0].path.endswith("XOXB-SECRET-TOKEN?token=QUERY-SECRET")
     shown = result.stdout + result.stderr
     assert "could not publish to the pushgateway" in shown  # nothing listens there: the error is logged
     for secret in ("XOXB-SECRET-TOKEN", "QUERY-SECRET", "PUSH-SECRET"):
         assert secret not in shown
-    settings = resolve({"notify_url": url, "pushgateway_url": "http://user:PUSH-SECRET@gw:9091/"},
-                       {"USER": "u"})
+    settings = resolve({"notify_url": url, "pushgateway_url": "http://user:PUSH-SECRET@gw:9091/"}, {"USER": "u"})
     assert "SECRET" not in repr(settings) and "SECRET" not in str(settings.public_dict())
 
 
@@ -259,8 +278,13 @@ def test_verify_refuses_paths_that_leave_the_run_folder(db: Database) -> None:
     (run / "link.jsonl").symlink_to(outside)
     manifest = orjson.loads((run / "manifest.json").read_bytes())
     good = manifest["tables"][0]
-    manifest["tables"] = [good, {**good, "path": "../../outside.txt"}, {**good, "path": str(outside)},
-                          {**good, "path": "link.jsonl"}, {**good, "path": "..\\outside.txt"}]
+    manifest["tables"] = [
+        good,
+        {**good, "path": "../../outside.txt"},
+        {**good, "path": str(outside)},
+        {**good, "path": "link.jsonl"},
+        {**good, "path": "..\\outside.txt"},
+    ]
     (run / "manifest.json").write_bytes(orjson.dumps(manifest))
     code, out = _verify(str(run))
     assert code == 7
@@ -290,9 +314,15 @@ def test_verify_reads_a_gzip_bomb_in_bounded_memory(db: Database) -> None:
         for _ in range(96):
             bomb.write(chunk)
     report = db.tmp / "rss.txt"
-    proc = subprocess.run([sys.executable, "-m", "devtools.peak_rss", str(report), sys.executable, "-m", "dumper",
-                           "verify", str(run)], cwd=db.tmp, capture_output=True, text=True, timeout=600,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT_DIR)}, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "devtools.peak_rss", str(report), sys.executable, "-m", "dumper", "verify", str(run)],
+        cwd=db.tmp,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT_DIR)},
+        check=False,
+    )
     assert proc.returncode == 7, proc.stderr
     assert "MISMATCH" in proc.stdout
     peak_mb = int(report.read_text().split("peak_rss_kb=")[1].split()[0]) / 1024

@@ -34,8 +34,11 @@ ROLE_ARN = "arn:aws:iam::123456789012:role/dumper-irsa"
 @pytest.fixture(scope="session")
 def iam_server(cluster: Cluster, moto: Moto) -> Iterator[IamLdapServer]:
     server = IamLdapServer(TokenCheck("localhost", cluster.port, REGION, Moto.credentials_for)).start()
-    rules = "\n".join(f'hostssl all {IAM_USER} {net} ldap ldapserver=127.0.0.1 ldapport={server.port} '
-                      'ldapprefix="cn=" ldapsuffix=",dc=rds"' for net in ("127.0.0.1/32", "::1/128"))
+    rules = "\n".join(
+        f"hostssl all {IAM_USER} {net} ldap ldapserver=127.0.0.1 ldapport={server.port} "
+        'ldapprefix="cn=" ldapsuffix=",dc=rds"'
+        for net in ("127.0.0.1/32", "::1/128")
+    )
     cluster.psql(f"CREATE ROLE {IAM_USER} LOGIN; GRANT pg_read_all_data TO {IAM_USER};")
     try:
         with cluster.hba_rule(rules):  # the cluster is left as it was found
@@ -46,14 +49,20 @@ def iam_server(cluster: Cluster, moto: Moto) -> Iterator[IamLdapServer]:
 
 
 @pytest.fixture
-def irsa(iam_server: IamLdapServer, moto: Moto, tmp_path: Path,
-         monkeypatch: pytest.MonkeyPatch) -> IamLdapServer:
+def irsa(iam_server: IamLdapServer, moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> IamLdapServer:
     """The environment EKS injects for IRSA, pointed at moto's STS; no static keys."""
     token_file = tmp_path / "web-identity-token"
     token_file.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZHVtcGVyIn0.sig")
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                "AWS_DEFAULT_REGION", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_ENDPOINT_URL"):
+    for var in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_REGION",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_ENDPOINT_URL",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_ROLE_ARN", ROLE_ARN)
     monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
@@ -71,8 +80,14 @@ pytestmark = pytest.mark.requires("tls", "ldap")  # RDS-like IAM logins: TLS, an
 
 
 def iam_env(**extra: str) -> dict[str, str]:
-    return {"DUMPER_AUTH": "iam", "PGUSER": IAM_USER, "PGPASSWORD": "", "AWS_REGION": REGION,
-            "AWS_ROLE_ARN": ROLE_ARN, **extra}
+    return {
+        "DUMPER_AUTH": "iam",
+        "PGUSER": IAM_USER,
+        "PGPASSWORD": "",
+        "AWS_REGION": REGION,
+        "AWS_ROLE_ARN": ROLE_ARN,
+        **extra,
+    }
 
 
 def settings_for(db: Database, **flags: str) -> object:
@@ -129,19 +144,27 @@ def _token(db: Database, *args: str) -> str:
     return out.getvalue().strip()
 
 
-HELP = ["GRANT rds_iam TO iam_dumper", "rds-db:connect",
-        f"arn:aws:rds-db:{REGION}:ACCOUNT:dbuser:DBI_RESOURCE_ID/iam_dumper", "not a CNAME"]
+HELP = [
+    "GRANT rds_iam TO iam_dumper",
+    "rds-db:connect",
+    f"arn:aws:rds-db:{REGION}:ACCOUNT:dbuser:DBI_RESOURCE_ID/iam_dumper",
+    "not a CNAME",
+]
 
 
 @REFUSED_LOGIN
-@pytest.mark.parametrize("variant,reason", [
-    ("tampered", "signature does not match"),
-    ("other user", "token is for user 'someone_else'"),
-    ("other port", "not localhost:"),
-    ("other region", "credential scope us-west-2/rds-db"),
-])
-def test_bad_tokens_are_rejected_with_the_helpful_message(db: Database, irsa: IamLdapServer, variant: str,
-                                                          reason: str) -> None:
+@pytest.mark.parametrize(
+    "variant,reason",
+    [
+        ("tampered", "signature does not match"),
+        ("other user", "token is for user 'someone_else'"),
+        ("other port", "not localhost:"),
+        ("other region", "credential scope us-west-2/rds-db"),
+    ],
+)
+def test_bad_tokens_are_rejected_with_the_helpful_message(
+    db: Database, irsa: IamLdapServer, variant: str, reason: str
+) -> None:
     good = _token(db)
     token = {
         "tampered": good.replace("X-Amz-Signature=", "X-Amz-Signature=0")[:-1],
@@ -165,6 +188,7 @@ def test_the_good_token_from_dumper_token_logs_in(db: Database, irsa: IamLdapSer
     async def go() -> str:
         async def password() -> str:
             return token
+
         conn = await pg.connect(settings, password)
         try:
             return str(await conn.fetchval("SELECT current_user"))
@@ -206,6 +230,7 @@ def test_expired_token_is_rejected_and_a_new_one_is_signed(db: Database, irsa: I
         async def go() -> None:
             conn = await pg.connect(settings, provider)  # type: ignore[arg-type]
             await conn.close()
+
         asyncio.run(go())
 
     login()
@@ -238,17 +263,22 @@ def test_no_secret_reaches_logs_manifest_or_repr(db: Database, irsa: IamLdapServ
     akid = irsa.tokens[0].split("X-Amz-Credential=")[1].split("%2F")[0]
     secret, session_token = Moto.credentials_for(akid) or ("?", "?")
     settings = settings_for(db)
-    texts = [result.stdout, result.stderr, failed.stdout, failed.stderr,
-             (result.run_dir / "manifest.json").read_text(), repr(settings),
-             repr(IamToken(settings))]  # type: ignore[arg-type]
+    texts = [
+        result.stdout,
+        result.stderr,
+        failed.stdout,
+        failed.stderr,
+        (result.run_dir / "manifest.json").read_text(),
+        repr(settings),
+        repr(IamToken(settings)),
+    ]  # type: ignore[arg-type]
     for text in texts:
         for secret_value in [secret, session_token, *irsa.tokens]:
             assert secret_value not in text
         assert "X-Amz-Signature" not in text
 
 
-def test_no_credentials_is_a_clear_error(db: Database, irsa: IamLdapServer,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_credentials_is_a_clear_error(db: Database, irsa: IamLdapServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_ROLE_ARN")
     monkeypatch.delenv("AWS_WEB_IDENTITY_TOKEN_FILE")
     result = db.dump(env=iam_env())
@@ -257,9 +287,11 @@ def test_no_credentials_is_a_clear_error(db: Database, irsa: IamLdapServer,
     assert "eks.amazonaws.com/role-arn" in result.stderr
 
 
-STS_DENIED = (b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
-              b"<Code>AccessDenied</Code><Message>Not authorized to perform sts:AssumeRoleWithWebIdentity"
-              b"</Message></Error><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ErrorResponse>")
+STS_DENIED = (
+    b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
+    b"<Code>AccessDenied</Code><Message>Not authorized to perform sts:AssumeRoleWithWebIdentity"
+    b"</Message></Error><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ErrorResponse>"
+)
 
 
 def test_sts_denied_names_the_role(db: Database, irsa: IamLdapServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -273,8 +305,7 @@ def test_sts_denied_names_the_role(db: Database, irsa: IamLdapServer, monkeypatc
     assert "AccessDenied" in result.stderr and "trust policy" in result.stderr
 
 
-def test_missing_region_is_a_usage_error(db: Database, irsa: IamLdapServer,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_region_is_a_usage_error(db: Database, irsa: IamLdapServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_REGION")
     env = iam_env()
     del env["AWS_REGION"]
@@ -295,8 +326,9 @@ def test_check_walks_through_every_step(db: Database, irsa: IamLdapServer) -> No
     db.sql('CREATE TABLE orders (i int); CREATE TABLE "Mixed Case" (i int);')
     code, out, err = _check(db)
     assert code == 0, err
-    assert "AWS credentials: assume-role-with-web-identity as arn:aws:sts::123456789012:assumed-role/" \
-        "dumper-irsa/" in out
+    assert (
+        "AWS credentials: assume-role-with-web-identity as arn:aws:sts::123456789012:assumed-role/dumper-irsa/" in out
+    )
     assert f"IAM token: signed for {IAM_USER}@localhost:{db.cluster.port} in {REGION}" in out
     assert "TLS TLSv1.3 (--sslmode verify-full)" in out and "PostgreSQL 15." in out
     assert "tables to dump: 2" in out
@@ -305,8 +337,7 @@ def test_check_walks_through_every_step(db: Database, irsa: IamLdapServer) -> No
 
 
 def test_check_fails_when_a_table_is_not_readable(db: Database, irsa: IamLdapServer) -> None:
-    db.sql("CREATE TABLE open (i int); CREATE TABLE hidden (i int); "
-           "ALTER TABLE hidden ENABLE ROW LEVEL SECURITY;")
+    db.sql("CREATE TABLE open (i int); CREATE TABLE hidden (i int); ALTER TABLE hidden ENABLE ROW LEVEL SECURITY;")
     code, out, err = _check(db)
     assert code == 4
     assert "  public.hidden: NOT READABLE: row-level security" in out
@@ -314,16 +345,19 @@ def test_check_fails_when_a_table_is_not_readable(db: Database, irsa: IamLdapSer
     assert "1 table(s) cannot be read: public.hidden" in err
 
 
-def test_pg_dump_logs_in_with_the_token_never_on_its_command_line(db: Database, irsa: IamLdapServer,
-                                                                   tmp_path: Path) -> None:
+def test_pg_dump_logs_in_with_the_token_never_on_its_command_line(
+    db: Database, irsa: IamLdapServer, tmp_path: Path
+) -> None:
     """The schema files' pg_dump, wrapped to record what it was given: the token
     arrives in its environment only, and the IAM login succeeds."""
     db.sql("CREATE TABLE t (id serial PRIMARY KEY); INSERT INTO t DEFAULT VALUES;")
     seen = tmp_path / "seen"
     wrapper = tmp_path / "pg_dump"
-    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> {seen}/argv\n'
-                       f'printf "%s" "$PGPASSWORD" | sha256sum >> {seen}/password\n'
-                       f'exec {db.cluster.bin / "pg_dump"} "$@"\n')
+    wrapper.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" >> {seen}/argv\n'
+        f'printf "%s" "$PGPASSWORD" | sha256sum >> {seen}/password\n'
+        f'exec {db.cluster.bin / "pg_dump"} "$@"\n'
+    )
     wrapper.chmod(0o700)
     seen.mkdir()
     result = db.dump(env=iam_env(DUMPER_PG_DUMP=str(wrapper)))

@@ -19,18 +19,26 @@ def peak_rss_mb(db: Database, *args: str, env: dict[str, str] | None = None) -> 
     keeps pytest's memory out of it)."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT_DIR), **db.base_env(), **(env or {})}
     report = db.tmp / "peak-rss.txt"
-    proc = subprocess.run([sys.executable, "-m", "devtools.peak_rss", str(report), sys.executable, "-m",
-                           "dumper", "run", *args], env=env, cwd=db.tmp, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, check=False, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "devtools.peak_rss", str(report), sys.executable, "-m", "dumper", "run", *args],
+        env=env,
+        cwd=db.tmp,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        check=False,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     return int(report.read_text().split("tree_rss_kb=")[1].split()[0]) / 1024
 
 
 @pytest.mark.slow
 def test_peak_rss_is_flat_from_100k_to_1m_rows(db: Database) -> None:
-    db.sql("CREATE TABLE small AS SELECT g AS id, md5(g::text) AS h, g * 1.5 AS n, now() AS at "
-           "FROM generate_series(1, 100000) g;"
-           "CREATE TABLE large AS SELECT * FROM small, generate_series(1, 10) r;")
+    db.sql(
+        "CREATE TABLE small AS SELECT g AS id, md5(g::text) AS h, g * 1.5 AS n, now() AS at "
+        "FROM generate_series(1, 100000) g;"
+        "CREATE TABLE large AS SELECT * FROM small, generate_series(1, 10) r;"
+    )
     # Both read in pieces by two connections: what later pieces hold is bounded too.
     small = peak_rss_mb(db, "--include", "public.small", "--run-id", "small", "--split-mib", "1")
     large = peak_rss_mb(db, "--include", "public.large", "--run-id", "large", "--split-mib", "1")
@@ -44,8 +52,7 @@ def test_peak_rss_is_flat_from_100k_to_1m_rows(db: Database) -> None:
 @pytest.mark.slow
 def test_wide_rows_are_batched_by_bytes(db: Database) -> None:
     # 400 rows of ~1 MB: 1000 rows per fetch would hold ~400 MB at once.
-    db.sql("CREATE TABLE wide AS SELECT g AS id, repeat(md5(g::text), 32768) AS blob "
-           "FROM generate_series(1, 400) g;")
+    db.sql("CREATE TABLE wide AS SELECT g AS id, repeat(md5(g::text), 32768) AS blob FROM generate_series(1, 400) g;")
     peak = peak_rss_mb(db, "--batch-rows", "1000")
     assert peak < 150, f"wide rows took {peak:.0f} MB"
 

@@ -19,13 +19,18 @@ from .http_capture import capture
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def tables(db: Database, rows: int = 1000) -> None:
-    db.sql(f"CREATE TABLE orders AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, {rows}) g;"
-           "CREATE TABLE users (id int); INSERT INTO users VALUES (1), (2), (3);")
+    db.sql(
+        f"CREATE TABLE orders AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, {rows}) g;"
+        "CREATE TABLE users (id int); INSERT INTO users VALUES (1), (2), (3);"
+    )
 
 
 def events_until(proc: subprocess.Popen[str], stop_when: Any, timeout: float = 90) -> list[dict[str, Any]]:
@@ -92,8 +97,10 @@ def test_schedule_stop_cancels_a_long_run_after_the_grace_period(db: Database) -
 
 def test_schedule_goes_on_after_a_failed_run(db: Database) -> None:
     tables(db)
-    db.sql("ALTER TABLE users ENABLE ROW LEVEL SECURITY; CREATE ROLE limited LOGIN PASSWORD 'pw';"
-           f"GRANT CONNECT ON DATABASE {db.name} TO limited; GRANT SELECT ON orders, users TO limited;")
+    db.sql(
+        "ALTER TABLE users ENABLE ROW LEVEL SECURITY; CREATE ROLE limited LOGIN PASSWORD 'pw';"
+        f"GRANT CONNECT ON DATABASE {db.name} TO limited; GRANT SELECT ON orders, users TO limited;"
+    )
     try:
         proc = db.spawn("schedule", "--cron", "* * * * * *", env={"PGUSER": "limited", "PGPASSWORD": "pw"})
         events = events_until(proc, lambda ev: len(named(ev, "scheduled run ended")) >= 2)
@@ -105,12 +112,15 @@ def test_schedule_goes_on_after_a_failed_run(db: Database) -> None:
     assert all(e["status"] == "failed" for e in named(events, "scheduled run ended"))
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--cron", "61 * * * *"], "--cron: '61 * * * *' is not a valid cron expression"),
-    (["--cron", "* * *"], "--cron: '* * *' has 3 fields"),
-    ([], "--cron: `dumper schedule` needs a cron expression"),
-    (["--cron", "0 2 * * *", "--timezone", "Mars/Olympus"], "--timezone: unknown time zone 'Mars/Olympus'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--cron", "61 * * * *"], "--cron: '61 * * * *' is not a valid cron expression"),
+        (["--cron", "* * *"], "--cron: '* * *' has 3 fields"),
+        ([], "--cron: `dumper schedule` needs a cron expression"),
+        (["--cron", "0 2 * * *", "--timezone", "Mars/Olympus"], "--timezone: unknown time zone 'Mars/Olympus'"),
+    ],
+)
 def test_schedule_config_errors_exit_2(db: Database, args: list[str], message: str) -> None:
     proc = db.spawn("schedule", *args)
     _, stderr = proc.communicate(timeout=30)
@@ -121,8 +131,10 @@ def test_metrics_are_pushed_to_the_pushgateway(db: Database) -> None:
     tables(db)
     with capture(200) as gateway:
         ok = db.dump("--pushgateway-url", gateway.url, "--run-id", "p1")
-        db.sql("ALTER TABLE users ENABLE ROW LEVEL SECURITY; CREATE ROLE limited LOGIN PASSWORD 'pw';"
-               f"GRANT CONNECT ON DATABASE {db.name} TO limited; GRANT SELECT ON orders, users TO limited;")
+        db.sql(
+            "ALTER TABLE users ENABLE ROW LEVEL SECURITY; CREATE ROLE limited LOGIN PASSWORD 'pw';"
+            f"GRANT CONNECT ON DATABASE {db.name} TO limited; GRANT SELECT ON orders, users TO limited;"
+        )
         try:
             bad = db.dump("--pushgateway-url", gateway.url, "--run-id", "p2", user="limited", password="pw")
         finally:
@@ -168,13 +180,24 @@ def test_webhook_gets_the_documented_summary(db: Database) -> None:
     assert first.method == "POST" and first.path == "/hooks/dumper"
     assert first.headers["Content-Type"] == "application/json"
     body = parse_json(first.body)
-    assert set(body) == {"run_id", "status", "exit_code", "error", "started_at", "finished_at",
-                         "duration_seconds", "database", "location", "totals"}
+    assert set(body) == {
+        "run_id",
+        "status",
+        "exit_code",
+        "error",
+        "started_at",
+        "finished_at",
+        "duration_seconds",
+        "database",
+        "location",
+        "totals",
+    }
     assert (body["run_id"], body["status"], body["exit_code"], body["error"]) == ("w1", "success", 0, None)
     manifest = parse_json((db.tmp / "out" / "w1" / "manifest.json").read_bytes())
     assert body["totals"] == {"tables": 2, "rows": 1003, "bytes": manifest["totals"]["bytes"]}
-    assert body["totals"]["bytes"] == sum((db.tmp / "out" / "w1" / t["path"]).stat().st_size
-                                          for t in manifest["tables"])
+    assert body["totals"]["bytes"] == sum(
+        (db.tmp / "out" / "w1" / t["path"]).stat().st_size for t in manifest["tables"]
+    )
     assert body["database"] == {"host": "localhost", "port": db.cluster.port, "dbname": db.name}
     assert body["location"].endswith("/out/w1")
     second = parse_json(hook.requests[1].body)
@@ -238,8 +261,7 @@ def test_an_unexpected_error_exits_1_with_its_traceback(db: Database) -> None:
     tables(db)
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        code = cli.main(["run", "--run-id", "u1", "--log-format", "text"], db.base_env(),
-                        stdout=_BrokenTerminal())  # type: ignore[arg-type]
+        code = cli.main(["run", "--run-id", "u1", "--log-format", "text"], db.base_env(), stdout=_BrokenTerminal())  # type: ignore[arg-type]
     assert code == 1
     text = err.getvalue()
     assert "unexpected error" in text and "Traceback (most recent call last)" in text
@@ -266,7 +288,7 @@ def test_missed_ticks_coalesce_into_one_run(db: Database) -> None:
     assert stopped["runs"] == 2, stopped  # the first run and the one catch-up run
     ended = [i for i, e in enumerate(events) if e["event"] == "scheduled run ended"]
     assert len(ended) == 2, "the catch-up run finished before the process exited"
-    after = [e for e in events[ended[1]:] if e["event"] == "run skipped: the previous run is still running"]
+    after = [e for e in events[ended[1] :] if e["event"] == "run skipped: the previous run is still running"]
     assert not after, "the missed ticks were queued up behind the catch-up run"
 
 
@@ -286,8 +308,9 @@ def test_scheduled_runs_publish_their_metrics_and_webhook(db: Database) -> None:
     tables(db, 10)
     prom = db.tmp / "dumper.prom"
     with capture(204) as hook:
-        proc = db.spawn("schedule", "--cron", "0 3 * * *", "--run-now", "--metrics-file", str(prom),
-                        "--notify-url", hook.url)
+        proc = db.spawn(
+            "schedule", "--cron", "0 3 * * *", "--run-now", "--metrics-file", str(prom), "--notify-url", hook.url
+        )
         events = events_until(proc, lambda ev: bool(named(ev, "scheduled run ended")))
     assert proc.returncode == 0
     (ended,) = named(events, "scheduled run ended")

@@ -25,9 +25,11 @@ def _verify(path: Path) -> tuple[int, str, str]:
 
 @pytest.fixture
 def sample(db: Database) -> Database:
-    db.sql("CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric(12,2), note text);"
-           "INSERT INTO orders SELECT g, g * 1.25, 'n' || g FROM generate_series(1, 5000) g;"
-           "CREATE TABLE customers (id int, name text); INSERT INTO customers VALUES (1, 'Ada'), (2, 'Bob');")
+    db.sql(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric(12,2), note text);"
+        "INSERT INTO orders SELECT g, g * 1.25, 'n' || g FROM generate_series(1, 5000) g;"
+        "CREATE TABLE customers (id int, name text); INSERT INTO customers VALUES (1, 'Ada'), (2, 'Bob');"
+    )
     return db
 
 
@@ -36,14 +38,34 @@ def test_manifest_lists_every_file_with_counts_and_checksums(sample: Database) -
     assert result.code == 0, result.stderr
     m = result.manifest()
     assert m["manifest_version"] == 1
-    assert list(m) == ["manifest_version", "tool", "run_id", "started_at", "finished_at", "database",
-                       "snapshot_id", "format", "compression", "schemas", "tables", "totals", "schema_files",
-                       "sequences", "extensions", "requires"]
+    assert list(m) == [
+        "manifest_version",
+        "tool",
+        "run_id",
+        "started_at",
+        "finished_at",
+        "database",
+        "snapshot_id",
+        "format",
+        "compression",
+        "schemas",
+        "tables",
+        "totals",
+        "schema_files",
+        "sequences",
+        "extensions",
+        "requires",
+    ]
     assert m["schemas"] == ["public"]
     assert m["tool"]["name"] == "dumper" and m["run_id"] == "r1"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", m["started_at"])
-    assert m["database"] == {"host": "localhost", "port": sample.cluster.port, "dbname": sample.name,
-                             "user": "postgres", "server_version": m["database"]["server_version"]}
+    assert m["database"] == {
+        "host": "localhost",
+        "port": sample.cluster.port,
+        "dbname": sample.name,
+        "user": "postgres",
+        "server_version": m["database"]["server_version"],
+    }
     assert m["database"]["server_version"].startswith(f"{sample.cluster.major}.")
     assert re.fullmatch(r"[0-9A-F]+-[0-9A-F]+-\d+", m["snapshot_id"])
     assert (m["format"], m["compression"]) == ("jsonl", "gzip")
@@ -54,14 +76,22 @@ def test_manifest_lists_every_file_with_counts_and_checksums(sample: Database) -
         assert t["sha256"] == hashlib.sha256(data).hexdigest()
         assert t["rows"] == gzip.decompress(data).count(b"\n")
         assert t["path"].endswith(".jsonl.gz")
-    assert m["tables"][1]["columns"] == [{"name": "id", "type": "bigint", "written": "json"},
-                                         {"name": "amount", "type": "numeric(12,2)", "written": "json"},
-                                         {"name": "note", "type": "text", "written": "json"}]
+    assert m["tables"][1]["columns"] == [
+        {"name": "id", "type": "bigint", "written": "json"},
+        {"name": "amount", "type": "numeric(12,2)", "written": "json"},
+        {"name": "note", "type": "text", "written": "json"},
+    ]
     assert (m["extensions"], m["requires"]) == ([], [])
     assert m["totals"] == {"tables": 2, "rows": 5002, "bytes": sum(t["bytes"] for t in m["tables"])}
     assert (result.output / "LATEST").read_text() == "r1\n"
-    assert result.files() == ["LATEST", "r1/manifest.json", "r1/public.customers.jsonl.gz",
-                              "r1/public.orders.jsonl.gz", "r1/schema.post-data.sql", "r1/schema.pre-data.sql"]
+    assert result.files() == [
+        "LATEST",
+        "r1/manifest.json",
+        "r1/public.customers.jsonl.gz",
+        "r1/public.orders.jsonl.gz",
+        "r1/schema.post-data.sql",
+        "r1/schema.pre-data.sql",
+    ]
     assert [f["path"] for f in m["schema_files"]["files"]] == ["schema.pre-data.sql", "schema.post-data.sql"]
     assert "postgres-superuser-local-only" not in (result.run_dir / "manifest.json").read_text()
 
@@ -125,25 +155,29 @@ def test_default_run_id_is_utc_start_time(sample: Database) -> None:
     assert manifest["started_at"].startswith(started.strftime("%Y-%m-%dT%H:%M:%S"))
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--format", "xml"], "--format: 'xml' is not one of jsonl, json"),
-    (["--compression", "zstd"], "--compression: 'zstd' is not one of none, gzip"),
-    (["--sslmode", "prefer"], "--sslmode: 'prefer' is not one of verify-full, verify-ca, require, disable"),
-    (["--jobs", "0"], "--jobs: '0' must be a whole number >= 1"),
-    (["--batch-rows", "many"], "--batch-rows: 'many' must be a number"),
-    (["--run-id", "../escape"], "--run-id: '../escape' must be letters, digits"),
-    (["--auth", "kerberos"], "--auth: 'kerberos' is not one of iam, password"),
-    (["--nope"], "unrecognized arguments: --nope"),
-    (["--part-size", "4"], "--part-size: '4' must be MiB between 5 and 5120 (S3's part size limits)"),
-    (["--part-size", "5121"], "--part-size: '5121' must be MiB between 5 and 5120"),
-    (["--grace-seconds", "-1"], "--grace-seconds: '-1' must be a number of seconds >= 0"),
-    (["--s3-kms-key-id", "alias/k"], "--s3-kms-key-id: only used with --s3-sse aws:kms"),
-    (["--notify-url", "https://hooks.example.com/x", "--notify-url-file", "/nonexistent"],
-     "--notify-url and --notify-url-file: give one of them"),
-    (["--output", "nosuch://bucket/x"], "--output: 'nosuch://bucket/x': unknown protocol 'nosuch'"),
-])
-def test_bad_options_exit_2_with_one_line_and_write_nothing(sample: Database, args: list[str],
-                                                            message: str) -> None:
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--format", "xml"], "--format: 'xml' is not one of jsonl, json"),
+        (["--compression", "zstd"], "--compression: 'zstd' is not one of none, gzip"),
+        (["--sslmode", "prefer"], "--sslmode: 'prefer' is not one of verify-full, verify-ca, require, disable"),
+        (["--jobs", "0"], "--jobs: '0' must be a whole number >= 1"),
+        (["--batch-rows", "many"], "--batch-rows: 'many' must be a number"),
+        (["--run-id", "../escape"], "--run-id: '../escape' must be letters, digits"),
+        (["--auth", "kerberos"], "--auth: 'kerberos' is not one of iam, password"),
+        (["--nope"], "unrecognized arguments: --nope"),
+        (["--part-size", "4"], "--part-size: '4' must be MiB between 5 and 5120 (S3's part size limits)"),
+        (["--part-size", "5121"], "--part-size: '5121' must be MiB between 5 and 5120"),
+        (["--grace-seconds", "-1"], "--grace-seconds: '-1' must be a number of seconds >= 0"),
+        (["--s3-kms-key-id", "alias/k"], "--s3-kms-key-id: only used with --s3-sse aws:kms"),
+        (
+            ["--notify-url", "https://hooks.example.com/x", "--notify-url-file", "/nonexistent"],
+            "--notify-url and --notify-url-file: give one of them",
+        ),
+        (["--output", "nosuch://bucket/x"], "--output: 'nosuch://bucket/x': unknown protocol 'nosuch'"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line_and_write_nothing(sample: Database, args: list[str], message: str) -> None:
     result = sample.dump(*args)
     assert result.code == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr
@@ -178,11 +212,14 @@ def test_pod_report_is_json_lines(sample: Database) -> None:
     assert all(e["table"] == "public.orders" for e in events if e["event"] == "done" and e["rows"] == 5000)
 
 
-@pytest.mark.parametrize("manifest,message", [
-    (b"{not json", "manifest.json is not valid JSON"),
-    (b'{"manifest_version": 99, "tables": []}', "unsupported manifest_version 99"),
-    (b"[]", "manifest.json is not a JSON object"),
-])
+@pytest.mark.parametrize(
+    "manifest,message",
+    [
+        (b"{not json", "manifest.json is not valid JSON"),
+        (b'{"manifest_version": 99, "tables": []}', "unsupported manifest_version 99"),
+        (b"[]", "manifest.json is not a JSON object"),
+    ],
+)
 def test_verify_refuses_a_corrupt_manifest(sample: Database, manifest: bytes, message: str) -> None:
     result = sample.dump("--run-id", "r1")
     assert result.code == 0, result.stderr
@@ -210,19 +247,27 @@ def _main(db: Database, *argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["schedule", "--cron", "0 2 * * *", "--jitter", "-1"], "--jitter: '-1' must be a number of seconds >= 0"),
-    (["schedule", "--cron", "0 2 * * *", "--misfire-grace", "-5"],
-     "--misfire-grace: '-5' must be a number of seconds >= 0"),
-    (["schedule", "--cron", "0 2 * * *", "--grace-seconds", "-1"], "--grace-seconds: '-1' must be a number"),
-    (["restore", "{run}", "--with-schema", "--truncate"], "--with-schema builds the tables in an empty target: "
-     "--truncate does not go with it"),
-    (["restore", "{run}", "--with-schema", "--create-tables"], "--create-tables does not go with it"),
-    (["token", "--auth", "password"], "--auth: `dumper token` signs RDS IAM tokens; it needs --auth iam"),
-    (["verify", "{run}", "--stall-timeout", "x"], "--stall-timeout: 'x' must be a number"),
-])
-def test_bad_options_of_every_command_exit_2_and_change_nothing(sample: Database, target: Database,
-                                                               argv: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["schedule", "--cron", "0 2 * * *", "--jitter", "-1"], "--jitter: '-1' must be a number of seconds >= 0"),
+        (
+            ["schedule", "--cron", "0 2 * * *", "--misfire-grace", "-5"],
+            "--misfire-grace: '-5' must be a number of seconds >= 0",
+        ),
+        (["schedule", "--cron", "0 2 * * *", "--grace-seconds", "-1"], "--grace-seconds: '-1' must be a number"),
+        (
+            ["restore", "{run}", "--with-schema", "--truncate"],
+            "--with-schema builds the tables in an empty target: --truncate does not go with it",
+        ),
+        (["restore", "{run}", "--with-schema", "--create-tables"], "--create-tables does not go with it"),
+        (["token", "--auth", "password"], "--auth: `dumper token` signs RDS IAM tokens; it needs --auth iam"),
+        (["verify", "{run}", "--stall-timeout", "x"], "--stall-timeout: 'x' must be a number"),
+    ],
+)
+def test_bad_options_of_every_command_exit_2_and_change_nothing(
+    sample: Database, target: Database, argv: list[str], message: str
+) -> None:
     dumped = sample.dump("--run-id", "r1")
     assert dumped.code == 0, dumped.stderr
     before = sorted(dumped.files())
@@ -237,7 +282,7 @@ def test_verify_names_a_truncated_file(sample: Database) -> None:
     result = sample.dump("--run-id", "r1")
     path = result.run_dir / "public.orders.jsonl"
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
     code, out, _ = _verify(result.run_dir)
     assert code == 7
     assert f"MISMATCH public.orders (public.orders.jsonl): {len(data) // 2} bytes, manifest says {len(data)}" in out
@@ -251,8 +296,14 @@ def test_version() -> None:
 
     from .conftest import ROOT
 
-    proc = subprocess.run([sys.executable, "-m", "dumper", "--version"], capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dumper", "--version"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        timeout=60,
+        check=False,
+    )
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"dumper {__version__}\n", "")
     assert __version__ == "0.1.0"
 

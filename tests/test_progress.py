@@ -55,8 +55,14 @@ class Terminal:
 def on_a_terminal(db: Database, term: Terminal, *argv: str) -> subprocess.Popen[bytes]:
     """The real CLI with a pseudo-terminal as stdin, stdout and stderr (log format auto: text)."""
     env = {"PATH": "/usr/bin:/bin", **db.base_env(), "DUMPER_LOG_FORMAT": "auto", "TERM": "xterm-256color"}
-    proc = subprocess.Popen([sys.executable, "-m", "dumper", *argv], env=env, cwd=db.tmp,
-                            stdin=term.slave, stdout=term.slave, stderr=term.slave)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dumper", *argv],
+        env=env,
+        cwd=db.tmp,
+        stdin=term.slave,
+        stdout=term.slave,
+        stderr=term.slave,
+    )
     os.close(term.slave)
     db.spawned.append(proc)  # type: ignore[arg-type]  # killed at the test's end, if it is still running
     return proc
@@ -94,7 +100,7 @@ def test_a_terminal_shows_live_rows_and_percentages_then_the_report(db: Database
     text = term.text()
     assert code == 0, text[-3000:]
     assert WARNING in text, text[-3000:]
-    report = text[text.rindex("table "):]
+    report = text[text.rindex("table ") :]
     assert re.search(rf"public\.big\s+{ROWS:,}", report) and "dump complete:" in report
 
 
@@ -103,8 +109,9 @@ def test_the_schedule_shows_the_same_during_each_run(db: Database) -> None:
     db.sql("ANALYZE big;")
     term = Terminal()
     with replies_held(db) as hold:
-        proc = on_a_terminal(db, term, "schedule", "--cron", "0 3 * * *", "--run-now", "--jobs", "1",
-                             "--split-mib", "0", *hold.args)
+        proc = on_a_terminal(
+            db, term, "schedule", "--cron", "0 3 * * *", "--run-now", "--jobs", "1", "--split-mib", "0", *hold.args
+        )
         seen = held_frames(db, term, hold)
         assert all(0 < pct < 100 for _, pct in seen), seen
         terminate_reader(db, hold)
@@ -116,7 +123,7 @@ def test_the_schedule_shows_the_same_during_each_run(db: Database) -> None:
     text = term.text()
     assert code == 0, text[-3000:]
     assert WARNING in text, text[-3000:]
-    assert "status=success" in text[text.index("scheduled run ended"):], text[-3000:]
+    assert "status=success" in text[text.index("scheduled run ended") :], text[-3000:]
 
 
 def test_an_estimate_that_is_missing_or_low_says_so_and_never_passes_100() -> None:
@@ -129,7 +136,9 @@ def test_an_estimate_that_is_missing_or_low_says_so_and_never_passes_100() -> No
     console = Console(width=160, record=True)
     console.print(render([low, unknown], now=10.0))
     text = console.export_text()
-    grown, fresh = (next(line.split() for line in text.splitlines() if line.startswith(name))
-                    for name in ("public.grown", "public.fresh"))
+    grown, fresh = (
+        next(line.split() for line in text.splitlines() if line.startswith(name))
+        for name in ("public.grown", "public.fresh")
+    )
     assert grown[1:6] == ["5,000", "/", "~5,000", "rows", "99%"], grown
     assert fresh[1:5] == ["42", "/", "~", "rows"] and not any(cell.endswith("%") for cell in fresh), fresh

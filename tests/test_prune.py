@@ -85,8 +85,9 @@ def test_run_keep_prunes_after_a_successful_run_only(db: Database) -> None:
     assert '"event":"removed"' in ok.stdout and '"run":"r1"' in ok.stdout
 
 
-def test_a_prune_that_fails_is_a_warning_for_run(db: Database, s3: Any, moto: Moto,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_prune_that_fails_is_a_warning_for_run(
+    db: Database, s3: Any, moto: Moto, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The dump role of deploy/iam/policy.json may not delete: `run --keep` then
     succeeds and warns (moto enforces the IAM policy)."""
     from moto.core import enable_iam_authentication
@@ -95,10 +96,29 @@ def test_a_prune_that_fails_is_a_warning_for_run(db: Database, s3: Any, moto: Mo
     four_runs(db, env)
     iam = boto3.client("iam", endpoint_url=moto.endpoint, region_name="us-east-1")
     iam.create_user(UserName="writer")
-    iam.put_user_policy(UserName="writer", PolicyName="no-delete", PolicyDocument=json.dumps({
-        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": [
-            "s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:AbortMultipartUpload",
-            "s3:ListMultipartUploadParts", "s3:GetBucketLocation"], "Resource": "*"}]}))
+    iam.put_user_policy(
+        UserName="writer",
+        PolicyName="no-delete",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": [
+                            "s3:PutObject",
+                            "s3:GetObject",
+                            "s3:ListBucket",
+                            "s3:AbortMultipartUpload",
+                            "s3:ListMultipartUploadParts",
+                            "s3:GetBucketLocation",
+                        ],
+                        "Resource": "*",
+                    }
+                ],
+            }
+        ),
+    )
     key = iam.create_access_key(UserName="writer")["AccessKey"]
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
@@ -135,8 +155,9 @@ def test_prune_needs_keep(db: Database) -> None:
     assert code == 2 and "--keep" in err
 
 
-def test_a_run_that_cannot_be_removed_is_exit_6(db: Database, s3: Any, moto: Moto,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_that_cannot_be_removed_is_exit_6(
+    db: Database, s3: Any, moto: Moto, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`dumper prune` as a role without s3:DeleteObject (moto enforces it): S3 answers the
     delete with the keys it refused, and prune says which runs are still there."""
     from moto.core import enable_iam_authentication
@@ -145,9 +166,22 @@ def test_a_run_that_cannot_be_removed_is_exit_6(db: Database, s3: Any, moto: Mot
     four_runs(db, env)
     iam = boto3.client("iam", endpoint_url=moto.endpoint, region_name="us-east-1")
     iam.create_user(UserName="lister")
-    iam.put_user_policy(UserName="lister", PolicyName="no-delete", PolicyDocument=json.dumps({
-        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": [
-            "s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"], "Resource": "*"}]}))
+    iam.put_user_policy(
+        UserName="lister",
+        PolicyName="no-delete",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": ["s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"],
+                        "Resource": "*",
+                    }
+                ],
+            }
+        ),
+    )
     key = iam.create_access_key(UserName="lister")["AccessKey"]
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])

@@ -42,8 +42,9 @@ def replay_caught_up(db: Database, replica: Cluster) -> None:
 
 
 def dumper_sessions(replica: Cluster, dbname: str) -> list[Any]:
-    return replica.psql(f"SELECT pid FROM pg_stat_activity WHERE datname = '{dbname}' "
-                        "AND application_name LIKE 'dumper/%'", dbname).split()
+    return replica.psql(
+        f"SELECT pid FROM pg_stat_activity WHERE datname = '{dbname}' AND application_name LIKE 'dumper/%'", dbname
+    ).split()
 
 
 def make_the_primary_busy(db: Database) -> None:
@@ -51,8 +52,7 @@ def make_the_primary_busy(db: Database) -> None:
     db.sql("UPDATE big SET h = h || 'x' WHERE id % 10 = 0; VACUUM big;")
 
 
-def test_a_quiet_primary_gives_a_complete_dump_and_a_log_that_names_the_standby(
-        db: Database, standby: Cluster) -> None:
+def test_a_quiet_primary_gives_a_complete_dump_and_a_log_that_names_the_standby(db: Database, standby: Cluster) -> None:
     big(db, 100_000)
     replay_caught_up(db, standby)
     result = db.dump("--jobs", "2", env=on(standby))
@@ -63,8 +63,11 @@ def test_a_quiet_primary_gives_a_complete_dump_and_a_log_that_names_the_standby(
     assert taken["max_standby_streaming_delay"] == "1s" and taken["max_standby_archive_delay"] == "30s"
     assert 0 <= float(taken["replay_lag_s"]) < 60
     (warning,) = [e for e in events if e["level"] == "warning" and "sslmode" not in e["event"]]
-    assert "hot_standby_feedback = off" in warning["event"] and "max_standby_streaming_delay = 1s" in \
-        warning["event"] and "DB parameter group" in warning["event"]
+    assert (
+        "hot_standby_feedback = off" in warning["event"]
+        and "max_standby_streaming_delay = 1s" in warning["event"]
+        and "DB parameter group" in warning["event"]
+    )
     assert events.index(warning) < next(i for i, e in enumerate(events) if e["event"] == "started")
     assert {t["table"]: t["rows"] for t in result.manifest()["tables"]} == {"big": 100_000, "small": 2}
 
@@ -83,9 +86,14 @@ def test_check_reports_the_standby_and_its_risk(db: Database, standby: Cluster) 
     from devtools.pgcluster import ROOT_DIR
 
     big(db, 10)
-    proc = subprocess.run([sys.executable, "-m", "dumper", "check"], capture_output=True, text=True, timeout=60,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT_DIR), **db.base_env(),
-                               **on(standby)}, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dumper", "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT_DIR), **db.base_env(), **on(standby)},
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "standby: a hot standby (replay lag" in proc.stdout
     assert "hot_standby_feedback = off, max_standby_streaming_delay = 1s" in proc.stdout
@@ -104,7 +112,8 @@ def cancelled_by_replay(db: Database, replica: Cluster, hold: ReplyHold) -> None
 
 
 def test_a_busy_primary_without_feedback_ends_exit_5_naming_the_conflict_and_its_fix(
-        db: Database, standby: Cluster) -> None:
+    db: Database, standby: Cluster
+) -> None:
     big(db)
     replay_caught_up(db, standby)
     with replies_held(db, port=standby.port) as hold:
@@ -125,8 +134,7 @@ def test_a_busy_primary_without_feedback_ends_exit_5_naming_the_conflict_and_its
     assert not list((db.tmp / "out").rglob("manifest.json")) and not (db.tmp / "out" / "LATEST").exists()
 
 
-def test_the_same_busy_primary_with_feedback_gives_a_complete_verified_dump(
-        db: Database, standby: Cluster) -> None:
+def test_the_same_busy_primary_with_feedback_gives_a_complete_verified_dump(db: Database, standby: Cluster) -> None:
     big(db)
     standby.psql("ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf();")
     wait_until(lambda: standby.psql("SHOW hot_standby_feedback").strip() == "on")
@@ -137,21 +145,30 @@ def test_the_same_busy_primary_with_feedback_gives_a_complete_verified_dump(
         hold.wait()
         assert len(dumper_sessions(standby, db.name)) == 2
         # The primary knows the standby's oldest snapshot before it vacuums.
-        oldest = standby.psql("SELECT min(backend_xmin::text::bigint) FROM pg_stat_activity "
-                              "WHERE application_name LIKE 'dumper/%'", db.name).strip()
-        wait_until(lambda: db.cluster.psql(
-            f"SELECT coalesce(bool_and(backend_xmin::text::bigint <= {oldest}), false) "
-            "FROM pg_stat_replication").strip() == "t")
+        oldest = standby.psql(
+            "SELECT min(backend_xmin::text::bigint) FROM pg_stat_activity WHERE application_name LIKE 'dumper/%'",
+            db.name,
+        ).strip()
+        wait_until(
+            lambda: (
+                db.cluster.psql(
+                    f"SELECT coalesce(bool_and(backend_xmin::text::bigint <= {oldest}), false) FROM pg_stat_replication"
+                ).strip()
+                == "t"
+            )
+        )
         make_the_primary_busy(db)
         replay_caught_up(db, standby)
         assert len(dumper_sessions(standby, db.name)) == 2, "replay ended no session of the run"
         hold.release()
         code, events, stderr = finish(proc, seen)
     assert code == 0, stderr
-    assert not [e for e in events if e["level"] == "warning" and "sslmode" not in e["event"]], \
+    assert not [e for e in events if e["level"] == "warning" and "sslmode" not in e["event"]], (
         "feedback on: nothing can cancel the run"
+    )
     out = db.tmp / "out"
     run = out / (out / "LATEST").read_text().strip()
     assert_every_row_once(run / "public.big.jsonl")
     from dumper import cli
+
     assert cli.main(["verify", str(run)], {}) == 0

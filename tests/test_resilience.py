@@ -20,8 +20,10 @@ ROWS = 200_000
 
 
 def big(db: Database, rows: int = ROWS) -> None:
-    db.sql(f"CREATE TABLE big AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, {rows}) g;"
-           "CREATE TABLE small (i int); INSERT INTO small VALUES (1), (2);")
+    db.sql(
+        f"CREATE TABLE big AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, {rows}) g;"
+        "CREATE TABLE small (i int); INSERT INTO small VALUES (1), (2);"
+    )
 
 
 def ids_in(path: Path) -> list[int]:
@@ -65,17 +67,25 @@ def latest_run(db: Database) -> Path:
 
 def reading(db: Database, table: str = "big") -> list[int]:
     """The backends of this test's database reading `table` for a dumper run."""
-    return [r[0] for r in db.fetch(
-        "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'dumper/%' AND datname = current_database() "
-        "AND query LIKE $1", f'%FROM ONLY "public"."{table}"%')]
+    return [
+        r[0]
+        for r in db.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'dumper/%' AND datname = current_database() "
+            "AND query LIKE $1",
+            f'%FROM ONLY "public"."{table}"%',
+        )
+    ]
 
 
 def terminate_reader(db: Database, hold: ReplyHold, where: str = "") -> None:
     """With the run held part way through big, end the backend reading it (the one whose
     query holds `where`, if given); the run goes on when the hold is released."""
     hold.wait()
-    pids = [pid for pid in reading(db) if not where or db.fetch(
-        "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND query LIKE $2", pid, f"%{where}%")]
+    pids = [
+        pid
+        for pid in reading(db)
+        if not where or db.fetch("SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND query LIKE $2", pid, f"%{where}%")
+    ]
     assert pids, "the held run's reading backend was found"
     assert db.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids[:1])
     wait_until(lambda: pids[0] not in reading(db))
@@ -97,8 +107,13 @@ def test_terminated_backend_is_healed_in_the_same_snapshot(db: Database) -> None
     manifest = parse_json((run / "manifest.json").read_bytes())
     assert manifest["snapshot_id"] == snapshot, "the retry joined the same snapshot"
     assert_every_row_once(run / "public.big.jsonl")
-    assert sorted(p.name for p in run.iterdir()) == ["manifest.json", "public.big.jsonl", "public.small.jsonl",
-                                                     "schema.post-data.sql", "schema.pre-data.sql"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "manifest.json",
+        "public.big.jsonl",
+        "public.small.jsonl",
+        "schema.post-data.sql",
+        "schema.pre-data.sql",
+    ]
 
 
 def test_a_server_that_is_not_up_yet_is_waited_for(db: Database) -> None:
@@ -138,9 +153,24 @@ def test_statement_timeout_fails_the_table(db: Database) -> None:
         proc = db.spawn("run", "--statement-timeout", "1", "--lock-timeout", "0", "--schema-files", "off")
         wait_until(lambda: db.waiting_for_lock("zz_gate"))
         queued = subprocess.Popen(
-            ["psql", "-X", "-q", "-h", str(db.cluster.socket_dir), "-p", str(db.cluster.port), "-U", "postgres",
-             "-d", db.name, "-c", "BEGIN; LOCK TABLE big IN ACCESS EXCLUSIVE MODE; COMMIT;"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "psql",
+                "-X",
+                "-q",
+                "-h",
+                str(db.cluster.socket_dir),
+                "-p",
+                str(db.cluster.port),
+                "-U",
+                "postgres",
+                "-d",
+                db.name,
+                "-c",
+                "BEGIN; LOCK TABLE big IN ACCESS EXCLUSIVE MODE; COMMIT;",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_until(lambda: db.waiting_for_lock("big"))  # queued behind the run's ACCESS SHARE
         except BaseException:
@@ -162,9 +192,14 @@ def test_application_name_is_visible_to_dbas(db: Database) -> None:
         proc = db.spawn("run", "--jobs", "2", *hold.args)
         seen = wait_for_line(proc, '"event":"started"', "public.big")
         hold.wait()
-        names = {r[0] for r in db.fetch("SELECT application_name FROM pg_stat_activity "
-                                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                                        "AND backend_type = 'client backend'")}  # not autovacuum workers
+        names = {
+            r[0]
+            for r in db.fetch(
+                "SELECT application_name FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'"
+            )
+        }  # not autovacuum workers
         hold.release()
         code, _, stderr = finish(proc, seen)
     assert code == 0, stderr
@@ -206,17 +241,34 @@ def test_piece_attempts_running_out_ends_exit_5_naming_the_table(db: Database) -
 
 
 def test_too_many_connections_is_retried_until_a_slot_frees(db: Database) -> None:
-    db.sql("CREATE TABLE t (i int); INSERT INTO t VALUES (1);"
-           "CREATE ROLE scarce LOGIN PASSWORD 'pw' CONNECTION LIMIT 2;"
-           f"GRANT CONNECT ON DATABASE {db.name} TO scarce; GRANT SELECT ON t TO scarce;")
+    db.sql(
+        "CREATE TABLE t (i int); INSERT INTO t VALUES (1);"
+        "CREATE ROLE scarce LOGIN PASSWORD 'pw' CONNECTION LIMIT 2;"
+        f"GRANT CONNECT ON DATABASE {db.name} TO scarce; GRANT SELECT ON t TO scarce;"
+    )
     holder = subprocess.Popen(
-        ["psql", "-X", "-q", "-h", str(db.cluster.socket_dir), "-p", str(db.cluster.port), "-U", "scarce",
-         "-d", db.name, "-c", "SELECT pg_sleep(600)"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            "psql",
+            "-X",
+            "-q",
+            "-h",
+            str(db.cluster.socket_dir),
+            "-p",
+            str(db.cluster.port),
+            "-U",
+            "scarce",
+            "-d",
+            db.name,
+            "-c",
+            "SELECT pg_sleep(600)",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     held_by_psql = "SELECT pid FROM pg_stat_activity WHERE usename = 'scarce' AND application_name = 'psql'"
     try:
         wait_until(lambda: db.fetch(held_by_psql))
-        proc = db.spawn("run", "--jobs", "1", "--connect-attempts", "10",
-                        env={"PGUSER": "scarce", "PGPASSWORD": "pw"})
+        proc = db.spawn("run", "--jobs", "1", "--connect-attempts", "10", env={"PGUSER": "scarce", "PGPASSWORD": "pw"})
         # The first to be refused is pg_dump (schema files) or a reader: each is retried.
         seen = wait_for_line(proc, "retrying", 'too many connections for role \\"scarce\\"')
         db.fetch(f"SELECT pg_terminate_backend(pid) FROM ({held_by_psql}) h")  # the slot frees
@@ -242,10 +294,14 @@ def test_the_runs_locks_keep_ddl_out_until_it_ends(db: Database) -> None:
         proc = db.spawn("run", "--jobs", "2", *hold.args)
         seen = wait_for_line(proc, '"event":"started"', "public.big")
         hold.wait()
-        locked = {r[0] for r in db.fetch(
-            "SELECT c.relname FROM pg_locks l JOIN pg_class c ON c.oid = l.relation JOIN pg_stat_activity a "
-            "ON a.pid = l.pid WHERE a.application_name LIKE 'dumper/%' AND a.datname = current_database() "
-            "AND l.mode = 'AccessShareLock' AND l.granted AND c.relnamespace = 'public'::regnamespace")}
+        locked = {
+            r[0]
+            for r in db.fetch(
+                "SELECT c.relname FROM pg_locks l JOIN pg_class c ON c.oid = l.relation JOIN pg_stat_activity a "
+                "ON a.pid = l.pid WHERE a.application_name LIKE 'dumper/%' AND a.datname = current_database() "
+                "AND l.mode = 'AccessShareLock' AND l.granted AND c.relnamespace = 'public'::regnamespace"
+            )
+        }
         assert locked == {"big", "small"}
         for ddl in ("ALTER TABLE small ADD COLUMN extra int", "DROP TABLE big"):
             with pytest.raises(RuntimeError, match="canceling statement due to lock timeout"):
@@ -261,8 +317,9 @@ def keepalive_timers(port: int, side: str) -> list[int]:
     """Seconds left on the keepalive timer of every idle established TCP socket whose `side`
     ('dport' or 'sport') is `port` (ss -o). A socket with bytes in flight (Send-Q) shows its
     retransmission timer instead (the held connection's server side, whose peer stopped reading)."""
-    out = subprocess.run(["ss", "-tnoH", "state", "established", f"( {side} = :{port} )"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ss", "-tnoH", "state", "established", f"( {side} = :{port} )"], capture_output=True, text=True, check=True
+    ).stdout
     timers = []
     for line in out.splitlines():
         if line.split()[1] != "0":

@@ -96,8 +96,11 @@ def test_every_type_round_trips_exactly(db: Database, target: Database, fmt: str
     assert file_bytes(again, "every_type") == file_bytes(first, "every_type")
     assert "public.every_type" in loaded.stdout and "restore complete" not in loaded.stdout  # JSON lines
     events = [parse_json(line) for line in loaded.stdout.splitlines()]
-    assert {"event": "table restored", "table": "public.every_type", "rows": first.entry("public", "every_type")[
-        "rows"]}.items() <= next(e for e in events if e["event"] == "table restored").items()
+    assert {
+        "event": "table restored",
+        "table": "public.every_type",
+        "rows": first.entry("public", "every_type")["rows"],
+    }.items() <= next(e for e in events if e["event"] == "table restored").items()
 
 
 def test_a_realistic_schema_round_trips_with_its_cycle_and_triggers(db: Database, target: Database) -> None:
@@ -132,9 +135,11 @@ def test_a_role_with_only_write_rights_is_told_what_the_cycle_needs(db: Database
         assert all(count(target, t) == 0 for t in TABLES), "nothing was changed"
 
         # With the cycle's keys DEFERRABLE, the cycle loads in one transaction, checked at COMMIT.
-        target.sql("ALTER TABLE teams ALTER CONSTRAINT teams_owner DEFERRABLE;"
-                   "ALTER TABLE users ALTER CONSTRAINT users_team_id_fkey DEFERRABLE;"
-                   "ALTER TABLE users ALTER CONSTRAINT users_manager_id_fkey DEFERRABLE;")
+        target.sql(
+            "ALTER TABLE teams ALTER CONSTRAINT teams_owner DEFERRABLE;"
+            "ALTER TABLE users ALTER CONSTRAINT users_team_id_fkey DEFERRABLE;"
+            "ALTER TABLE users ALTER CONSTRAINT users_manager_id_fkey DEFERRABLE;"
+        )
         loaded = target.restore(first.run_dir, user=role, password="pw")
     assert loaded.code == 0, loaded.stderr
     again = target.dump("--run-id", "again", "--exclude", "public.load_log")
@@ -198,9 +203,11 @@ def test_a_table_the_role_cannot_read_is_judged_by_its_pages(db: Database, targe
 
 
 def test_create_tables_builds_plain_tables_and_names_a_missing_type(db: Database, target: Database) -> None:
-    db.sql("CREATE SCHEMA app; CREATE TABLE app.plain (id int PRIMARY KEY, v numeric(12,2), tags text[], "
-           "at timestamptz); INSERT INTO app.plain VALUES (1, 2.50, '{a,b}', '2024-01-01 00:00:00+00');"
-           "CREATE TYPE mood AS ENUM ('ok'); CREATE TABLE public.feel (m mood); INSERT INTO public.feel VALUES ('ok');")
+    db.sql(
+        "CREATE SCHEMA app; CREATE TABLE app.plain (id int PRIMARY KEY, v numeric(12,2), tags text[], "
+        "at timestamptz); INSERT INTO app.plain VALUES (1, 2.50, '{a,b}', '2024-01-01 00:00:00+00');"
+        "CREATE TYPE mood AS ENUM ('ok'); CREATE TABLE public.feel (m mood); INSERT INTO public.feel VALUES ('ok');"
+    )
     first = db.dump("--run-id", "src", "--schema", "app", "--schema", "public")
     assert first.code == 0, first.stderr
 
@@ -214,9 +221,10 @@ def test_create_tables_builds_plain_tables_and_names_a_missing_type(db: Database
 
     loaded = target.restore(first.run_dir, "--create-tables", "--include", "app.*")
     assert loaded.code == 0, loaded.stderr
-    assert target.fetch("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-                        "WHERE attrelid = 'app.plain'::regclass AND attnum > 0 ORDER BY attnum") == [
-        ("integer",), ("numeric(12,2)",), ("text[]",), ("timestamp with time zone",)]
+    assert target.fetch(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = 'app.plain'::regclass AND attnum > 0 ORDER BY attnum"
+    ) == [("integer",), ("numeric(12,2)",), ("text[]",), ("timestamp with time zone",)]
     assert target.fetch("SELECT v::text, tags FROM app.plain") == [("2.50", ["a", "b"])]
 
 
@@ -270,10 +278,16 @@ def test_a_missing_manifest_is_not_a_dump(target: Database, tmp_path: Path) -> N
 def test_load_order_puts_parents_first_and_groups_cycles() -> None:
     from dumper.loadplan import ForeignKey, plan
 
-    keys = [ForeignKey("s.child", "s.parent", False, "k1"), ForeignKey("s.parent", "s.grand", False, "k2"),
-            ForeignKey("s.a", "s.b", False, "k3"), ForeignKey("s.b", "s.a", False, "k4"),
-            ForeignKey("s.c", "s.d", True, "k5"), ForeignKey("s.d", "s.c", True, "k6"),
-            ForeignKey("s.tree", "s.tree", False, "k7"), ForeignKey("s.child", "other.t", False, "k8")]
+    keys = [
+        ForeignKey("s.child", "s.parent", False, "k1"),
+        ForeignKey("s.parent", "s.grand", False, "k2"),
+        ForeignKey("s.a", "s.b", False, "k3"),
+        ForeignKey("s.b", "s.a", False, "k4"),
+        ForeignKey("s.c", "s.d", True, "k5"),
+        ForeignKey("s.d", "s.c", True, "k6"),
+        ForeignKey("s.tree", "s.tree", False, "k7"),
+        ForeignKey("s.child", "other.t", False, "k8"),
+    ]
     units = plan(["s.a", "s.b", "s.c", "s.child", "s.d", "s.grand", "s.parent", "s.tree"], keys)
     by_table = {t: i for i, u in enumerate(units) for t in u.tables}
     assert units[by_table["s.a"]].tables == ("s.a", "s.b") and units[by_table["s.a"]].method == "replica"
@@ -302,11 +316,12 @@ def test_files_read_back_as_the_rows_they_hold(fmt: str) -> None:
     framer = Framer(fmt)
     body = RowEncoder(["a", "s"], fmt == "json").encode([(i, 'x,}"]') for i in range(1000)])
     data = framer.header() + framer.separator(len(rows)) + body + framer.footer()
-    pieces = [data[i:i + 7] for i in range(0, len(data), 7)]  # rows cut anywhere
+    pieces = [data[i : i + 7] for i in range(0, len(data), 7)]  # rows cut anywhere
     reader = RowBatches(pieces, "none", fmt, "t", batch_bytes=500)
     got = [row for batch in reader for row in batch]
     assert got == rows
     import hashlib
+
     reader.check(1000, len(data), hashlib.sha256(data).hexdigest())
     with pytest.raises(Exception, match="changed since it was verified"):
         reader.check(1000, len(data), "0" * 64)
@@ -328,7 +343,11 @@ def test_a_row_splits_into_its_raw_values() -> None:
     row = b'{"a":1,"j":{"e": "\\u0000", "n":[1,{"b":"},"}]},"t":"q\\\\u0000","z":null}'
     members = split_object(row)
     assert [(name, value) for _, name, value in members] == [
-        ("a", b"1"), ("j", b'{"e": "\\u0000", "n":[1,{"b":"},"}]}'), ("t", b'"q\\\\u0000"'), ("z", b"null")]
+        ("a", b"1"),
+        ("j", b'{"e": "\\u0000", "n":[1,{"b":"},"}]}'),
+        ("t", b'"q\\\\u0000"'),
+        ("z", b"null"),
+    ]
     assert [holds_nul(value) for _, _, value in members] == [False, True, False, False]
     assert join_object(members) == row
 
@@ -356,8 +375,9 @@ def test_a_stalled_server_ends_the_restore(db: Database, target: Database) -> No
     db.sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
     first = db.dump("--run-id", "src")
     target.sql("CREATE TABLE t (id int);")
-    waiting = ("SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-               "WHERE c.relname = 't' AND NOT l.granted")
+    waiting = (
+        "SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 't' AND NOT l.granted"
+    )
     with target.locked("t", "SHARE"):
         proc = target.spawn("restore", str(first.run_dir), "--lock-timeout", "5", "--stall-timeout", "2")
         stopped: list[int] = []
@@ -385,8 +405,9 @@ def test_sigterm_leaves_the_waiting_table_as_it_was(db: Database, target: Databa
     first = db.dump("--run-id", "src")
     target.sql("CREATE TABLE a (id int); CREATE TABLE b (id int);")
     with target.locked("b", "SHARE"):
-        proc = target.spawn("restore", str(first.run_dir), "--jobs", "1", "--include", "public.b",
-                            "--lock-timeout", "0")
+        proc = target.spawn(
+            "restore", str(first.run_dir), "--jobs", "1", "--include", "public.b", "--lock-timeout", "0"
+        )
         try:
             wait_until(lambda: target.waiting_for_lock("b"))
             proc.send_signal(signal.SIGTERM)
@@ -399,14 +420,18 @@ def test_sigterm_leaves_the_waiting_table_as_it_was(db: Database, target: Databa
 
 
 def test_hostile_names_and_tables_without_columns_round_trip(db: Database, target: Database) -> None:
-    ddl = ('CREATE SCHEMA "we""ird sch.ema"; '
-           'CREATE TABLE "we""ird sch.ema"."Tab;le ""x"" ☺" ("Col ""a""" int, "sp ace,col" text, "ünï" jsonb);'
-           'CREATE TABLE "we""ird sch.ema".empty_cols ();'
-           'CREATE TABLE "we""ird sch.ema".only_generated (g int GENERATED ALWAYS AS (1) STORED);')
-    db.sql(ddl + 'INSERT INTO "we""ird sch.ema"."Tab;le ""x"" ☺" VALUES (1, \'a"b\', \'{"k": "v"}\'), '
-           '(NULL, NULL, NULL);'
-           'INSERT INTO "we""ird sch.ema".empty_cols SELECT FROM generate_series(1, 3);'
-           'INSERT INTO "we""ird sch.ema".only_generated SELECT FROM generate_series(1, 2);')
+    ddl = (
+        'CREATE SCHEMA "we""ird sch.ema"; '
+        'CREATE TABLE "we""ird sch.ema"."Tab;le ""x"" ☺" ("Col ""a""" int, "sp ace,col" text, "ünï" jsonb);'
+        'CREATE TABLE "we""ird sch.ema".empty_cols ();'
+        'CREATE TABLE "we""ird sch.ema".only_generated (g int GENERATED ALWAYS AS (1) STORED);'
+    )
+    db.sql(
+        ddl + 'INSERT INTO "we""ird sch.ema"."Tab;le ""x"" ☺" VALUES (1, \'a"b\', \'{"k": "v"}\'), '
+        "(NULL, NULL, NULL);"
+        'INSERT INTO "we""ird sch.ema".empty_cols SELECT FROM generate_series(1, 3);'
+        'INSERT INTO "we""ird sch.ema".only_generated SELECT FROM generate_series(1, 2);'
+    )
     first = db.dump("--run-id", "src", "--schema", 'we"ird sch.ema')
     assert first.code == 0, first.stderr
     target.sql(ddl)
@@ -435,8 +460,7 @@ def test_a_role_without_insert_is_told_what_to_grant(db: Database, target: Datab
     assert "GRANT pg_write_all_data TO <user>" in refused.stderr and "GRANT INSERT ON public.t" in refused.stderr
 
 
-def test_an_s3_source_that_stops_sending_ends_the_restore(db: Database, target: Database, s3: Any,
-                                                           moto: Moto) -> None:
+def test_an_s3_source_that_stops_sending_ends_the_restore(db: Database, target: Database, s3: Any, moto: Moto) -> None:
     import time
 
     from devtools.cutting_proxy import CuttingProxy
@@ -449,21 +473,33 @@ def test_an_s3_source_that_stops_sending_ends_the_restore(db: Database, target: 
     host, port = moto.endpoint.removeprefix("http://").split(":")
     proxy = CuttingProxy(host, int(port), stall_replies_after=256 << 10).start()
     try:
-        refused = target.restore(f"s3://{BUCKET}/nightly/src", "--s3-endpoint-url", f"http://127.0.0.1:{proxy.port}",
-                                 "--stall-timeout", "2")
+        refused = target.restore(
+            f"s3://{BUCKET}/nightly/src", "--s3-endpoint-url", f"http://127.0.0.1:{proxy.port}", "--stall-timeout", "2"
+        )
         took = time.monotonic() - proxy.held_at
         err = io.StringIO()
         with contextlib.redirect_stderr(err):  # verify reads the same way: the storage failed, not a file
-            verified = cli.main(["verify", f"s3://{BUCKET}/nightly/src", "--s3-endpoint-url",
-                                 f"http://127.0.0.1:{proxy.port}", "--stall-timeout", "2"], target.base_env(),
-                                stdout=io.StringIO())
+            verified = cli.main(
+                [
+                    "verify",
+                    f"s3://{BUCKET}/nightly/src",
+                    "--s3-endpoint-url",
+                    f"http://127.0.0.1:{proxy.port}",
+                    "--stall-timeout",
+                    "2",
+                ],
+                target.base_env(),
+                stdout=io.StringIO(),
+            )
     finally:
         proxy.stop()
     assert verified == 6 and "the object store sent nothing for the --stall-timeout" in err.getvalue()
     assert refused.code == 6, refused.stderr
     within(took, 2, 2 * 2, "the stalled download")  # from the moment the download was held
-    assert "cannot read s3://dumps/nightly/src/public.big.jsonl: the object store sent nothing for the " \
+    assert (
+        "cannot read s3://dumps/nightly/src/public.big.jsonl: the object store sent nothing for the "
         "--stall-timeout" in refused.stderr
+    )
     assert count(target, "big") == 0
 
 
@@ -486,8 +522,10 @@ def test_truncate_checks_the_truncate_privilege_before_anything_changes(db: Data
 
 def test_arrays_keep_their_lower_bounds(db: Database, target: Database) -> None:
     ddl = "CREATE TABLE arr (id int, f float8[], i int[][], t text[], n numeric[]);"
-    db.sql(ddl + "INSERT INTO arr VALUES (1, '[0:1]={1.1,2.2}', '[1:1][-1:0]={{1,2}}', '[5:5]={x}', '{1.5}'),"
-           "(2, '{3.3}', '{{1}}', '{}', '[2:3]={NaN,1e-30}');")
+    db.sql(
+        ddl + "INSERT INTO arr VALUES (1, '[0:1]={1.1,2.2}', '[1:1][-1:0]={{1,2}}', '[5:5]={x}', '{1.5}'),"
+        "(2, '{3.3}', '{{1}}', '{}', '[2:3]={NaN,1e-30}');"
+    )
     first = db.dump("--run-id", "src")
     assert [r["f"] for r in first.rows("public", "arr")] == ["[0:1]={1.1,2.2}", [Decimal("3.3")]]
     target.sql(ddl)

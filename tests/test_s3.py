@@ -30,8 +30,12 @@ MIB = 1 << 20
 
 
 def s3_env(moto: Moto, **extra: str) -> dict[str, str]:
-    return {"DUMPER_OUTPUT": f"s3://{BUCKET}/nightly", "DUMPER_S3_ENDPOINT_URL": moto.endpoint,
-            "DUMPER_PART_SIZE": "5", **extra}
+    return {
+        "DUMPER_OUTPUT": f"s3://{BUCKET}/nightly",
+        "DUMPER_S3_ENDPOINT_URL": moto.endpoint,
+        "DUMPER_PART_SIZE": "5",
+        **extra,
+    }
 
 
 def keys(client: Any, prefix: str = "") -> list[str]:
@@ -49,14 +53,15 @@ def body(client: Any, key: str) -> bytes:
 
 def big_table(db: Database, rows: int = 200_000) -> None:
     # ~180 bytes of poorly compressible JSON per row: ~36 MB, several 5 MiB parts even gzipped.
-    db.sql(f"CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS a, "
-           f"md5((g * 13)::text) || md5((g * 17)::text) AS b FROM generate_series(1, {rows}) g;"
-           "CREATE TABLE small (id int, note text); INSERT INTO small VALUES (1, 'x'), (2, NULL);")
+    db.sql(
+        f"CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS a, "
+        f"md5((g * 13)::text) || md5((g * 17)::text) AS b FROM generate_series(1, {rows}) g;"
+        "CREATE TABLE small (id int, note text); INSERT INTO small VALUES (1, 'x'), (2, NULL);"
+    )
 
 
 @pytest.mark.parametrize("fmt,compression", [("jsonl", "none"), ("json", "gzip")])
-def test_s3_objects_equal_the_local_files(db: Database, s3: Any, moto: Moto, fmt: str,
-                                          compression: str) -> None:
+def test_s3_objects_equal_the_local_files(db: Database, s3: Any, moto: Moto, fmt: str, compression: str) -> None:
     big_table(db)
     args = ("--run-id", "r1", "--format", fmt, "--compression", compression, "--gzip-level", "1")
     remote = db.dump(*args, env=s3_env(moto))
@@ -65,8 +70,10 @@ def test_s3_objects_equal_the_local_files(db: Database, s3: Any, moto: Moto, fmt
     assert local.code == 0, local.stderr
     manifest = local.manifest()
     schema = ["nightly/r1/schema.pre-data.sql", "nightly/r1/schema.post-data.sql"]
-    assert keys(s3) == sorted(["nightly/LATEST", "nightly/r1/manifest.json", *schema]
-                              + [f"nightly/r1/{t['path']}" for t in manifest["tables"]])
+    assert keys(s3) == sorted(
+        ["nightly/LATEST", "nightly/r1/manifest.json", *schema]
+        + [f"nightly/r1/{t['path']}" for t in manifest["tables"]]
+    )
     remote_manifest = cli.parse(body(s3, "nightly/r1/manifest.json"))  # type: ignore[attr-defined]
     for listed in remote_manifest["schema_files"]["files"]:
         stored = body(s3, f"nightly/r1/{listed['path']}")
@@ -99,8 +106,9 @@ def _verify(*args: str) -> tuple[int, str]:
 def test_s3_upload_memory_stays_bounded(db: Database, s3: Any, moto: Moto) -> None:
     """~300 MB through 16 MiB parts (the default): the parts' buffers are
     returned to the OS, so peak RSS stays under 150 MB (211 MB without)."""
-    db.sql("CREATE TABLE t AS SELECT g AS id, md5(g::text) || repeat('x', 200) AS pad "
-           "FROM generate_series(1, 1000000) g;")
+    db.sql(
+        "CREATE TABLE t AS SELECT g AS id, md5(g::text) || repeat('x', 200) AS pad FROM generate_series(1, 1000000) g;"
+    )
     aws = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     peak = peak_rss_mb(db, "--jobs", "1", env={**s3_env(moto, DUMPER_PART_SIZE="16"), **aws})
     assert len(keys(s3)) == 5, "table, two schema files, manifest and LATEST were uploaded"
@@ -122,8 +130,17 @@ def test_encryption_and_storage_class_are_applied(db: Database, s3: Any, moto: M
     big_table(db, 1000)
     kms = boto3.client("kms", endpoint_url=moto.endpoint, region_name="us-east-1")
     key_id = kms.create_key()["KeyMetadata"]["KeyId"]
-    result = db.dump("--run-id", "k", "--s3-sse", "aws:kms", "--s3-kms-key-id", key_id,
-                     "--s3-storage-class", "STANDARD_IA", env=s3_env(moto))
+    result = db.dump(
+        "--run-id",
+        "k",
+        "--s3-sse",
+        "aws:kms",
+        "--s3-kms-key-id",
+        key_id,
+        "--s3-storage-class",
+        "STANDARD_IA",
+        env=s3_env(moto),
+    )
     assert result.code == 0, result.stderr
     head = s3.head_object(Bucket=BUCKET, Key="nightly/k/public.big.jsonl")
     assert head["ServerSideEncryption"] == "aws:kms" and key_id in head["SSEKMSKeyId"]
@@ -133,9 +150,11 @@ def test_encryption_and_storage_class_are_applied(db: Database, s3: Any, moto: M
     assert s3.head_object(Bucket=BUCKET, Key="nightly/a/manifest.json")["ServerSideEncryption"] == "AES256"
 
 
-def test_part_size_grows_to_stay_under_the_part_limit(db: Database, s3: Any, moto: Moto,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_part_size_grows_to_stay_under_the_part_limit(
+    db: Database, s3: Any, moto: Moto, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from dumper import sinks
+
     monkeypatch.setattr(sinks, "PARTS_PER_STEP", 2)  # double every 2 parts instead of every 1000
     big_table(db, 300_000)
     result = db.dump("--run-id", "g", env=s3_env(moto))
@@ -154,8 +173,9 @@ def test_missing_bucket_fails_fast_naming_it(db: Database, s3: Any, moto: Moto) 
     assert '"event":"started"' not in result.stdout, "fails before reading any table"
 
 
-def test_access_denied_names_the_bucket_and_the_permissions(db: Database, s3: Any, moto: Moto,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_access_denied_names_the_bucket_and_the_permissions(
+    db: Database, s3: Any, moto: Moto, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """moto enforces IAM policies inside enable_iam_authentication(): a user who may
     only read the bucket gets S3's real AccessDenied on the write probe."""
     from moto.core import enable_iam_authentication
@@ -163,9 +183,16 @@ def test_access_denied_names_the_bucket_and_the_permissions(db: Database, s3: An
     big_table(db, 10)
     iam = boto3.client("iam", endpoint_url=moto.endpoint, region_name="us-east-1")
     iam.create_user(UserName="reader")
-    iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}]}))
+    iam.put_user_policy(
+        UserName="reader",
+        PolicyName="read-only",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}],
+            }
+        ),
+    )
     key = iam.create_access_key(UserName="reader")["AccessKey"]
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
@@ -185,8 +212,11 @@ def test_kms_refusing_the_key_is_said_with_the_permissions(db: Database, s3: Any
 
     big_table(db, 10)
     with kms_refusing_s3(moto.endpoint) as front:
-        result = db.dump(env=s3_env(moto, DUMPER_S3_ENDPOINT_URL=front.url, DUMPER_S3_SSE="aws:kms",
-                                    DUMPER_S3_KMS_KEY_ID="alias/dumper"))
+        result = db.dump(
+            env=s3_env(
+                moto, DUMPER_S3_ENDPOINT_URL=front.url, DUMPER_S3_SSE="aws:kms", DUMPER_S3_KMS_KEY_ID="alias/dumper"
+            )
+        )
     assert result.code == 6, result.stderr
     assert "KMS refused the key" in result.stderr and "kms:GenerateDataKey" in result.stderr
     assert "--s3-kms-key-id" in result.stderr
@@ -227,15 +257,26 @@ def test_s3_endpoint_failing_mid_upload_leaves_nothing(db: Database, s3: Any, mo
 
 
 @contextlib.contextmanager
-def _dump_with_an_upload_pending(db: Database, s3: Any, moto: Moto) -> Iterator[tuple[subprocess.Popen[str],
-                                                                                     ReplyHold]]:
+def _dump_with_an_upload_pending(
+    db: Database, s3: Any, moto: Moto
+) -> Iterator[tuple[subprocess.Popen[str], ReplyHold]]:
     """The real CLI in a subprocess, held part way through the big table (tests/holds.py) once
     more than a part's worth of it was read: its multipart upload is under way, and stays so."""
     big_table(db, 200_000)  # ~36 MB of JSON
     with replies_held(db, after=16 * MIB) as hold:  # ~16 MB of rows: a 5 MiB part or more is up
-        proc = db.spawn("run", "--jobs", "1", *hold.args, env={**s3_env(moto), "AWS_ACCESS_KEY_ID": "testing",
-                                                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                                                "AWS_EC2_METADATA_DISABLED": "true"})
+        proc = db.spawn(
+            "run",
+            "--jobs",
+            "1",
+            *hold.args,
+            env={
+                **s3_env(moto),
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true",
+            },
+        )
         hold.wait()
         wait_until(lambda: any(key.endswith("public.big.jsonl") for key in pending_uploads(s3)))  # not a schema file's
         yield proc, hold
@@ -245,8 +286,10 @@ def test_database_dying_mid_table_leaves_nothing_on_s3(db: Database, s3: Any, mo
     """The database goes away for good (no new connections): retries cannot heal it."""
     with _dump_with_an_upload_pending(db, s3, moto) as (proc, hold):
         db.cluster.psql(f"ALTER DATABASE {db.name} ALLOW_CONNECTIONS false")
-        killed = db.cluster.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                 f"WHERE datname = '{db.name}' AND application_name LIKE 'dumper/%'")
+        killed = db.cluster.psql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{db.name}' AND application_name LIKE 'dumper/%'"
+        )
         assert "t" in killed.split(), "the dumper's backends were found"
         hold.release()
         stdout, stderr = proc.communicate(timeout=60)
@@ -265,13 +308,17 @@ def test_sigterm_aborts_the_upload(db: Database, s3: Any, moto: Moto) -> None:
 
 
 def test_every_request_names_the_expected_bucket_owner_and_run_objects_are_never_replaced(
-        db: Database, s3: Any, moto: Moto) -> None:
+    db: Database, s3: Any, moto: Moto
+) -> None:
     big_table(db, 40_000)  # ~7 MB: a multipart upload at 5 MiB parts
     host, port = moto.endpoint.removeprefix("http://").split(":")
     proxy = CuttingProxy(host, int(port)).start()  # records what the dump sends
     try:
-        env = s3_env(moto, DUMPER_S3_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}",
-                     DUMPER_S3_EXPECTED_BUCKET_OWNER="123456789012")
+        env = s3_env(
+            moto,
+            DUMPER_S3_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}",
+            DUMPER_S3_EXPECTED_BUCKET_OWNER="123456789012",
+        )
         result = db.dump("--run-id", "r1", "--jobs", "1", env=env)
     finally:
         proxy.stop()
@@ -281,17 +328,20 @@ def test_every_request_names_the_expected_bucket_owner_and_run_objects_are_never
     for line, headers in requests:
         assert headers.get("x-amz-expected-bucket-owner") == "123456789012", line
     # Objects of the run are created only if absent; LATEST replaces the previous one.
-    writes = {line.split()[1].split("?")[0].removeprefix(f"/{BUCKET}/"): headers for line, headers in requests
-              if (line.startswith("PUT ") and "partNumber=" not in line)
-              or (line.startswith("POST ") and "uploadId=" in line)}
+    writes = {
+        line.split()[1].split("?")[0].removeprefix(f"/{BUCKET}/"): headers
+        for line, headers in requests
+        if (line.startswith("PUT ") and "partNumber=" not in line) or (line.startswith("POST ") and "uploadId=" in line)
+    }
     assert writes["nightly/r1/public.big.jsonl"].get("if-none-match") == "*"
     assert writes["nightly/r1/public.small.jsonl"].get("if-none-match") == "*"
     assert writes["nightly/r1/manifest.json"].get("if-none-match") == "*"
     assert "if-none-match" not in writes["nightly/LATEST"]
     # An object smaller than a part is one PutObject; a larger one a multipart upload.
     lines = [line for line, _ in requests]
-    assert [line for line in lines if "public.small.jsonl" in line] == [f"PUT /{BUCKET}/nightly/r1/public.small.jsonl "
-                                                                        "HTTP/1.1"]
+    assert [line for line in lines if "public.small.jsonl" in line] == [
+        f"PUT /{BUCKET}/nightly/r1/public.small.jsonl HTTP/1.1"
+    ]
     assert any(line.startswith(f"POST /{BUCKET}/nightly/r1/public.big.jsonl?uploads") for line in lines)
 
 
@@ -306,16 +356,19 @@ def test_a_run_folder_that_holds_an_object_is_refused(db: Database, s3: Any, mot
 
 def test_a_bad_expected_bucket_owner_is_a_usage_error(db: Database, s3: Any, moto: Moto) -> None:
     result = db.dump("--s3-expected-bucket-owner", "12345", env=s3_env(moto))
-    assert result.code == 2 and "--s3-expected-bucket-owner: '12345' must be a 12-digit AWS account id" \
-        in result.stderr
+    assert result.code == 2 and "--s3-expected-bucket-owner: '12345' must be a 12-digit AWS account id" in result.stderr
     assert result.stderr.count("\n") == 1 and keys(s3) == [], "one line, nothing written"
 
 
 def _user_with_policy(moto: Moto, name: str, policy_file: str) -> dict[str, str]:
     """An IAM user holding a policy from deploy/iam/, bucket and prefix swapped for the test's."""
     text = (ROOT / "deploy" / "iam" / policy_file).read_text()
-    doc = json.loads(text.replace("my-db-dumps", BUCKET).replace("/app/", "/nightly/")
-                     .replace('"app/"', '"nightly/"').replace('"app/*"', '"nightly/*"'))
+    doc = json.loads(
+        text.replace("my-db-dumps", BUCKET)
+        .replace("/app/", "/nightly/")
+        .replace('"app/"', '"nightly/"')
+        .replace('"app/*"', '"nightly/*"')
+    )
     doc["Statement"] = [s for s in doc["Statement"] if str(s["Resource"]).startswith("arn:aws:s3")]
     iam = boto3.client("iam", endpoint_url=moto.endpoint, region_name="us-east-1")
     iam.create_user(UserName=name)
@@ -324,8 +377,9 @@ def _user_with_policy(moto: Moto, name: str, policy_file: str) -> dict[str, str]
     return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
 
 
-def test_the_shipped_policy_dumps_but_cannot_read_or_delete_history(db: Database, s3: Any, moto: Moto,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_shipped_policy_dumps_but_cannot_read_or_delete_history(
+    db: Database, s3: Any, moto: Moto, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from moto.core import enable_iam_authentication
 
     big_table(db, 40_000)
@@ -337,19 +391,30 @@ def test_the_shipped_policy_dumps_but_cannot_read_or_delete_history(db: Database
         assert first.code == 0, first.stderr
         # A failed run (the table is gone by the time it reads... here: RLS refuses) cannot delete
         # what it wrote: it says so, writes no manifest, and leaves LATEST alone.
-        db.sql("ALTER TABLE small ENABLE ROW LEVEL SECURITY; ALTER TABLE small FORCE ROW LEVEL SECURITY;"
-               "CREATE ROLE limited LOGIN PASSWORD 'pw' NOBYPASSRLS; GRANT SELECT ON big, small TO limited;"
-               f"GRANT CONNECT ON DATABASE {db.name} TO limited;")
+        db.sql(
+            "ALTER TABLE small ENABLE ROW LEVEL SECURITY; ALTER TABLE small FORCE ROW LEVEL SECURITY;"
+            "CREATE ROLE limited LOGIN PASSWORD 'pw' NOBYPASSRLS; GRANT SELECT ON big, small TO limited;"
+            f"GRANT CONNECT ON DATABASE {db.name} TO limited;"
+        )
         try:
-            failed = db.dump("--run-id", "r2", "--jobs", "1", env={**s3_env(moto), "PGUSER": "limited",
-                                                                    "PGPASSWORD": "pw"})
+            failed = db.dump(
+                "--run-id", "r2", "--jobs", "1", env={**s3_env(moto), "PGUSER": "limited", "PGPASSWORD": "pw"}
+            )
         finally:
             db.sql("DROP OWNED BY limited; DROP ROLE limited;")
-        client = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1", **{
-            "aws_access_key_id": dumper_keys["AWS_ACCESS_KEY_ID"],
-            "aws_secret_access_key": dumper_keys["AWS_SECRET_ACCESS_KEY"]})
-        for denied in (lambda: client.get_object(Bucket=BUCKET, Key="nightly/r1/manifest.json"),
-                       lambda: client.delete_object(Bucket=BUCKET, Key="nightly/r1/manifest.json")):
+        client = boto3.client(
+            "s3",
+            endpoint_url=moto.endpoint,
+            region_name="us-east-1",
+            **{
+                "aws_access_key_id": dumper_keys["AWS_ACCESS_KEY_ID"],
+                "aws_secret_access_key": dumper_keys["AWS_SECRET_ACCESS_KEY"],
+            },
+        )
+        for denied in (
+            lambda: client.get_object(Bucket=BUCKET, Key="nightly/r1/manifest.json"),
+            lambda: client.delete_object(Bucket=BUCKET, Key="nightly/r1/manifest.json"),
+        ):
             with pytest.raises(client.exceptions.ClientError, match="AccessDenied"):
                 denied()
         client.close()
@@ -371,8 +436,9 @@ def test_part_sizes_at_the_real_step_fit_any_table_in_10000_parts() -> None:
     assert part_size(5 * 1024 * MIB, 9_999) == MAX_PART
 
 
-def test_the_sdks_s3_endpoint_variable_is_honoured(db: Database, s3: Any, moto: Moto,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_sdks_s3_endpoint_variable_is_honoured(
+    db: Database, s3: Any, moto: Moto, monkeypatch: pytest.MonkeyPatch
+) -> None:
     big_table(db, 10)
     env = {**s3_env(moto), "DUMPER_S3_ENDPOINT_URL": "", "AWS_ENDPOINT_URL_S3": moto.endpoint}
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto.endpoint)  # the SDK reads it from the process environment
@@ -386,8 +452,9 @@ def test_the_bucket_region_option_signs_for_that_region(db: Database, s3: Any, m
     host, port = moto.endpoint.removeprefix("http://").split(":")
     proxy = CuttingProxy(host, int(port)).start()
     try:
-        result = db.dump("--s3-region", "eu-west-3",
-                         env=s3_env(moto, DUMPER_S3_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}"))
+        result = db.dump(
+            "--s3-region", "eu-west-3", env=s3_env(moto, DUMPER_S3_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}")
+        )
     finally:
         proxy.stop()
     assert result.code == 0, result.stderr
@@ -418,10 +485,22 @@ def test_sigterm_exits_anyway_when_clean_up_outlasts_the_grace_period(db: Databa
     proxy = CuttingProxy(host, int(port), cut_after=1 << 20, stall=True).start()  # the abort cannot finish
     proc: subprocess.Popen[str] | None = None
     try:
-        proc = db.spawn("run", "--jobs", "1", "--stall-timeout", "0", "--grace-seconds", "2",
-                        env={**s3_env(moto, DUMPER_S3_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}"),
-                             "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                             "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
+        proc = db.spawn(
+            "run",
+            "--jobs",
+            "1",
+            "--stall-timeout",
+            "0",
+            "--grace-seconds",
+            "2",
+            env={
+                **s3_env(moto, DUMPER_S3_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}"),
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true",
+            },
+        )
         assert proxy.held.wait(60), "the upload was never held"
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()

@@ -75,19 +75,34 @@ def test_schema_files_come_from_the_snapshot_and_are_verified(db: Database) -> N
         assert (len(data), hashlib.sha256(data).hexdigest()) == (listed["bytes"], listed["sha256"])
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     pre, post = schema_text(result, "pre-data"), schema_text(result, "post-data")
-    for expected in ("CREATE TYPE public.mood AS ENUM", "CREATE DOMAIN public.email", "CREATE TYPE public.point3 AS",
-                     "PARTITION BY RANGE (at)", "ATTACH PARTITION public.events_2025", "GENERATED ALWAYS AS IDENTITY",
-                     "CREATE SEQUENCE public.people_id_seq", "CREATE FUNCTION public.shout()"):
+    for expected in (
+        "CREATE TYPE public.mood AS ENUM",
+        "CREATE DOMAIN public.email",
+        "CREATE TYPE public.point3 AS",
+        "PARTITION BY RANGE (at)",
+        "ATTACH PARTITION public.events_2025",
+        "GENERATED ALWAYS AS IDENTITY",
+        "CREATE SEQUENCE public.people_id_seq",
+        "CREATE FUNCTION public.shout()",
+    ):
         assert expected in pre, expected
-    for expected in ("CREATE TRIGGER shouted", "FOREIGN KEY (best_pet) REFERENCES public.pets(id)",
-                     "CREATE INDEX events_what", "ADD CONSTRAINT people_pkey PRIMARY KEY (id)"):
+    for expected in (
+        "CREATE TRIGGER shouted",
+        "FOREIGN KEY (best_pet) REFERENCES public.pets(id)",
+        "CREATE INDEX events_what",
+        "ADD CONSTRAINT people_pkey PRIMARY KEY (id)",
+    ):
         assert expected in post, expected
     assert "skipped" not in pre + post  # --exclude applies to the schema too
     assert "OWNER TO" not in pre and "GRANT" not in pre
     by_name = {s["name"]: s for s in manifest["sequences"]}
-    assert by_name["people_id_seq"] == {"schema": "public", "name": "people_id_seq", "last_value": 8,
-                                        "is_called": True,
-                                        "owned_by": {"schema": "public", "table": "people", "column": "id"}}
+    assert by_name["people_id_seq"] == {
+        "schema": "public",
+        "name": "people_id_seq",
+        "last_value": 8,
+        "is_called": True,
+        "owned_by": {"schema": "public", "table": "people", "column": "id"},
+    }
     assert by_name["pets_id_seq"]["owned_by"] == {"schema": "public", "table": "pets", "column": "id"}
     assert by_name["events_id_seq"]["last_value"] == 20
     assert verify(result.run_dir)[0] == 0
@@ -116,8 +131,10 @@ def test_restore_with_schema_builds_the_same_database(db: Database, target: Data
     # The application's next INSERT without an id takes the next value: no collision with a restored row.
     rows = target.fetch("INSERT INTO people (mail) VALUES ('new@x.io') RETURNING id")
     assert rows[0][0] == 9
-    target.sql("INSERT INTO pets (owner_id, name) VALUES (1, 'new'); "
-               "INSERT INTO events (at, what) VALUES ('2026-03-01', 'new');")
+    target.sql(
+        "INSERT INTO pets (owner_id, name) VALUES (1, 'new'); "
+        "INSERT INTO events (at, what) VALUES ('2026-03-01', 'new');"
+    )
     assert target.fetch("SELECT what FROM events WHERE at = '2026-03-01'")[0][0] == "NEW"  # the trigger is back
 
 
@@ -166,8 +183,10 @@ def pg_dump_claiming(tmp: Path, version: str, real: Path) -> Path:
     older than the server, where none is installed (PostgreSQL 15 has no older one here)."""
     wrapper = tmp / f"pg_dump-{version}" / "pg_dump"
     wrapper.parent.mkdir()
-    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then echo "pg_dump (PostgreSQL) {version}"; exit 0; fi\n'
-                       f'exec {real} "$@"\n')
+    wrapper.write_text(
+        f'#!/bin/sh\nif [ "$1" = --version ]; then echo "pg_dump (PostgreSQL) {version}"; exit 0; fi\n'
+        f'exec {real} "$@"\n'
+    )
     wrapper.chmod(0o700)
     return wrapper
 
@@ -229,11 +248,13 @@ def test_a_pg_dump_that_does_not_run_is_a_configuration_error(db: Database, tmp_
 
 def test_hostile_names_in_the_schema_files(db: Database, target: Database) -> None:
     schema = 'we"ird sch.ema'
-    db.sql('CREATE SCHEMA "we""ird sch.ema"; '
-           'CREATE TABLE "we""ird sch.ema"."Tab.le *?x" (id serial PRIMARY KEY, "Col ""a""" text); '
-           'CREATE TABLE "we""ird sch.ema"."ex.cl*uded" (x int); '
-           'CREATE TABLE "we""ird sch.ema"."ex.clXuded" (x int); '
-           'INSERT INTO "we""ird sch.ema"."Tab.le *?x" ("Col ""a""") VALUES (\'one\'), (\'two\');')
+    db.sql(
+        'CREATE SCHEMA "we""ird sch.ema"; '
+        'CREATE TABLE "we""ird sch.ema"."Tab.le *?x" (id serial PRIMARY KEY, "Col ""a""" text); '
+        'CREATE TABLE "we""ird sch.ema"."ex.cl*uded" (x int); '
+        'CREATE TABLE "we""ird sch.ema"."ex.clXuded" (x int); '
+        'INSERT INTO "we""ird sch.ema"."Tab.le *?x" ("Col ""a""") VALUES (\'one\'), (\'two\');'
+    )
     first = db.dump("--schema", schema, "--exclude", f"{schema}.ex.cl[*]uded")
     assert first.code == 0, first.stderr
     pre = schema_text(first, "pre-data")
@@ -245,13 +266,15 @@ def test_hostile_names_in_the_schema_files(db: Database, target: Database) -> No
 
 
 def test_an_existing_schema_is_kept_and_the_restrict_lines_removed() -> None:
-    script = ("\\restrict abc123\n\nSET x = 1;\n\n"
-              "--\n-- Name: public; Type: SCHEMA; Schema: -; Owner: -\n--\n\nCREATE SCHEMA public;\n\n\n"
-              "--\n-- Name: SCHEMA public; Type: COMMENT; Schema: -; Owner: -\n--\n\n"
-              "COMMENT ON SCHEMA public IS 'standard public schema';\n\n\n"
-              "--\n-- Name: Odd; Type: SCHEMA; Schema: -; Owner: -\n--\n\nCREATE SCHEMA \"Odd\";\n\n\n"
-              "--\n-- Name: t; Type: TABLE; Schema: public; Owner: -\n--\n\nCREATE TABLE public.t (x int);\n\n"
-              "\\unrestrict abc123\n\n")
+    script = (
+        "\\restrict abc123\n\nSET x = 1;\n\n"
+        "--\n-- Name: public; Type: SCHEMA; Schema: -; Owner: -\n--\n\nCREATE SCHEMA public;\n\n\n"
+        "--\n-- Name: SCHEMA public; Type: COMMENT; Schema: -; Owner: -\n--\n\n"
+        "COMMENT ON SCHEMA public IS 'standard public schema';\n\n\n"
+        '--\n-- Name: Odd; Type: SCHEMA; Schema: -; Owner: -\n--\n\nCREATE SCHEMA "Odd";\n\n\n'
+        "--\n-- Name: t; Type: TABLE; Schema: public; Owner: -\n--\n\nCREATE TABLE public.t (x int);\n\n"
+        "\\unrestrict abc123\n\n"
+    )
     out = schemasql.runnable(script, ["public"])
     assert "restrict" not in out
     assert "CREATE SCHEMA public;" not in out and "COMMENT ON SCHEMA public" not in out
@@ -264,8 +287,9 @@ def test_a_pg_dump_that_never_finishes_ends_the_run_and_is_killed(db: Database, 
     held on purpose, as by a server that answers nothing."""
     db.sql("CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
     wrapper = tmp_path / "pg_dump"
-    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then exec {db.cluster.bin / "pg_dump"} "$@"; fi\n'
-                       "exec sleep 3599.25\n")  # a pg_dump whose server answers nothing
+    wrapper.write_text(
+        f'#!/bin/sh\nif [ "$1" = --version ]; then exec {db.cluster.bin / "pg_dump"} "$@"; fi\nexec sleep 3599.25\n'
+    )  # a pg_dump whose server answers nothing
     wrapper.chmod(0o700)
     result = db.dump("--pg-dump", str(wrapper), "--stall-timeout", "2", "--lock-timeout", "1", "--run-id", "r")
     assert result.code == 5, result.stderr

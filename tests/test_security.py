@@ -39,8 +39,10 @@ def test_missing_grant_fails_naming_the_table_and_the_grant(db: Database) -> Non
 
 def test_row_level_security_refuses_instead_of_a_short_file(db: Database) -> None:
     _reader(db)
-    db.sql("GRANT SELECT ON secret TO reader; ALTER TABLE secret ENABLE ROW LEVEL SECURITY;"
-           "CREATE POLICY none_for_you ON secret USING (false);")
+    db.sql(
+        "GRANT SELECT ON secret TO reader; ALTER TABLE secret ENABLE ROW LEVEL SECURITY;"
+        "CREATE POLICY none_for_you ON secret USING (false);"
+    )
     try:
         result = db.dump(user="reader", password="reader-pw")
         assert result.code == 4
@@ -59,8 +61,7 @@ def test_failure_in_one_table_removes_the_files_of_finished_ones(db: Database) -
     """--jobs 1: open_data (larger, dumped first) completes, then secret fails (RLS)."""
     _reader(db)
     try:
-        db.sql("ANALYZE open_data; GRANT SELECT ON secret TO reader;"
-               "ALTER TABLE secret ENABLE ROW LEVEL SECURITY;")
+        db.sql("ANALYZE open_data; GRANT SELECT ON secret TO reader;ALTER TABLE secret ENABLE ROW LEVEL SECURITY;")
         result = db.dump("--jobs", "1", user="reader", password="reader-pw")
         assert result.code == 4
         assert '"event":"done"' in result.stdout and "public.open_data" in result.stdout
@@ -148,9 +149,14 @@ def test_sslmode_require_encrypts_without_checking_the_certificate(db: Database)
 
     db.sql("CREATE TABLE t (i int);")
     # 127.0.0.1 is not the certificate's name: verify-full refuses it (above), require does not check.
-    proc = subprocess.run([sys.executable, "-m", "dumper", "check", "--host", "127.0.0.1", "--sslmode", "require"],
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT_DIR), **db.base_env()},
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dumper", "check", "--host", "127.0.0.1", "--sslmode", "require"],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT_DIR), **db.base_env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "TLS TLSv1." in proc.stdout and "(--sslmode require)" in proc.stdout, "encrypted all the same"
     assert "--sslmode require: the server's identity is not verified" in proc.stderr

@@ -15,8 +15,12 @@ BIG = "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS h FROM generate_serie
 
 
 def dumper_sessions(db: Database) -> int:
-    return int(db.fetch("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'dumper/%' "
-                        "AND datname = current_database()")[0][0])
+    return int(
+        db.fetch(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'dumper/%' "
+            "AND datname = current_database()"
+        )[0][0]
+    )
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -28,8 +32,9 @@ def test_signal_mid_table_leaves_nothing(db: Database, sig: signal.Signals, code
     with replies_held(db) as hold:
         proc = db.spawn("run", "--jobs", "2", *hold.args)
         hold.wait()  # big is being read, and stays so until the end of the block
-        wait_until(lambda: any(p.name.startswith(".public.big.") and p.name.endswith(".partial")
-                               for p in out.rglob("*")))
+        wait_until(
+            lambda: any(p.name.startswith(".public.big.") and p.name.endswith(".partial") for p in out.rglob("*"))
+        )
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr

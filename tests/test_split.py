@@ -36,8 +36,9 @@ def content(path: Any) -> bytes:
     return gzip.decompress(data) if path.name.endswith(".gz") else data
 
 
-@pytest.mark.parametrize(("fmt", "compression"), [("jsonl", "none"), ("json", "none"),
-                                                  ("jsonl", "gzip"), ("json", "gzip")])
+@pytest.mark.parametrize(
+    ("fmt", "compression"), [("jsonl", "none"), ("json", "none"), ("jsonl", "gzip"), ("json", "gzip")]
+)
 def test_split_table_file_is_identical_to_a_single_scan(db: Database, fmt: str, compression: str) -> None:
     db.sql(TABLES)
     common = ["--format", fmt, "--compression", compression]
@@ -55,18 +56,19 @@ def test_split_table_file_is_identical_to_a_single_scan(db: Database, fmt: str, 
     entries = {e["table"]: e for e in split.manifest()["tables"]}
     assert entries["wide"]["rows"] == 40000 - 10001
     if compression == "none":  # gzip bytes depend on how the stream was cut into batches
-        assert [e["sha256"] for e in split.manifest()["tables"]] == [
-            e["sha256"] for e in single.manifest()["tables"]]
+        assert [e["sha256"] for e in split.manifest()["tables"]] == [e["sha256"] for e in single.manifest()["tables"]]
     ids = [row["id"] for row in split.rows("public", "wide")]
     assert sorted(ids) == [*range(1, 10000), *range(20001, 40001)]
 
 
 def test_split_is_off_for_one_job_and_for_partitioned_tables(db: Database) -> None:
-    db.sql("CREATE TABLE plain AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 20000) g;"
-           "CREATE TABLE parted (id int, h text) PARTITION BY RANGE (id);"
-           "CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (10000);"
-           "CREATE TABLE parted_2 PARTITION OF parted FOR VALUES FROM (10000) TO (20001);"
-           "INSERT INTO parted SELECT id, h FROM plain;")
+    db.sql(
+        "CREATE TABLE plain AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 20000) g;"
+        "CREATE TABLE parted (id int, h text) PARTITION BY RANGE (id);"
+        "CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (10000);"
+        "CREATE TABLE parted_2 PARTITION OF parted FOR VALUES FROM (10000) TO (20001);"
+        "INSERT INTO parted SELECT id, h FROM plain;"
+    )
     split = db.dump("--jobs", "2", "--split-mib", "0.1")
     assert split.code == 0, split.stderr
     assert started(split.stdout, "public.plain")["pieces"] > 1

@@ -9,8 +9,19 @@ from .conftest import Database
 
 LONG = "x" * 63
 HOSTILE = [
-    "MixedCase", "with space", 'quote"inside', "dot.ted", "select", "ünïcødé_表", LONG,
-    "slash/and\\back", "..", "'single'", "%25percent", "semi;colon -- comment", "é" * 31,
+    "MixedCase",
+    "with space",
+    'quote"inside',
+    "dot.ted",
+    "select",
+    "ünïcødé_表",
+    LONG,
+    "slash/and\\back",
+    "..",
+    "'single'",
+    "%25percent",
+    "semi;colon -- comment",
+    "é" * 31,
 ]
 
 
@@ -22,8 +33,10 @@ def test_hostile_identifiers_in_schemas_tables_and_columns(db: Database) -> None
     schema = 'Sch "é.ma'
     db.sql(f"CREATE SCHEMA {qi(schema)};")
     for i, name in enumerate(HOSTILE):
-        db.sql(f"CREATE TABLE {qi(schema)}.{qi(name)} ({qi(name)} int, {qi('col ' + str(i))} text);"
-               f"INSERT INTO {qi(schema)}.{qi(name)} VALUES ({i}, {i}::text), ({i + 100}, NULL);")
+        db.sql(
+            f"CREATE TABLE {qi(schema)}.{qi(name)} ({qi(name)} int, {qi('col ' + str(i))} text);"
+            f"INSERT INTO {qi(schema)}.{qi(name)} VALUES ({i}, {i}::text), ({i + 100}, NULL);"
+        )
     result = db.dump("--schema", schema)
     assert result.code == 0, result.stderr
     manifest = result.manifest()
@@ -39,8 +52,10 @@ def test_hostile_identifiers_in_schemas_tables_and_columns(db: Database) -> None
 
 
 def test_names_equal_but_for_case_get_distinct_files(db: Database) -> None:
-    db.sql('CREATE TABLE "Users" (a int); CREATE TABLE users (b int); CREATE TABLE "USERS" (c int);'
-           'INSERT INTO "Users" VALUES (1); INSERT INTO users VALUES (2); INSERT INTO "USERS" VALUES (3);')
+    db.sql(
+        'CREATE TABLE "Users" (a int); CREATE TABLE users (b int); CREATE TABLE "USERS" (c int);'
+        'INSERT INTO "Users" VALUES (1); INSERT INTO users VALUES (2); INSERT INTO "USERS" VALUES (3);'
+    )
     result = db.dump()
     assert result.code == 0, result.stderr
     paths = [t["path"] for t in result.manifest()["tables"]]
@@ -69,21 +84,25 @@ def test_partitioned_table_is_dumped_once_through_its_root(db: Database) -> None
 
 
 def test_inheritance_children_are_not_counted_twice(db: Database) -> None:
-    db.sql("CREATE TABLE parent (id int); CREATE TABLE child (extra text) INHERITS (parent);"
-           "INSERT INTO parent VALUES (1); INSERT INTO child VALUES (2, 'c');")
+    db.sql(
+        "CREATE TABLE parent (id int); CREATE TABLE child (extra text) INHERITS (parent);"
+        "INSERT INTO parent VALUES (1); INSERT INTO child VALUES (2, 'c');"
+    )
     result = db.dump()
     assert result.rows("public", "parent") == [{"id": 1}]
     assert result.rows("public", "child") == [{"id": 2, "extra": "c"}]
 
 
 def test_views_matviews_and_foreign_tables_are_not_dumped(db: Database) -> None:
-    db.sql("CREATE TABLE base (id int); INSERT INTO base VALUES (1);"
-           "CREATE VIEW v AS SELECT * FROM base; CREATE MATERIALIZED VIEW mv AS SELECT * FROM base;"
-           "CREATE SEQUENCE seq;"
-           # A foreign table that reads, a file the server has: dumping it would read another system.
-           "CREATE EXTENSION file_fdw; CREATE SERVER files FOREIGN DATA WRAPPER file_fdw;"
-           "CREATE FOREIGN TABLE ft (line text) SERVER files "
-           "OPTIONS (filename '/etc/passwd', format 'text');")
+    db.sql(
+        "CREATE TABLE base (id int); INSERT INTO base VALUES (1);"
+        "CREATE VIEW v AS SELECT * FROM base; CREATE MATERIALIZED VIEW mv AS SELECT * FROM base;"
+        "CREATE SEQUENCE seq;"
+        # A foreign table that reads, a file the server has: dumping it would read another system.
+        "CREATE EXTENSION file_fdw; CREATE SERVER files FOREIGN DATA WRAPPER file_fdw;"
+        "CREATE FOREIGN TABLE ft (line text) SERVER files "
+        "OPTIONS (filename '/etc/passwd', format 'text');"
+    )
     assert db.fetch("SELECT count(*) FROM ft")[0][0] >= 1, "the foreign table is readable"
     result = db.dump()
     assert result.code == 0, result.stderr
@@ -91,8 +110,10 @@ def test_views_matviews_and_foreign_tables_are_not_dumped(db: Database) -> None:
 
 
 def test_zero_column_and_empty_tables(db: Database) -> None:
-    db.sql("CREATE TABLE nocols (); INSERT INTO nocols DEFAULT VALUES; INSERT INTO nocols DEFAULT VALUES;"
-           "CREATE TABLE empty (id int);")
+    db.sql(
+        "CREATE TABLE nocols (); INSERT INTO nocols DEFAULT VALUES; INSERT INTO nocols DEFAULT VALUES;"
+        "CREATE TABLE empty (id int);"
+    )
     for fmt in ("jsonl", "json"):
         result = db.dump("--format", fmt, "--run-id", fmt)
         assert result.code == 0, result.stderr
@@ -103,21 +124,56 @@ def test_zero_column_and_empty_tables(db: Database) -> None:
     assert (db.tmp / "out" / "jsonl" / "public.empty.jsonl").read_bytes() == b""
 
 
-@pytest.mark.parametrize("args,expected", [
-    ((), ["a_one", "a_two", "b_one", "keep.me"]),
-    (("--include", "public.a_*"), ["a_one", "a_two"]),
-    (("--include", "public.a_*", "--include", "*.b_one"), ["a_one", "a_two", "b_one"]),
-    (("--exclude", "public.a_*"), ["b_one", "keep.me"]),
-    (("--include", "public.*one", "--exclude", "public.b*"), ["a_one"]),
-    (("--include", "public.keep.me",), ["keep.me"]),
-    (("--include", "public.keep*",), ["keep.me"]),  # '*' matches the dot in the table's name too
-    (("--include", "*one",), ["a_one", "b_one"]),  # and the one between schema and table
-    (("--include", "public.?_one",), ["a_one", "b_one"]),
-    (("--include", "public.[ab]_t*",), ["a_two"]),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        ((), ["a_one", "a_two", "b_one", "keep.me"]),
+        (("--include", "public.a_*"), ["a_one", "a_two"]),
+        (("--include", "public.a_*", "--include", "*.b_one"), ["a_one", "a_two", "b_one"]),
+        (("--exclude", "public.a_*"), ["b_one", "keep.me"]),
+        (("--include", "public.*one", "--exclude", "public.b*"), ["a_one"]),
+        (
+            (
+                "--include",
+                "public.keep.me",
+            ),
+            ["keep.me"],
+        ),
+        (
+            (
+                "--include",
+                "public.keep*",
+            ),
+            ["keep.me"],
+        ),  # '*' matches the dot in the table's name too
+        (
+            (
+                "--include",
+                "*one",
+            ),
+            ["a_one", "b_one"],
+        ),  # and the one between schema and table
+        (
+            (
+                "--include",
+                "public.?_one",
+            ),
+            ["a_one", "b_one"],
+        ),
+        (
+            (
+                "--include",
+                "public.[ab]_t*",
+            ),
+            ["a_two"],
+        ),
+    ],
+)
 def test_include_exclude(db: Database, args: tuple[str, ...], expected: list[str]) -> None:
-    db.sql('CREATE TABLE a_one (i int); CREATE TABLE a_two (i int); CREATE TABLE b_one (i int);'
-           'CREATE TABLE "keep.me" (i int);')
+    db.sql(
+        "CREATE TABLE a_one (i int); CREATE TABLE a_two (i int); CREATE TABLE b_one (i int);"
+        'CREATE TABLE "keep.me" (i int);'
+    )
     result = db.dump(*args)
     assert result.code == 0, result.stderr
     assert [t["table"] for t in result.manifest()["tables"]] == expected

@@ -20,8 +20,10 @@ from .test_resilience import assert_every_row_once
 from .test_split import TABLES, content, started
 
 # Two tables, one for each worker, each past the hold's bytes (tests/holds.py): neither can finish while held.
-BIG = ("CREATE TABLE big AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 200000) g;"
-       "CREATE TABLE big2 AS SELECT * FROM big;")
+BIG = (
+    "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 200000) g;"
+    "CREATE TABLE big2 AS SELECT * FROM big;"
+)
 
 
 def worker_pids(parent: int) -> list[int]:
@@ -77,8 +79,9 @@ def stopped_workers(db: Database, *argv: str) -> Iterator[tuple[subprocess.Popen
 
 
 def no_dumper_sessions(db: Database) -> None:
-    query = ("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'dumper/%' "
-             "AND datname = current_database()")
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'dumper/%' AND datname = current_database()"
+    )
     wait_until(lambda: db.fetch(query)[0][0] == 0, 15)
 
 
@@ -104,8 +107,9 @@ def test_worker_processes_write_what_one_process_writes(db: Database, fmt: str, 
 TWO = "CREATE TABLE a (i int); INSERT INTO a VALUES (1); CREATE TABLE b (i int); INSERT INTO b VALUES (2);"
 
 
-def spawned_processes(db: Database, *argv: str, prefix: tuple[str, ...] = (),
-                      env: dict[str, str] | None = None) -> int | None:
+def spawned_processes(
+    db: Database, *argv: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> int | None:
     """How many worker processes a run started (None: it read in its own process)."""
     run_id = f"r{len(db.spawned)}"
     proc = db.spawn("run", "--run-id", run_id, *argv, prefix=prefix, env=env)
@@ -200,8 +204,12 @@ def test_a_signal_leaves_no_worker_behind(db: Database, sig: signal.Signals, cod
     db.sql(BIG)
     with stopped_workers(db) as (proc, pids, _):
         for pid in pids:  # ignored from exec on, even by a worker stopped while still importing
-            ignored = int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                               if line.startswith("SigIgn:")).split()[1], 16)
+            ignored = int(
+                next(
+                    line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigIgn:")
+                ).split()[1],
+                16,
+            )
             assert ignored & (1 << (sig - 1)), f"worker {pid} would die of {sig.name}"
         for pid in pids:  # as a terminal's Ctrl-C reaches the whole process group
             os.kill(pid, sig)
