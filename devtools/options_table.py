@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dumper.config import OPTIONS
+from dumper.core.config import OPTIONS
 
 HEADER = "| flag | environment | default | meaning |\n|---|---|---|---|\n"
 

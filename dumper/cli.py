@@ -14,14 +14,17 @@ from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
-from . import __version__, auth, drill, job, preflight, progress, prune, restore, schedule
-from .config import OPTIONS, Settings, redact_url, resolve, with_url_files
-from .errors import ConfigError, DumperError, Interrupted, OutputError, VerifyError
-from .logs import log, setup
-from .malloc import tune_malloc
-from .manifest import MANIFEST_NAME, parse, verify
-from .notify import Outcome
-from .sinks import FAILURES, Output
+from . import __version__
+from .core.config import OPTIONS, Settings, redact_url, resolve, with_url_files
+from .core.errors import ConfigError, DumperError, Interrupted, OutputError, VerifyError
+from .core.logs import log, setup
+from .core.malloc import tune_malloc
+from .format.manifest import MANIFEST_NAME, parse, verify
+from .ops import drill, job, preflight, progress, prune, schedule
+from .ops.notify import Outcome
+from .postgres import auth
+from .restore import run as restore
+from .storage.output import FAILURES, Output
 
 EXIT_CODES = """exit codes:
   0    success

@@ -297,7 +297,7 @@ def db(cluster: Cluster, tmp_path: Path) -> Iterator[Database]:
 def drop_scratch_databases(cluster: Cluster, name: str) -> None:
     """Drill scratch databases this test's drills left (their names hold `name`, tests make sure):
     one failed test leaves nothing for the next one to find."""
-    from dumper.drill import MARKER
+    from dumper.ops.drill import MARKER
 
     for (left,) in [
         row.split("|")

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from dumper.config import OPTIONS, Settings, resolve
-from dumper.errors import ConfigError
+from dumper.core.config import OPTIONS, Settings, resolve
+from dumper.core.errors import ConfigError
 
 BASE = {"USER": "osuser"}
 

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from dumper import cli
-from dumper.config import OPTIONS
+from dumper.core.config import OPTIONS
 
 from .conftest import ROOT
 
@@ -35,7 +35,7 @@ def test_every_option_is_documented_in_readme_and_help(option: object) -> None:
 
 
 def test_every_exit_code_is_documented() -> None:
-    from dumper import errors
+    from dumper.core import errors
 
     codes = {
         cls.exit_code for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.DumperError)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from dumper.drill import MARKER
+from dumper.ops.drill import MARKER
 
 from .conftest import BUCKET, Database, Moto, Result, parse_json, wait_until
 from .http_capture import capture
@@ -267,7 +267,7 @@ def test_columns_in_another_order_and_rows_in_another_order_come_back(db: Databa
 
 
 def test_sameness_is_by_column_name_and_as_a_multiset_of_rows() -> None:
-    from dumper.sameness import difference
+    from dumper.format.sameness import difference
 
     dump = [
         b'{"a":1,"b":"x","n":123456789012345678901234567890.1}',

@@ -12,9 +12,9 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dumper import encode
-from dumper.manifest import table_file_name, unique_file_names
-from dumper.stored import StoredWriter, read_stats
+from dumper.format import encode
+from dumper.format.manifest import table_file_name, unique_file_names
+from dumper.format.stored import StoredWriter, read_stats
 
 
 def test_timestamptz_to_xsd() -> None:

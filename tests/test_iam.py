@@ -16,12 +16,13 @@ import pytest
 
 from devtools.iam_ldap import IamLdapServer, TokenCheck
 from devtools.pgcluster import Cluster
-from dumper import cli, dump
-from dumper import db as pg
-from dumper.auth import IamToken
-from dumper.config import resolve
-from dumper.errors import ConnectError
-from dumper.sinks import Output
+from dumper import cli
+from dumper.core.config import resolve
+from dumper.core.errors import ConnectError
+from dumper.dump import run as dump
+from dumper.postgres import db as pg
+from dumper.postgres.auth import IamToken
+from dumper.storage.output import Output
 
 from .conftest import REFUSED_LOGIN, Database, Moto
 from .http_capture import capture

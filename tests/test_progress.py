@@ -15,7 +15,7 @@ import sys
 import termios
 import threading
 
-from dumper.progress import TableProgress, render
+from dumper.ops.progress import TableProgress, render
 
 from .conftest import Database, wait_until
 from .holds import ReplyHold, replies_held

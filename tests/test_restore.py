@@ -276,7 +276,7 @@ def test_a_missing_manifest_is_not_a_dump(target: Database, tmp_path: Path) -> N
 
 
 def test_load_order_puts_parents_first_and_groups_cycles() -> None:
-    from dumper.loadplan import ForeignKey, plan
+    from dumper.restore.loadplan import ForeignKey, plan
 
     keys = [
         ForeignKey("s.child", "s.parent", False, "k1"),
@@ -300,7 +300,7 @@ def test_load_order_puts_parents_first_and_groups_cycles() -> None:
 
 
 def test_a_long_chain_of_keys_needs_no_recursion() -> None:
-    from dumper.loadplan import ForeignKey, plan
+    from dumper.restore.loadplan import ForeignKey, plan
 
     names = [f"s.t{i:05d}" for i in range(5000)]
     units = plan(names, [ForeignKey(names[i], names[i + 1], False, "k") for i in range(4999)])
@@ -309,8 +309,8 @@ def test_a_long_chain_of_keys_needs_no_recursion() -> None:
 
 @pytest.mark.parametrize("fmt", ["jsonl", "json"])
 def test_files_read_back_as_the_rows_they_hold(fmt: str) -> None:
-    from dumper.encode import Framer, RowEncoder
-    from dumper.readback import RowBatches
+    from dumper.format.encode import Framer, RowEncoder
+    from dumper.format.readback import RowBatches
 
     rows = [b'{"a":%d,"s":"x,}\\"]"}' % i for i in range(1000)]
     framer = Framer(fmt)
@@ -328,8 +328,8 @@ def test_files_read_back_as_the_rows_they_hold(fmt: str) -> None:
 
 
 def test_a_truncated_file_is_not_read_as_complete() -> None:
-    from dumper.errors import VerifyError
-    from dumper.readback import RowBatches
+    from dumper.core.errors import VerifyError
+    from dumper.format.readback import RowBatches
 
     with pytest.raises(VerifyError, match="does not end with a newline"):
         list(RowBatches([b'{"a":1}\n{"a":'], "none", "jsonl", "t"))
@@ -338,7 +338,7 @@ def test_a_truncated_file_is_not_read_as_complete() -> None:
 
 
 def test_a_row_splits_into_its_raw_values() -> None:
-    from dumper.readback import holds_nul, join_object, split_object
+    from dumper.format.readback import holds_nul, join_object, split_object
 
     row = b'{"a":1,"j":{"e": "\\u0000", "n":[1,{"b":"},"}]},"t":"q\\\\u0000","z":null}'
     members = split_object(row)

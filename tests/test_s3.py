@@ -153,7 +153,7 @@ def test_encryption_and_storage_class_are_applied(db: Database, s3: Any, moto: M
 def test_part_size_grows_to_stay_under_the_part_limit(
     db: Database, s3: Any, moto: Moto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dumper import sinks
+    from dumper.storage import output as sinks
 
     monkeypatch.setattr(sinks, "PARTS_PER_STEP", 2)  # double every 2 parts instead of every 1000
     big_table(db, 300_000)
@@ -426,7 +426,7 @@ def test_the_shipped_policy_dumps_but_cannot_read_or_delete_history(
 
 
 def test_part_sizes_at_the_real_step_fit_any_table_in_10000_parts() -> None:
-    from dumper.sinks import MAX_PART, PARTS_PER_STEP, part_size
+    from dumper.storage.output import MAX_PART, PARTS_PER_STEP, part_size
 
     base = 16 * MIB
     assert PARTS_PER_STEP == 1000

@@ -12,7 +12,8 @@ import stat
 import subprocess
 from pathlib import Path
 
-from dumper import cli, schemasql
+from dumper import cli
+from dumper.postgres import schemasql
 
 from .conftest import Database, Result
 from .holds import seconds_between, within

@@ -27,7 +27,7 @@ BIG = (
 
 
 def worker_pids(parent: int) -> list[int]:
-    """The dumper.workers processes whose parent is `parent`."""
+    """The dumper.dump.workers processes whose parent is `parent`."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -37,14 +37,14 @@ def worker_pids(parent: int) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == parent and b"dumper.workers" in cmdline:
+        if ppid == parent and b"dumper.dump.workers" in cmdline:
             found.append(int(entry.name))
     return found
 
 
 def alive(pids: list[int]) -> list[int]:
-    """Those of `pids` that are still dumper.workers processes (none may outlive its run)."""
-    return [pid for pid in pids if b"dumper.workers" in _cmdline(pid)]
+    """Those of `pids` that are still dumper.dump.workers processes (none may outlive its run)."""
+    return [pid for pid in pids if b"dumper.dump.workers" in _cmdline(pid)]
 
 
 def _cmdline(pid: int) -> bytes:
@@ -236,7 +236,7 @@ def test_workers_get_no_secret_on_their_command_line_or_environment(db: Database
     with stopped_workers(db) as (proc, pids, hold):
         for pid in pids:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
-            assert argv[1:5] == [b"-P", b"-m", b"dumper.workers", str(proc.pid).encode()]
+            assert argv[1:5] == [b"-P", b"-m", b"dumper.dump.workers", str(proc.pid).encode()]
             assert all(arg.isdigit() for arg in argv[5:]), "socket numbers only"
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             assert not [v for v in environ if v.startswith(b"PGPASSWORD=")], "the parent answers password requests"

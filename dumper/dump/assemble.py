@@ -19,9 +19,9 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from .encode import Framer
-from .sinks import TableFile
-from .stored import StoredWriter
+from ..format.encode import Framer
+from ..format.stored import StoredWriter
+from ..storage.output import TableFile
 
 HELD_BYTES = 32 << 20  # JSON held for pieces that are not yet at the head of the file
 BIG_BATCH = 16 << 20  # a batch this large is stored before the next one is fetched

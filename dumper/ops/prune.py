@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .logs import log
-from .manifest import LATEST_NAME, MANIFEST_NAME
-from .sinks import FAILURES, Output
+from ..core.logs import log
+from ..format.manifest import LATEST_NAME, MANIFEST_NAME
+from ..storage.output import FAILURES, Output
 
 # What a run writes into its folder: table files, hidden partial files, the write probe.
 RUN_FILE_ENDINGS = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".partial", ".dumper-write-probe")

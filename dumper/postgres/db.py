@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 import asyncpg
 import tenacity
 
-from . import __version__, encode, replica
-from .config import Settings
-from .errors import (
+from .. import __version__
+from ..core.config import Settings
+from ..core.errors import (
     ConfigError,
     ConnectError,
     ConnectionLost,
@@ -30,7 +30,9 @@ from .errors import (
     RecoveryConflict,
     SnapshotLost,
 )
-from .logs import log
+from ..core.logs import log
+from ..format import encode
+from ..postgres import replica
 
 PasswordProvider = Callable[[], Awaitable[str | None]]
 T = TypeVar("T")

@@ -14,12 +14,12 @@ from typing import Any
 
 import asyncpg
 
-from . import db, schemadeps, schemasql
-from .discover import quote_ident
-from .errors import ConfigError, LoadError, PermissionDenied, VerifyError
-from .logs import log
-from .manifest import schema_files, schema_files_absent
-from .sinks import Output
+from ..core.errors import ConfigError, LoadError, PermissionDenied, VerifyError
+from ..core.logs import log
+from ..format.manifest import schema_files, schema_files_absent
+from ..postgres import db, schemadeps, schemasql
+from ..postgres.catalog import quote_ident
+from ..storage.output import Output
 
 # Objects in the dump's schemas, but for an extension's own (its CREATE EXTENSION made them).
 _OCCUPIED_SQL = """

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .encode import Kind, kind_for
-from .errors import ConfigError
-from .schemadeps import Extension
+from ..core.errors import ConfigError
+from ..format.encode import Kind, kind_for
+from ..postgres.schemadeps import Extension
 
 
 def quote_ident(name: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
 
 FIRST_NORMAL_OID = 16384  # objects below it are built in (initdb's), present in every database
 

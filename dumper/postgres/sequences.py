@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .discover import quote_ident
-from .logs import log
+from ..core.logs import log
+from ..postgres.catalog import quote_ident
 
 _SEQUENCES_SQL = """
 SELECT n.nspname, c.relname,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
 
 N = TypeVar("N", int, float)
 

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator
 
 import orjson
 
-from .errors import VerifyError
-from .stored import CORRUPT, Tally, content
+from ..core.errors import VerifyError
+from ..format.stored import CORRUPT, Tally, content
 
 BATCH_BYTES = 4 << 20  # JSON per INSERT: round trips stay rare, memory stays a few MB
 

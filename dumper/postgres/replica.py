@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import RecoveryConflict
+from ..core.errors import RecoveryConflict
 
 _FACTS_SQL = """
 SELECT pg_catalog.pg_is_in_recovery() AS standby,

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import db
-from .config import Settings
-from .discover import Table
-from .encode import RowEncoder
-from .errors import ConnectionLost
-from .logs import log
+from ..core.config import Settings
+from ..core.errors import ConnectionLost
+from ..core.logs import log
+from ..format.encode import RowEncoder
+from ..postgres import db
+from ..postgres.catalog import Table
 
 BATCH_BYTES = 4 << 20  # aim for ~4 MB of JSON per fetch: bounds memory for wide rows
 LARGE_ROW = BATCH_BYTES // 8  # once a row this large is seen, fetches are sized by the largest row

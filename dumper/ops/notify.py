@@ -16,9 +16,9 @@ import orjson
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, pushadd_to_gateway
 from prometheus_client.parser import text_string_to_metric_families
 
-from .config import Settings, redact_url
-from .logs import log
-from .manifest import TableEntry
+from ..core.config import Settings, redact_url
+from ..core.logs import log
+from ..format.manifest import TableEntry
 
 LAST_SUCCESS = "dumper_last_success_timestamp_seconds"
 DRILL_SUCCESS = "dumper_drill_last_success_timestamp_seconds"

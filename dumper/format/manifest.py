@@ -13,9 +13,9 @@ from typing import Any
 
 import orjson
 
-from .encode import rows_in
-from .errors import VerifyError
-from .stored import CORRUPT, read_stats
+from ..core.errors import VerifyError
+from ..format.encode import rows_in
+from ..format.stored import CORRUPT, read_stats
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -24,17 +24,28 @@ from typing import Any
 
 import asyncpg
 
-from . import db, dump, restore, sameness
-from .config import Settings, redact_url
-from .discover import quote_ident
-from .errors import ConfigError, DumperError, DumpError, LoadError, PermissionDenied, VerifyError
-from .logs import log
-from .manifest import LATEST_NAME, MANIFEST_NAME, TableEntry, is_file_name, parse, schema_files, schema_files_absent
-from .notify import Outcome, publish
-from .readback import RowBatches
-from .rebuild import dump_schemas
-from .sinks import FAILURES, Output
-from .stored import content
+from ..core.config import Settings, redact_url
+from ..core.errors import ConfigError, DumperError, DumpError, LoadError, PermissionDenied, VerifyError
+from ..core.logs import log
+from ..dump import run as dump
+from ..format import sameness
+from ..format.manifest import (
+    LATEST_NAME,
+    MANIFEST_NAME,
+    TableEntry,
+    is_file_name,
+    parse,
+    schema_files,
+    schema_files_absent,
+)
+from ..format.readback import RowBatches
+from ..format.stored import content
+from ..ops.notify import Outcome, publish
+from ..postgres import db
+from ..postgres.catalog import quote_ident
+from ..restore import run as restore
+from ..restore.rebuild import dump_schemas
+from ..storage.output import FAILURES, Output
 
 MARKER = "dumper drill scratch database (removed when the drill ends)"
 

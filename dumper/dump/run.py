@@ -18,14 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__, db, pgdump, replica, schemadeps, sequences, workers
-from .assemble import PROGRESS_EVERY, Assembly
-from .config import Settings
-from .discover import Table, discover, measured
-from .encode import Framer
-from .errors import ConnectionLost, DumperError, RecoveryConflict, SnapshotLost, first_error
-from .logs import current_table, log
-from .manifest import (
+from .. import __version__
+from ..core.config import Settings
+from ..core.errors import ConnectionLost, DumperError, RecoveryConflict, SnapshotLost, first_error
+from ..core.logs import current_table, log
+from ..dump import workers
+from ..dump.assemble import PROGRESS_EVERY, Assembly
+from ..dump.reader import Lane, Piece, Reader, plan_pieces, young_gc_only
+from ..format.encode import Framer
+from ..format.manifest import (
     LATEST_NAME,
     MANIFEST_NAME,
     FileEntry,
@@ -34,10 +35,11 @@ from .manifest import (
     table_file_name,
     unique_file_names,
 )
-from .progress import Display, TableProgress
-from .reader import Lane, Piece, Reader, plan_pieces, young_gc_only
-from .sinks import Output
-from .stored import StoredWriter
+from ..format.stored import StoredWriter
+from ..ops.progress import Display, TableProgress
+from ..postgres import db, pgdump, replica, schemadeps, sequences
+from ..postgres.catalog import Table, discover, measured
+from ..storage.output import Output
 
 
 def _now() -> dt.datetime:

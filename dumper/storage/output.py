@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .config import Settings, redact_url
-from .errors import ConfigError, OutputError, OutputStalled
+from ..core.config import Settings, redact_url
+from ..core.errors import ConfigError, OutputError, OutputStalled
 
 CHUNK = 1 << 20
 READ_RANGE = 8 << 20  # bytes per GET when reading back from an object store

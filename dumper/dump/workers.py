@@ -3,7 +3,7 @@
 One Python process encodes at most one core's worth of rows. With
 --processes P > 1 the dumper process keeps the coordinator (snapshot, locks),
 plans the pieces and writes every file, in order, hashed and compressed; P
-worker processes (`python -m dumper.workers`) hold the run's --jobs
+worker processes (`python -m dumper.dump.workers`) hold the run's --jobs
 connections between them ("lanes"), each joined to the run's snapshot, and
 send each batch of encoded JSON back over the lane's own socket pair. A lane
 whose table waits for an earlier piece waits alone: no lane's batches queue
@@ -48,13 +48,13 @@ from pathlib import Path
 
 import orjson
 
-from . import db
-from .config import Settings
-from .encode import ARRAY_SEPARATOR
-from .errors import DumperError, DumpError
-from .logs import fields_of, log
-from .malloc import tune_malloc
-from .reader import Lane, Piece, Reader, Sink, young_gc_only
+from ..core.config import Settings
+from ..core.errors import DumperError, DumpError
+from ..core.logs import fields_of, log
+from ..core.malloc import tune_malloc
+from ..dump.reader import Lane, Piece, Reader, Sink, young_gc_only
+from ..format.encode import ARRAY_SEPARATOR
+from ..postgres import db
 
 HEADER = struct.Struct("!cIIQ")  # kind, piece index, rows, payload bytes
 INIT, READ, PASSWORD, NO_PASSWORD, STOP = b"I", b"R", b"P", b"N", b"S"  # parent -> worker
@@ -244,7 +244,7 @@ def _pair() -> tuple[socket.socket, socket.socket]:
 def _worker_env() -> dict[str, str]:
     """The worker imports this very package, not one found in the working
     directory (-P drops that), and gets no password: it asks for one."""
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the folder that holds the dumper package
     paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
     return {**env, "PYTHONPATH": os.pathsep.join(paths)}
@@ -270,7 +270,7 @@ async def started(
                     sys.executable,
                     "-P",
                     "-m",
-                    "dumper.workers",
+                    "dumper.dump.workers",
                     str(os.getpid()),
                     *ends,
                     pass_fds=[theirs.fileno() for _, theirs in pairs],
@@ -449,7 +449,7 @@ def _before_exec() -> Callable[[], None]:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m dumper.workers PARENT_PID FD...` (started by `started`, never by hand)."""
+    """`python -m dumper.dump.workers PARENT_PID FD...` (started by `started`, never by hand)."""
     if os.getppid() != int(argv[0]):  # the dumper process died before PR_SET_PDEATHSIG took effect
         return 1
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import db, replica, schemadeps
-from .auth import IamToken, StaticPassword
-from .config import Settings
-from .discover import discover
-from .errors import PermissionDenied
+from ..core.config import Settings
+from ..core.errors import PermissionDenied
+from ..postgres import db, replica, schemadeps
+from ..postgres.auth import IamToken, StaticPassword
+from ..postgres.catalog import discover
 
 _READABLE_SQL = """
 SELECT c.oid,

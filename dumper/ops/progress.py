@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .logs import log
+from ..core.logs import log
 
 
 @dataclass

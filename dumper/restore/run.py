@@ -18,10 +18,8 @@ from typing import Any
 
 import asyncpg
 
-from . import db, loadplan, rebuild, sequences
-from .config import Settings, redact_url
-from .discover import quote_ident, select_tables
-from .errors import (
+from ..core.config import Settings, redact_url
+from ..core.errors import (
     ConfigError,
     ConnectionLost,
     DumperError,
@@ -32,10 +30,13 @@ from .errors import (
     VerifyError,
     first_error,
 )
-from .logs import current_table, log
-from .manifest import MANIFEST_NAME, parse, verify
-from .readback import RowBatches, holds_nul, join_object, json_array, may_hold_nul, split_object
-from .sinks import FAILURES, Output
+from ..core.logs import current_table, log
+from ..format.manifest import MANIFEST_NAME, parse, verify
+from ..format.readback import RowBatches, holds_nul, join_object, json_array, may_hold_nul, split_object
+from ..postgres import db, sequences
+from ..postgres.catalog import quote_ident, select_tables
+from ..restore import loadplan, rebuild
+from ..storage.output import FAILURES, Output
 
 JSON, JSON_ARRAY = 114, 199  # type OIDs
 UNIT_ATTEMPTS = 3  # a unit whose connection dies is loaded again (its transaction rolled back)

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import time
 
-from . import db, dump, prune
-from .config import Settings
-from .errors import DumperError
-from .logs import log
-from .notify import Outcome, publish
-from .progress import Display
-from .sinks import Output
+from ..core.config import Settings
+from ..core.errors import DumperError
+from ..core.logs import log
+from ..dump import run as dump
+from ..ops import prune
+from ..ops.notify import Outcome, publish
+from ..ops.progress import Display
+from ..postgres import db
+from ..storage.output import Output
 
 
 async def run_job(settings: Settings, password: db.PasswordProvider, display: Display | None = None) -> Outcome:

@@ -17,12 +17,13 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import __version__, db
-from .config import Settings
-from .discover import quote_ident
-from .errors import ConfigError, ConnectionLost, DumpError, PermissionDenied, SnapshotLost
-from .logs import log
-from .schemadeps import Extension
+from .. import __version__
+from ..core.config import Settings
+from ..core.errors import ConfigError, ConnectionLost, DumpError, PermissionDenied, SnapshotLost
+from ..core.logs import log
+from ..postgres import db
+from ..postgres.catalog import quote_ident
+from ..postgres.schemadeps import Extension
 
 SECTIONS = ("pre-data", "post-data")
 SEARCHED = ("/usr/lib/postgresql/*/bin/pg_dump", "/usr/pgsql-*/bin/pg_dump", "/usr/local/pgsql/bin/pg_dump")

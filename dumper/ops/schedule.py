@@ -19,10 +19,10 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from .config import Settings, default_run_id
-from .errors import ConfigError
-from .logs import log
-from .notify import Outcome
+from ..core.config import Settings, default_run_id
+from ..core.errors import ConfigError
+from ..core.logs import log
+from ..ops.notify import Outcome
 
 Job = Callable[[Settings], Awaitable[Outcome]]
 
