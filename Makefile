@@ -33,11 +33,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check dumper tests devtools bench
 	$(BIN)/ruff format --check dumper tests devtools bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Every database test runs against PostgreSQL 15 and 18; `make test MAJORS=15` runs one major alone.
 MAJORS ?= 15,18
 test: $(STAMP) postgres lint
 	DUMPER_TEST_MAJORS=$(MAJORS) $(BIN)/pytest
+
+# The tests that need no server (no PostgreSQL, no moto): seconds, for the edit-test loop.
+unit: $(STAMP)
+	DUMPER_TEST_UNIT=1 $(BIN)/pytest -m "not server" -p no:cacheprovider
 
 # The suite under coverage, spawned CLI processes included; one major by default (the code paths are the same).
 coverage: $(STAMP) postgres

@@ -195,12 +195,21 @@ def main() -> int:
                 }
             )
 
-        def dump_s3(*extra: str) -> Callable[[Path], list[str]]:
+        def dump_s3(endpoint: str, *extra: str) -> Callable[[Path], list[str]]:
             # A fresh bucket per run: the benchmark's output folder name is unique per method.
             def command(out: Path) -> list[str]:
                 bucket = f"bench-{out.name.replace('_', '-')}-{time.monotonic_ns()}"[:63]
-                boto3_client(moto).create_bucket(Bucket=bucket)
-                return [*dumper, "--output", f"s3://{bucket}/dumps", "--run-id", "r", "--s3-endpoint-url", moto, *extra]
+                boto3_client(endpoint).create_bucket(Bucket=bucket)
+                return [
+                    *dumper,
+                    "--output",
+                    f"s3://{bucket}/dumps",
+                    "--run-id",
+                    "r",
+                    "--s3-endpoint-url",
+                    endpoint,
+                    *extra,
+                ]
 
             return command
 
@@ -236,7 +245,7 @@ def main() -> int:
                 dump("--include", "public.mixed2", "--include", "public.mixed_b", "--jobs", "2", "--split-mib", "0"),
                 half + (args.rows - half),
             ),
-            **({"e_dumper_s3_moto": (dump_s3("--include", "public.mixed", *one), args.rows)} if moto else {}),
+            **({"e_dumper_s3_moto": (dump_s3(moto, "--include", "public.mixed", *one), args.rows)} if moto else {}),
             "f_dumper_jobs2_split": (dump("--include", "public.mixed", "--jobs", "2", "--processes", "1"), args.rows),
             # Every setting at its default: --jobs 2, split, worker processes = usable CPUs (at most --jobs).
             "g_dumper_defaults": (dump("--include", "public.mixed"), args.rows),

@@ -15,16 +15,17 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
 from . import __version__
-from .core.config import OPTIONS, Settings, redact_url, resolve, with_url_files
-from .core.errors import ConfigError, DumperError, Interrupted, OutputError, VerifyError
+from .core.errors import ConfigError, DumperError, Interrupted, VerifyError
 from .core.logs import log, setup
 from .core.malloc import tune_malloc
-from .format.manifest import MANIFEST_NAME, parse, verify
-from .ops import drill, job, preflight, progress, prune, schedule
+from .core.options import OPTIONS
+from .core.settings import Settings, resolve, with_url_files
+from .core.urls import redact_url
+from .ops import drill, job, preflight, progress, prune, report, schedule, verify
 from .ops.notify import Outcome
 from .postgres import auth
 from .restore import run as restore
-from .storage.output import FAILURES, Output
+from .storage.output import Output
 
 EXIT_CODES = """exit codes:
   0    success
@@ -41,60 +42,6 @@ EXIT_CODES = """exit codes:
   130  interrupted by SIGINT, 143 by SIGTERM (no manifest was written)"""
 
 
-VERIFY_OPTIONS = ("s3_endpoint_url", "s3_region", "s3_expected_bucket_owner", "stall_timeout")
-PRUNE_OPTIONS = ("output", "keep", "dry_run", "log_format", "stall_timeout", *VERIFY_OPTIONS)
-RESTORE_OPTIONS = (
-    "host",
-    "port",
-    "dbname",
-    "user",
-    "auth",
-    "region",
-    "sslmode",
-    "sslrootcert",
-    "include",
-    "exclude",
-    "jobs",
-    "lock_timeout",
-    "statement_timeout",
-    "stall_timeout",
-    "connect_attempts",
-    "grace_seconds",
-    "log_format",
-    "truncate",
-    "create_tables",
-    "single_transaction",
-    "with_schema",
-    "no_sequences",
-    *VERIFY_OPTIONS,
-)
-DRILL_OPTIONS = (
-    "host",
-    "port",
-    "dbname",
-    "user",
-    "auth",
-    "region",
-    "sslmode",
-    "sslrootcert",
-    "jobs",
-    "processes",
-    "split_mib",
-    "lock_timeout",
-    "statement_timeout",
-    "stall_timeout",
-    "connect_attempts",
-    "grace_seconds",
-    "log_format",
-    "scratch_dbname",
-    "metrics_file",
-    "pushgateway_url",
-    "pushgateway_url_file",
-    "notify_url",
-    "notify_url_file",
-    "notify_on",
-    *VERIFY_OPTIONS,
-)
 T = TypeVar("T")
 
 
@@ -103,9 +50,10 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def _add_options(command: argparse.ArgumentParser, name: str, only: tuple[str, ...] = ()) -> None:
+def _add_options(command: argparse.ArgumentParser, name: str) -> None:
+    """The flags of command `name`: the options whose table entry names it."""
     for option in OPTIONS:
-        if (only and option.name not in only) or (not only and name not in option.commands):
+        if name not in option.commands:
             continue
         if option.switch:
             command.add_argument(
@@ -129,6 +77,25 @@ def _add_options(command: argparse.ArgumentParser, name: str, only: tuple[str, .
         )
 
 
+# name -> (summary, the positional argument and its help, or None)
+COMMANDS: dict[str, tuple[str, tuple[str, str] | None]] = {
+    "run": ("dump the database", None),
+    "schedule": ("run the dump on a cron schedule, in this process, until stopped", None),
+    "check": ("preflight: credentials, token, TLS connection, readable tables", None),
+    "token": ("print an RDS IAM auth token (for psql while debugging)", None),
+    "verify": ("check a dump against its manifest", ("source", "the run's folder or URL: <output>/<run_id>")),
+    "prune": ("keep the N newest complete runs of --output, remove older runs and a killed run's leftovers", None),
+    "restore": (
+        "load a dump back into a database: verified first, parents before children (docs/restore.md)",
+        ("source", "the run's folder or URL: <output>/<run_id>"),
+    ),
+    "drill": (
+        "prove a dump: restore it into a scratch database, dump that again, compare every table (docs/drill.md)",
+        ("source", "the run's folder or URL, <output>/<run_id>; or <output>, its newest run"),
+    ),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="dumper",
@@ -141,57 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dumper {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name, summary in (
-        ("run", "dump the database"),
-        ("schedule", "run the dump on a cron schedule, in this process, until stopped"),
-        ("check", "preflight: credentials, token, TLS connection, readable tables"),
-        ("token", "print an RDS IAM auth token (for psql while debugging)"),
-    ):
+    for name, (summary, positional) in COMMANDS.items():
         command = commands.add_parser(
             name,
-            help=summary,
+            help=summary.partition(" (docs/")[0],
             description=summary,
             epilog=EXIT_CODES,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        if positional:
+            command.add_argument(positional[0], help=positional[1])
         _add_options(command, name)
-    verify_cmd = commands.add_parser(
-        "verify",
-        help="check a dump against its manifest",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    verify_cmd.add_argument("path", help="the run's folder or URL: <output>/<run_id>")
-    _add_options(verify_cmd, "verify", only=VERIFY_OPTIONS)
-    summary = "keep the N newest complete runs of --output, remove older runs and a killed run's leftovers"
-    prune_cmd = commands.add_parser(
-        "prune",
-        help=summary,
-        description=summary,
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_options(prune_cmd, "prune", only=PRUNE_OPTIONS)
-    summary = "load a dump back into a database: verified first, parents before children"
-    restore_cmd = commands.add_parser(
-        "restore",
-        help=summary,
-        description=summary + " (docs/restore.md)",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    restore_cmd.add_argument("source", help="the run's folder or URL: <output>/<run_id>")
-    _add_options(restore_cmd, "restore", only=RESTORE_OPTIONS)
-    summary = "prove a dump: restore it into a scratch database, dump that again, compare every table"
-    drill_cmd = commands.add_parser(
-        "drill",
-        help=summary,
-        description=summary + " (docs/drill.md)",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    drill_cmd.add_argument("source", help="the run's folder or URL, <output>/<run_id>; or <output>, its newest run")
-    _add_options(drill_cmd, "drill", only=DRILL_OPTIONS)
     return parser
 
 
@@ -229,55 +156,6 @@ def _run_main(coro: Coroutine[Any, Any, T], grace_seconds: float = 20.0, left: s
             raise
 
     return asyncio.run(guarded())
-
-
-def _human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
-
-
-def _print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
-    """Aligned columns: the first left, the others right."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
-        print("  ".join(cells).rstrip(), file=out)
-
-
-def print_report(outcome: Outcome, json_lines: bool, out: TextIO) -> None:
-    tables = outcome.tables
-    if json_lines:
-        for t in tables:
-            log.info(
-                "table dumped",
-                extra={
-                    "table": f"{t.schema}.{t.table}",
-                    "rows": t.rows,
-                    "bytes": t.bytes,
-                    "seconds": t.seconds,
-                    "path": t.path,
-                },
-            )
-        log.info(
-            "run finished",
-            extra={
-                "status": "success",
-                "run_id": outcome.run_id,
-                "tables": len(tables),
-                "rows": outcome.rows,
-                "bytes": outcome.bytes,
-                "location": outcome.location,
-            },
-        )
-        return
-    rows = [(f"{t.schema}.{t.table}", f"{t.rows:,}", _human_bytes(t.bytes), f"{t.seconds:.2f}") for t in tables]
-    rows.append((f"total ({len(tables)} tables)", f"{outcome.rows:,}", _human_bytes(outcome.bytes), ""))
-    _print_table([("table", "rows", "bytes", "seconds"), *rows], out)
-    print(f"\ndump complete: {outcome.location}/{MANIFEST_NAME}", file=out)
 
 
 def _json_mode(settings_format: str, stdout: TextIO) -> bool:
@@ -325,7 +203,7 @@ def cmd_run(settings: Settings, stdout: TextIO) -> int:
     if outcome.status != "success":
         print(f"dumper: error: {outcome.error}", file=sys.stderr)
         return outcome.exit_code
-    print_report(outcome, json_lines, stdout)
+    report.dump(outcome, json_lines, stdout)
     return 0
 
 
@@ -367,8 +245,7 @@ def cmd_check(settings: Settings, stdout: TextIO) -> int:
 def cmd_token(settings: Settings, stdout: TextIO) -> int:
     if settings.auth != "iam":
         raise ConfigError("--auth: `dumper token` signs RDS IAM tokens; it needs --auth iam")
-    provider = auth.IamToken(settings)
-    print(_run_main(provider()), file=stdout)
+    print(_run_main(auth.IamToken(settings)()), file=stdout)
     return 0
 
 
@@ -379,29 +256,8 @@ def cmd_restore(settings: Settings, stdout: TextIO) -> int:
         "restore started",
         extra={"source": redact_url(settings.output), "host": settings.host, "dbname": settings.dbname},
     )
-    outcome = _run_main(
-        restore.run(settings, password),
-        settings.grace_seconds,
-        "tables committed before it stay loaded, the others are as they were",
-    )
-    if json_lines:
-        for t in outcome.tables:
-            log.info("table restored", extra={"table": f"{t.schema}.{t.table}", "rows": t.rows, "seconds": t.seconds})
-        log.info(
-            "restore finished",
-            extra={
-                "status": "success",
-                "tables": len(outcome.tables),
-                "rows": outcome.rows,
-                "sequences": outcome.sequences,
-                "target": outcome.target,
-            },
-        )
-        return 0
-    rows = [(f"{t.schema}.{t.table}", f"{t.rows:,}", f"{t.seconds:.2f}") for t in outcome.tables]
-    rows.append((f"total ({len(outcome.tables)} tables)", f"{outcome.rows:,}", ""))
-    _print_table([("table", "rows", "seconds"), *rows], stdout)
-    print(f"\nsequences set: {outcome.sequences}\nrestore complete: {outcome.target}", file=stdout)
+    left = "tables committed before it stay loaded, the others are as they were"
+    report.restore(_run_main(restore.run(settings, password), settings.grace_seconds, left), json_lines, stdout)
     return 0
 
 
@@ -409,28 +265,8 @@ def cmd_drill(settings: Settings, stdout: TextIO) -> int:
     json_lines = _start_logging(settings, stdout)
     password = auth.password_provider(settings)
     log.info("drill started", extra={"source": redact_url(settings.output), "host": settings.host})
-    outcome = _run_main(
-        drill.run(settings, password),
-        settings.grace_seconds,
-        "the scratch database and the temporary files were removed",
-    )
-    seconds = outcome.finished_at - outcome.started_at
-    if json_lines:
-        log.info(
-            "drill finished",
-            extra={
-                "status": "success",
-                "tables": len(outcome.tables),
-                "rows": outcome.rows,
-                "seconds": round(seconds, 3),
-                "source": outcome.location,
-            },
-        )
-        return 0
-    rows = [(f"{t.schema}.{t.table}", f"{t.rows:,}", "same") for t in outcome.tables]
-    rows.append((f"total ({len(outcome.tables)} tables)", f"{outcome.rows:,}", ""))
-    _print_table([("table", "rows", "restored"), *rows], stdout)
-    print(f"\ndrill passed in {seconds:.1f} s: every table of {outcome.location} came back exactly", file=stdout)
+    left = "the scratch database and the temporary files were removed"
+    report.drill(_run_main(drill.run(settings, password), settings.grace_seconds, left), json_lines, stdout)
     return 0
 
 
@@ -441,53 +277,35 @@ def cmd_prune(settings: Settings, stdout: TextIO) -> int:
         raise ConfigError("--keep: `dumper prune` needs --keep N (N >= 1), the number of complete runs to keep")
     output = Output.for_settings(settings)
     result = prune.prune(output, settings.keep, settings.dry_run)
-    for decision in result.decisions:
-        event = ("would remove" if settings.dry_run else "removed") if decision.remove else "kept"
-        if decision.name in result.failed:
-            event = "prune failed"
-        where = output.url_of(decision.name)
-        if json_lines:
-            log.info(
-                event,
-                extra={
-                    "run": decision.name,
-                    "why": decision.why,
-                    "location": where,
-                    "error": result.failed.get(decision.name),
-                },
-            )
-        else:
-            print(
-                f"{event} {where}: {decision.why}"
-                + (f" ({result.failed[decision.name]})" if decision.name in result.failed else ""),
-                file=stdout,
-            )
-    if result.failed:
-        raise OutputError(
-            f"{len(result.failed)} run(s) could not be removed: {', '.join(result.failed)}; the role "
-            "needs s3:DeleteObject (deploy/iam/prune-policy.json) or write access to the folder"
-        )
+    report.prune(
+        result, settings.dry_run, {d.name: output.url_of(d.name) for d in result.decisions}, json_lines, stdout
+    )
+    prune.refuse_failures(result)
     return 0
 
 
 def cmd_verify(settings: Settings, stdout: TextIO) -> int:
-    path = settings.output
-    output = Output.for_settings(settings)
-    try:
-        doc = parse(output.read(MANIFEST_NAME))
-    except FileNotFoundError:
-        raise VerifyError(f"{output.path(MANIFEST_NAME)} does not exist: not a complete dump") from None
-    try:
-        problems = verify(doc, output.chunks)
-    except FAILURES as exc:  # the storage failed (a stall, the network), not a file
-        raise output.reading_error(exc) from exc
+    manifest, problems = verify.check(Output.for_settings(settings))
     if problems:
         for problem in problems:
             print(f"MISMATCH {problem}", file=stdout)
-        raise VerifyError(f"{len(problems)} mismatch(es) in {redact_url(path)}")
-    rows = sum(t["rows"] for t in doc["tables"])
-    print(f"OK {path}: {len(doc['tables'])} tables, {rows:,} rows match the manifest", file=stdout)
+        raise VerifyError(f"{len(problems)} mismatch(es) in {redact_url(settings.output)}")
+    rows = sum(t.rows for t in manifest.tables)
+    print(f"OK {settings.output}: {len(manifest.tables)} tables, {rows:,} rows match the manifest", file=stdout)
     return 0
+
+
+RUNNERS = {
+    "run": cmd_run,
+    "schedule": cmd_schedule,
+    "check": cmd_check,
+    "token": cmd_token,
+    "verify": cmd_verify,
+    "prune": cmd_prune,
+    "restore": cmd_restore,
+    "drill": cmd_drill,
+}
+FILES_ONLY = ("verify", "prune")  # they need no database user
 
 
 def main(
@@ -498,19 +316,10 @@ def main(
     stdout = stdout or sys.stdout
     try:
         args = build_parser().parse_args(argv)
-        if args.command == "verify":
-            flags = {**vars(args), "output": args.path}
-            return cmd_verify(resolve(flags, environ, database=False), stdout)
-        if args.command == "prune":
-            return cmd_prune(resolve(vars(args), environ, database=False), stdout)
-        if args.command == "restore":
-            return cmd_restore(resolve({**vars(args), "output": args.source}, environ), stdout)
-        if args.command == "drill":
-            settings = resolve({**vars(args), "output": args.source}, environ)
-            return cmd_drill(with_url_files(settings, lambda path: Path(path).read_text()), stdout)
-        settings = with_url_files(resolve(vars(args), environ), lambda path: Path(path).read_text())
-        command = {"run": cmd_run, "schedule": cmd_schedule, "check": cmd_check, "token": cmd_token}[args.command]
-        return command(settings, stdout)
+        flags = {**vars(args), **({"output": args.source} if getattr(args, "source", None) else {})}
+        settings = resolve(flags, environ, database=args.command not in FILES_ONLY)
+        settings = with_url_files(settings, lambda path: Path(path).read_text())
+        return RUNNERS[args.command](settings, stdout)
     except DumperError as exc:
         print(f"dumper: error: {exc}", file=sys.stderr)
         if log.handlers and not isinstance(exc, ConfigError):

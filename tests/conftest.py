@@ -48,10 +48,13 @@ class Result:
         return self.output / (self.output / "LATEST").read_text().strip()
 
     def manifest(self) -> dict[str, Any]:
-        return dict(parse_json((self.run_dir / "manifest.json").read_bytes()))
+        manifest: dict[str, Any] = parse_json((self.run_dir / "manifest.json").read_bytes())
+        return manifest
 
     def entry(self, schema: str, table: str) -> dict[str, Any]:
-        found = [t for t in self.manifest()["tables"] if (t["schema"], t["table"]) == (schema, table)]
+        found: list[dict[str, Any]] = [
+            t for t in self.manifest()["tables"] if (t["schema"], t["table"]) == (schema, table)
+        ]
         assert len(found) == 1, f"{schema}.{table} listed {len(found)} times"
         return found[0]
 
@@ -253,6 +256,27 @@ def wait_until(condition: Any, seconds: float = 30) -> None:
 MAJORS = [int(m) for m in os.environ.get("DUMPER_TEST_MAJORS", "15,18").split(",") if m.strip()]
 
 
+# What makes a test need a server: a PostgreSQL cluster or moto (S3, STS). Every test that asks for
+# one of these is marked `server`; `make unit` runs the others (pytest -m "not server"), and there a
+# server that starts anyway fails the test, so the marking cannot drift.
+SERVER_FIXTURES = frozenset({"cluster", "db", "target", "moto", "s3"})
+UNIT_ONLY = os.environ.get("DUMPER_TEST_UNIT") == "1"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
+def _no_server_in_unit_runs(what: str) -> None:
+    if UNIT_ONLY:
+        pytest.fail(
+            f"{what} started in a `make unit` run: the test needs a server, so it must ask for a fixture "
+            f"of {sorted(SERVER_FIXTURES)}"
+        )
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """@pytest.mark.requires("tls", ...): a server feature that PostgreSQL 18 from the
@@ -274,6 +298,7 @@ SERVER_SETTINGS = {"shared_buffers": "16MB"}
 
 @pytest.fixture(scope="session", params=MAJORS, ids=[f"pg{m}" for m in MAJORS])
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    _no_server_in_unit_runs("PostgreSQL")
     c = Cluster(major=request.param, settings=SERVER_SETTINGS).start()
     try:
         yield c
@@ -344,6 +369,7 @@ class Moto:
 
 @pytest.fixture(scope="session")
 def moto() -> Iterator[Moto]:
+    _no_server_in_unit_runs("moto")
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # the kernel picks a free port

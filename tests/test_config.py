@@ -6,8 +6,9 @@ import datetime as dt
 
 import pytest
 
-from dumper.core.config import OPTIONS, Settings, resolve
 from dumper.core.errors import ConfigError
+from dumper.core.options import OPTIONS
+from dumper.core.settings import Settings, resolve
 
 BASE = {"USER": "osuser"}
 

@@ -187,7 +187,7 @@ def test_a_killed_drills_database_is_removed_by_the_next_drill(db: Database, pri
     db.sql(SLOW_SQL)
     dumped = good_dump(db)
     killed = f"dumper_drill_killed_{db.name}"
-    proc = db.spawn("drill", str(dumped.run_dir), "--scratch-dbname", killed)
+    proc = db.spawn("drill", str(dumped.run_dir), "--scratch-dbname", killed, env={"TMPDIR": str(private_tmp)})
     wait_until(lambda: sleeping_in_scratch(db), 60)
     proc.kill()  # SIGKILL: no clean-up ran
     proc.communicate(timeout=60)

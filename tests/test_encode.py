@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dumper.format import encode
-from dumper.format.manifest import table_file_name, unique_file_names
+from dumper.format.layout import table_file_name, unique_file_names
 from dumper.format.stored import StoredWriter, read_stats
 
 
@@ -96,12 +96,10 @@ plain_values = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-(2**63), 2**63 - 1),
-    st.text(st.characters(blacklist_categories=("Cs",))),
+    st.text(st.characters(codec="utf-8")),
     st.lists(st.text(), max_size=3),
 )
-column_names = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=63
-)
+column_names = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=63)
 
 
 @given(
@@ -118,9 +116,9 @@ def test_any_column_names_make_the_same_bytes_as_orjson(table: tuple[list[str], 
     assert body == b"".join(lines)
 
 
-identifiers = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=63
-).filter(lambda s: len(s.encode()) <= 63)
+identifiers = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=63).filter(
+    lambda s: len(s.encode()) <= 63
+)
 
 
 @given(st.lists(st.tuples(identifiers, identifiers), min_size=1, max_size=20, unique=True))

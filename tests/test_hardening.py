@@ -21,7 +21,7 @@ import pytest
 
 from devtools.pgcluster import ROOT_DIR
 from dumper import cli
-from dumper.core.config import resolve
+from dumper.core.settings import resolve
 
 from .conftest import Database
 from .holds import replies_held

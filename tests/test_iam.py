@@ -17,8 +17,8 @@ import pytest
 from devtools.iam_ldap import IamLdapServer, TokenCheck
 from devtools.pgcluster import Cluster
 from dumper import cli
-from dumper.core.config import resolve
 from dumper.core.errors import ConnectError
+from dumper.core.settings import Settings, resolve
 from dumper.dump import run as dump
 from dumper.postgres import db as pg
 from dumper.postgres.auth import IamToken
@@ -91,7 +91,7 @@ def iam_env(**extra: str) -> dict[str, str]:
     }
 
 
-def settings_for(db: Database, **flags: str) -> object:
+def settings_for(db: Database, **flags: str) -> Settings:
     return resolve(flags, {**db.base_env(), **iam_env()})
 
 
@@ -112,8 +112,8 @@ def test_jobs_8_reuses_one_token(db: Database, irsa: IamLdapServer) -> None:
     for i in range(8):
         db.sql(f"CREATE TABLE t{i} (i int); INSERT INTO t{i} VALUES ({i});")
     settings = settings_for(db, jobs="8", processes="2")  # the workers ask this process for each password
-    provider = IamToken(settings)  # type: ignore[arg-type]
-    manifest = asyncio.run(dump.run(settings, provider, Output(str(db.tmp / "out"))))  # type: ignore[arg-type]
+    provider = IamToken(settings)
+    manifest = asyncio.run(dump.run(settings, provider, Output(str(db.tmp / "out"))))
     assert len(manifest.tables) == 8
     assert len(irsa.binds) >= 9, "the snapshot connection and eight workers logged in"
     assert all(reason is None for _, reason in irsa.binds)
@@ -225,11 +225,11 @@ def test_expired_token_is_rejected_and_a_new_one_is_signed(db: Database, irsa: I
     db.sql("CREATE TABLE t (i int); INSERT INTO t VALUES (1);")
     settings = settings_for(db)
     clock = ManualClock()
-    provider = IamToken(settings, clock=clock)  # type: ignore[arg-type]  # RDS's lifetime, dumper's margin
+    provider = IamToken(settings, clock=clock)  # RDS's lifetime, dumper's margin
 
     def login() -> None:
         async def go() -> None:
-            conn = await pg.connect(settings, provider)  # type: ignore[arg-type]
+            conn = await pg.connect(settings, provider)
             await conn.close()
 
         asyncio.run(go())
@@ -251,7 +251,7 @@ def test_expired_token_is_rejected_and_a_new_one_is_signed(db: Database, irsa: I
     assert "authentication failed" in message and "expired" in (irsa.binds[-1][1] or "")
     # A whole run long after: one new token, whatever the run's length, serves all its connections.
     clock.now = 5000.0
-    manifest = asyncio.run(dump.run(settings, provider, Output(str(db.tmp / "late"))))  # type: ignore[arg-type]
+    manifest = asyncio.run(dump.run(settings, provider, Output(str(db.tmp / "late"))))
     assert manifest.tables[0].rows == 1 and provider.signed == 3
 
 
@@ -272,7 +272,7 @@ def test_no_secret_reaches_logs_manifest_or_repr(db: Database, irsa: IamLdapServ
         (result.run_dir / "manifest.json").read_text(),
         repr(settings),
         repr(IamToken(settings)),
-    ]  # type: ignore[arg-type]
+    ]
     for text in texts:
         for secret_value in [secret, session_token, *irsa.tokens]:
             assert secret_value not in text

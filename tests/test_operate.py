@@ -89,8 +89,7 @@ def test_schedule_stop_cancels_a_long_run_after_the_grace_period(db: Database) -
         events = seen + stop_now(proc)
     assert proc.returncode == 0
     assert named(events, "stopping: the running dump did not finish in time; cancelling it")
-    (ended,) = named(events, "run failed") or [None]
-    assert ended is None, "a cancelled run is not a failed one"
+    assert not named(events, "run failed"), "a cancelled run is not a failed one"
     out = db.tmp / "out"
     assert not list(out.rglob("manifest.json")) and not list(out.rglob("*.partial"))
 

@@ -15,7 +15,8 @@ import sys
 import termios
 import threading
 
-from dumper.ops.progress import TableProgress, render
+from dumper.dump.progress import TableProgress
+from dumper.ops.progress import render
 
 from .conftest import Database, wait_until
 from .holds import ReplyHold, replies_held

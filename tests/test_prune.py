@@ -17,6 +17,8 @@ import pytest
 from dumper import cli
 
 from .conftest import BUCKET, Database, Moto, parse_json
+from .holds import replies_held
+from .test_resilience import big
 
 
 def prune(db: Database, *args: str, env: dict[str, str] | None = None) -> tuple[int, list[dict[str, Any]], str]:
@@ -192,3 +194,36 @@ def test_a_run_that_cannot_be_removed_is_exit_6(
     failed = [e for e in events if e["event"] == "prune failed"]
     assert [e["run"] for e in failed] == ["r1"]
     assert s3.list_objects_v2(Bucket=BUCKET, Prefix="nightly/r1/")["KeyCount"] > 0
+
+
+def test_a_killed_runs_leftovers_are_removed(db: Database) -> None:
+    """A run killed (SIGKILL: nothing of its own clean-up runs) part way through a table
+    leaves what it had written: the schema files, which a run writes first, and the table's
+    hidden .partial. Once a complete run is newer, prune removes that folder (and says so);
+    a folder that also holds a file no run writes stays."""
+    big(db)
+    out = db.tmp / "out"
+    with replies_held(db) as hold:
+        proc = db.spawn("run", "--run-id", "k0", "--jobs", "1", "--processes", "1", *hold.args)
+        hold.wait()
+        left = sorted(p.name for p in (out / "k0").iterdir())
+        proc.kill()
+        proc.communicate(timeout=60)
+    assert {"schema.pre-data.sql", "schema.post-data.sql"} <= set(left), left
+    assert [n for n in left if n.startswith(".public.big.jsonl.") and n.endswith(".partial")], left
+    assert sorted(p.name for p in (out / "k0").iterdir()) == left, "a SIGKILL cleans up nothing"
+    mine = out / "k1"  # a killed run's folder that someone also put a file of their own in
+    mine.mkdir()
+    for name in left:
+        (mine / name).write_bytes((out / "k0" / name).read_bytes())
+    (mine / "notes.txt").write_text("keep me")
+    for run_id in ("r1", "r2"):
+        result = db.dump("--run-id", run_id, "--include", "public.small")
+        assert result.code == 0, result.stderr
+
+    code, events, err = prune(db, "--output", str(out), "--keep", "1")
+    assert code == 0, err
+    assert removed(events) == ["k0", "r1"]
+    assert runs_on_disk(out) == ["k1", "r2"]
+    kept = {e["run"]: e["why"] for e in events if e["event"] == "kept"}
+    assert "files no run writes" in kept["k1"]

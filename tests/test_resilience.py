@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,7 +50,7 @@ def wait_for_line(proc: subprocess.Popen[str], *needles: str) -> list[str]:
     pytest.fail(f"never saw {needles}: {''.join(lines)} {proc.stderr.read() if proc.stderr else ''}")
 
 
-def finish(proc: subprocess.Popen[str], seen: list[str]) -> tuple[int, list[dict[str, object]], str]:
+def finish(proc: subprocess.Popen[str], seen: list[str]) -> tuple[int, list[dict[str, Any]], str]:
     try:
         stdout, stderr = proc.communicate(timeout=240)
     except subprocess.TimeoutExpired:
@@ -128,7 +129,7 @@ def test_a_server_that_is_not_up_yet_is_waited_for(db: Database) -> None:
     assert code == 0, stderr
     run = latest_run(db)
     assert (run / "public.t.jsonl").read_bytes() == b'{"i":1}\n'
-    assert next(e["attempt"] for e in events if e["event"] == "connect failed, retrying") == 1
+    assert next(e["attempt"] for e in events if e["event"] == "connect failed, retrying") == 2  # the next one
 
 
 def test_lock_timeout_names_the_table(db: Database) -> None:

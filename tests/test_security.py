@@ -129,7 +129,7 @@ def test_nothing_listening_is_a_connection_error_after_retries(db: Database) -> 
     assert result.code == 3
     assert "cannot connect to localhost" in result.stderr
     assert result.stdout.count('"event":"connect failed, retrying"') == 1
-    assert '"attempt":1,"of":2' in result.stdout
+    assert '"attempt":2,"of":2' in result.stdout, "the attempt about to start, as every retry says"
 
 
 @REFUSED_LOGIN

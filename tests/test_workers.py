@@ -8,9 +8,11 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,7 +56,7 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def events(stdout: str) -> list[dict[str, object]]:
+def events(stdout: str) -> list[dict[str, Any]]:
     return [parse_json(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
@@ -263,3 +265,18 @@ def test_a_silent_worker_fails_the_run_after_60_s_even_with_no_stall_timeout(db:
     assert proc.returncode == 5, stderr
     assert f"worker process {pids[0]} sent nothing for 60 s, not even its heartbeat" in stderr
     assert not alive(pids)
+
+
+def test_a_worker_process_loads_only_what_reading_and_encoding_need() -> None:
+    """What `python -P -m dumper.dump.workers` has loaded once its module is imported:
+    no AWS SDK, object store, HTTP client, scheduler or terminal library, and none of the
+    dumper's storage, restore or operations (import-linter checks the imports it names;
+    this checks what is really loaded, package __init__ files and lazy imports included)."""
+    probe = "import sys, dumper.dump.workers; print('\\n'.join(sorted(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-P", "-c", probe], capture_output=True, text=True, check=True, cwd="/"
+    ).stdout.split()
+    never = ("boto3", "botocore", "aioboto3", "aiobotocore", "fsspec", "s3fs", "aiohttp", "rich", "apscheduler")
+    assert not [m for m in loaded if m.split(".")[0] in never]
+    assert not [m for m in loaded if m.startswith(("dumper.storage", "dumper.restore", "dumper.ops", "dumper.cli"))]
+    assert {"dumper.dump.reader", "dumper.format.encode", "asyncpg", "msgspec"} <= set(loaded)

@@ -9,16 +9,17 @@ the parent) differs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..core.config import Settings
 from ..core.errors import ConnectionLost
-from ..core.logs import log
+from ..core.retry import failing_with, retrying
+from ..core.settings import Settings
 from ..format.encode import RowEncoder
-from ..postgres import db
+from ..postgres import db, snapshot
 from ..postgres.catalog import Table
 
 BATCH_BYTES = 4 << 20  # aim for ~4 MB of JSON per fetch: bounds memory for wide rows
@@ -140,7 +141,7 @@ async def _read_piece(conn: Any, piece: Piece, sink: Sink, settings: Settings, d
     encoder = RowEncoder([c.name for c in piece.table.columns], settings.format == "json", piece.table.arrays)
     batcher = delivered.batcher  # a retry skips the delivered rows at the size already learned
     skip = delivered.rows
-    async for batch in db.stream(
+    async for batch in snapshot.stream(
         conn,
         piece.table.select_sql(piece.first_page, piece.end_page),
         piece.table.qualified,
@@ -178,31 +179,32 @@ class Reader:
 
     async def _joined(self) -> Any:
         """A new connection in the run's snapshot (ConnectionLost / SnapshotLost if not)."""
-        conn = await db.connect(self.settings, self.password, codecs=True)
-        try:
-            await db.import_snapshot(conn, self.snapshot_id, self.settings)
-        except BaseException:
-            conn.terminate()
-            raise
-        return conn
+        return await db.connect(
+            self.settings,
+            self.password,
+            codecs=True,
+            then=functools.partial(snapshot.import_snapshot, snapshot_id=self.snapshot_id, settings=self.settings),
+        )
 
     async def read(self, piece: Piece, sink: Sink) -> None:
         """Every row of `piece` into `sink`; a lost connection is replaced and
         the piece read on from where it stopped (TABLE_ATTEMPTS in all)."""
         delivered = _Delivered(_Batcher.for_table(piece.table, self.settings.batch_rows))
-        for attempt in range(1, TABLE_ATTEMPTS + 1):
+
+        async def attempt() -> None:
             self.conn = self.conn or await self._joined()
             try:
                 await _read_piece(self.conn, piece, sink, self.settings, delivered)
-                return
-            except ConnectionLost as exc:
+            except ConnectionLost:
                 self.abort()
-                if attempt == TABLE_ATTEMPTS:
-                    raise
-                log.warning(
-                    "connection lost; reading the rest again in the same snapshot",
-                    extra={"attempt": attempt + 1, "of": TABLE_ATTEMPTS, "error": str(exc)},
-                )
+                raise
+
+        await retrying(
+            attempt,
+            attempts=TABLE_ATTEMPTS,
+            heals=failing_with(ConnectionLost),
+            say="connection lost; reading the rest again in the same snapshot",
+        )
 
     def abort(self) -> None:
         """Drop the connection at once: it may be mid-fetch, and closing politely

@@ -34,12 +34,10 @@ import contextlib
 import ctypes
 import dataclasses
 import logging
-import math
 import os
 import pickle
 import signal
 import socket
-import struct
 import sys
 import traceback
 from collections.abc import AsyncIterator, Callable
@@ -48,117 +46,21 @@ from pathlib import Path
 
 import orjson
 
-from ..core.config import Settings
 from ..core.errors import DumperError, DumpError
 from ..core.logs import fields_of, log
 from ..core.malloc import tune_malloc
+from ..core.settings import Settings
 from ..dump.reader import Lane, Piece, Reader, Sink, young_gc_only
 from ..format.encode import ARRAY_SEPARATOR
 from ..postgres import db
+from .channel import ASK, BATCH, BEAT, DONE, FAIL, INIT, LOG, NO_PASSWORD, PASSWORD, READ, STOP, Channel
 
-HEADER = struct.Struct("!cIIQ")  # kind, piece index, rows, payload bytes
-INIT, READ, PASSWORD, NO_PASSWORD, STOP = b"I", b"R", b"P", b"N", b"S"  # parent -> worker
-BATCH, DONE, FAIL, LOG, ASK, BEAT = b"B", b"D", b"E", b"L", b"A", b"H"  # worker -> parent
 BEAT_EVERY = 0.5  # seconds between a worker's heartbeats
 LONGEST_SILENCE = 60.0  # seconds without a frame (not even a heartbeat): the worker is stuck
 STOP_WAIT = 5.0  # seconds a worker may take to close its connections and exit after STOP
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SOCKET_BUFFER = 4 << 20  # bytes; a batch is ~0.4-4 MB of JSON
 FRAME_BYTES = 1 << 20  # small batches travel together, up to about this much
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity, capped by the CPU quota
-    of its cgroup or of any cgroup above it (a Kubernetes CPU limit), rounded
-    up; cgroup v2 (cpu.max) or v1 (cpu.cfs_quota_us / cpu.cfs_period_us)."""
-    count = len(os.sched_getaffinity(0))
-    with contextlib.suppress(OSError, ValueError):
-        for quota in _cpu_quotas():
-            count = min(count, max(1, math.ceil(quota)))
-    return count
-
-
-def _cpu_quotas() -> list[float]:
-    """The CPU quotas (in CPUs) of this process's cgroup and its ancestors, up
-    to the root of the hierarchy that is mounted (in a container: its own)."""
-    mounts: dict[str, tuple[str, str]] = {}  # "2" (cgroup v2) or "1" (v1 with the cpu controller) -> (root, mount)
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        fstype = fields[fields.index("-") + 1]
-        if fstype == "cgroup2":
-            mounts.setdefault("2", (fields[3], fields[4]))
-        elif fstype == "cgroup" and "cpu" in fields[-1].split(","):
-            mounts.setdefault("1", (fields[3], fields[4]))
-    quotas = []
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        version = "2" if controllers == "" else "1" if "cpu" in controllers.split(",") else None
-        if version is None or version not in mounts:
-            continue
-        root, mount = mounts[version]
-        here = Path(mount) / os.path.relpath(path, root)
-        for folder in [here, *here.parents]:
-            if version == "2" and (folder / "cpu.max").exists():
-                quota, period = (folder / "cpu.max").read_text().split()[:2]
-                if quota != "max":
-                    quotas.append(int(quota) / int(period))
-            elif version == "1" and (folder / "cpu.cfs_quota_us").exists():
-                microseconds = int((folder / "cpu.cfs_quota_us").read_text())
-                if microseconds > 0:  # -1: no quota
-                    quotas.append(microseconds / int((folder / "cpu.cfs_period_us").read_text()))
-            if folder == Path(mount):
-                break
-    return quotas
-
-
-def processes(settings: Settings) -> int:
-    """--processes, or by default the usable CPUs, at most --jobs."""
-    return settings.processes or min(usable_cpus(), settings.jobs)
-
-
-class _Channel:
-    """Frames over one lane's socket (non-blocking). Payloads go out and come
-    in without intermediate buffers: one copy each way, done by the kernel."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        self.sock = sock
-        self.loop = asyncio.get_running_loop()
-        self.sending = asyncio.Lock()  # one frame at a time, never interleaved
-        self._later: list[bytes] = []  # frames queued without waiting (log lines), sent before the next frame
-
-    async def send(self, kind: bytes, piece: int = 0, rows: int = 0, payload: bytes | bytearray = b"") -> None:
-        async with self.sending:
-            while self._later:
-                await self.loop.sock_sendall(self.sock, self._later.pop(0))
-            await self.loop.sock_sendall(self.sock, HEADER.pack(kind, piece, rows, len(payload)))
-            if payload:
-                await self.loop.sock_sendall(self.sock, payload)
-
-    def send_later(self, kind: bytes, payload: bytes) -> None:
-        """Queue a frame from code that cannot wait (a logging handler)."""
-        self._later.append(HEADER.pack(kind, 0, 0, len(payload)) + payload)
-
-    async def receive(self, silence: float | None = None) -> tuple[bytes, int, int, bytes | bytearray]:
-        """The next frame; TimeoutError when no byte came for `silence` seconds,
-        IncompleteReadError when the other side is gone."""
-        kind, piece, rows, size = HEADER.unpack(await self._exactly(HEADER.size, silence))
-        return kind, piece, rows, (await self._exactly(size, silence) if size else b"")
-
-    async def _exactly(self, size: int, silence: float | None) -> bytearray:
-        data = bytearray(size)
-        with memoryview(data) as view:
-            got = 0
-            while got < size:
-                async with asyncio.timeout(silence):
-                    count = await self.loop.sock_recv_into(self.sock, view[got:])
-                if not count:
-                    raise asyncio.IncompleteReadError(bytes(view[:got]), size)
-                got += count
-        return data
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 # --- the dumper process's side ------------------------------------------------
@@ -168,7 +70,7 @@ class RemoteLane:
     """A connection held by a worker process, used like a Reader."""
 
     def __init__(
-        self, process: asyncio.subprocess.Process, channel: _Channel, password: db.PasswordProvider, silence: float
+        self, process: asyncio.subprocess.Process, channel: Channel, password: db.PasswordProvider, silence: float
     ) -> None:
         self.process = process
         self.channel = channel
@@ -284,7 +186,7 @@ async def started(
                 for _, theirs in pairs:
                     theirs.close()
             for ours, _ in pairs:
-                channel = _Channel(ours)
+                channel = Channel(ours)
                 result.append(RemoteLane(process, channel, password, silence))
                 await channel.send(INIT, payload=pickle.dumps((secretless, snapshot_id)))
         log.info("worker processes started", extra={"processes": count, "connections": lanes})
@@ -318,7 +220,7 @@ _lane: ContextVar[_WorkerLane | None] = ContextVar("_lane", default=None)
 class _WorkerLane:
     """One connection of a worker process, reading the pieces its parent sends."""
 
-    def __init__(self, channel: _Channel) -> None:
+    def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.separator = b""  # between two batches of one frame: b",\n" in a JSON array
         self._held: list[bytes | bytearray] = []  # batches of one piece not sent yet
@@ -411,7 +313,7 @@ async def _beat(lanes: list[_WorkerLane]) -> None:
 
 
 async def _serve(fds: list[int]) -> None:
-    lanes = [_WorkerLane(_Channel(socket.socket(fileno=fd))) for fd in fds]
+    lanes = [_WorkerLane(Channel(socket.socket(fileno=fd))) for fd in fds]
     forward = _Forward(lanes[0])
     for logger in (log, logging.getLogger()):
         logger.handlers[:] = [forward]

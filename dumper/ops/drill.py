@@ -24,28 +24,21 @@ from typing import Any
 
 import asyncpg
 
-from ..core.config import Settings, redact_url
 from ..core.errors import ConfigError, DumperError, DumpError, LoadError, PermissionDenied, VerifyError
 from ..core.logs import log
+from ..core.settings import Settings
+from ..core.urls import redact_url
 from ..dump import run as dump
 from ..format import sameness
-from ..format.manifest import (
-    LATEST_NAME,
-    MANIFEST_NAME,
-    TableEntry,
-    is_file_name,
-    parse,
-    schema_files,
-    schema_files_absent,
-)
+from ..format.manifest import Manifest, TableEntry
 from ..format.readback import RowBatches
 from ..format.stored import content
 from ..ops.notify import Outcome, publish
 from ..postgres import db
-from ..postgres.catalog import quote_ident
+from ..postgres.sql import quote_ident
 from ..restore import run as restore
-from ..restore.rebuild import dump_schemas
 from ..storage.output import FAILURES, Output
+from ..storage.runs import newest_run, read_manifest
 
 MARKER = "dumper drill scratch database (removed when the drill ends)"
 
@@ -74,32 +67,30 @@ def _rows(output: Output, path: str, compression: str, fmt: str) -> Iterator[byt
         yield from batch
 
 
-def compare(
-    doc: dict[str, Any], source: Output, again: list[TableEntry], again_dir: Output, again_run: str
-) -> list[str]:
+def compare(doc: Manifest, source: Output, again: list[TableEntry], again_dir: Output, again_run: str) -> list[str]:
     """One message per table whose rows did not come back exactly: compared as a multiset
     of rows, each by column name (sameness), after a byte-for-byte look that settles most."""
-    compression, fmt = doc["compression"], doc["format"]
+    compression, fmt = doc.compression, doc.format
     by_name = {(t.schema, t.table): t for t in again}
     problems = []
-    for entry in doc["tables"]:
-        name = f"{entry['schema']}.{entry['table']}"
-        got = by_name.pop((entry["schema"], entry["table"]), None)
+    for entry in doc.tables:
+        name = entry.qualified
+        got = by_name.pop((entry.schema, entry.table), None)
         if got is None:
             problems.append(f"table {name}: not in the restored database")
             continue
         mine = f"{again_run}/{got.path}"
         if compression == "none":
-            same = got.sha256 == entry["sha256"]
+            same = got.sha256 == entry.sha256
         else:  # gzip bytes depend on how writes were grouped: compare what they hold
-            same = _content_sha(source.chunks(entry["path"]) or [], compression) == _content_sha(
+            same = _content_sha(source.chunks(entry.path) or [], compression) == _content_sha(
                 again_dir.chunks(mine) or [], compression
             )
-        if same and got.rows == entry["rows"]:
+        if same and got.rows == entry.rows:
             continue
-        columns = [c["name"] for c in entry["columns"]]
+        columns = [c.name for c in entry.columns]
         differs = sameness.difference(
-            functools.partial(_rows, source, entry["path"], compression, fmt),
+            functools.partial(_rows, source, entry.path, compression, fmt),
             functools.partial(_rows, again_dir, mine, compression, fmt),
             columns,
         )
@@ -107,18 +98,6 @@ def compare(
             problems.append(f"table {name}: {differs}")
     problems += [f"table {s}.{t}: in the restored database, not in the dump" for s, t in by_name]
     return problems
-
-
-def _newest_run(output: Output, settings: Settings) -> Output:
-    """SOURCE itself when it is a run folder; its newest run when it is an
-    output folder (LATEST names the newest complete run)."""
-    if output.exists(MANIFEST_NAME) or not output.exists(LATEST_NAME):
-        return output
-    run_id = output.read(LATEST_NAME).decode().strip()
-    if not is_file_name(run_id):
-        raise VerifyError(f"{output.url_of(LATEST_NAME)} does not name a run folder ({run_id[:80]!r})")
-    log.info("drilling the newest run", extra={"run_id": run_id})
-    return Output.for_settings(dataclasses.replace(settings, output=output.url_of(run_id)))
 
 
 async def _admin(settings: Settings, password: db.PasswordProvider) -> Any:
@@ -186,18 +165,15 @@ class DrillResult:
 async def drill(settings: Settings, password: db.PasswordProvider) -> DrillResult:
     """Restore SOURCE into a scratch database, dump it again and compare.
     Raises VerifyError (exit 7) when any table differs."""
-    source = await asyncio.to_thread(_newest_run, Output.for_settings(settings), settings)
-    try:
-        doc = parse(await asyncio.to_thread(source.read, MANIFEST_NAME))
-    except FileNotFoundError:
-        raise VerifyError(f"{source.url_of(MANIFEST_NAME)} does not exist: not a complete dump") from None
-    if not schema_files(doc):  # the dump cannot build an empty database: it does not come back by itself
+    source = await asyncio.to_thread(newest_run, Output.for_settings(settings), settings)
+    doc = await asyncio.to_thread(read_manifest, source)
+    if not doc.schema_files.listed:  # the dump cannot build an empty database: it does not come back by itself
         raise VerifyError(
-            f"this dump has no schema files ({schema_files_absent(doc)}): a drill builds the scratch "
+            f"this dump has no schema files ({doc.schema_files.why_absent}): a drill builds the scratch "
             "database from them, as a restore into an empty database must; take dumps with a pg_dump "
             "at least the server's major (--schema-files require)"
         )
-    scratch = settings.scratch_dbname or scratch_name(doc["run_id"])
+    scratch = settings.scratch_dbname or scratch_name(doc.run_id)
     conn = await _admin(settings, password)
     try:
         async with db.preparing(settings, "while preparing the scratch database"):
@@ -229,9 +205,9 @@ async def drill(settings: Settings, password: db.PasswordProvider) -> DrillResul
             inside,
             output=folder,
             run_id="drill",
-            format=doc["format"],
-            compression=doc["compression"],
-            schema=tuple(dump_schemas(doc)),
+            format=doc.format,
+            compression=doc.compression,
+            schema=tuple(doc.dumped_schemas),
             include=(),
             exclude=(),
             schema_files="off",

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ..core.config import Settings
 from ..core.errors import DumperError
 from ..core.logs import log
+from ..core.settings import Settings
 from ..dump import run as dump
+from ..dump.progress import Display
 from ..ops import prune
 from ..ops.notify import Outcome, publish
-from ..ops.progress import Display
 from ..postgres import db
 from ..storage.output import Output
 

@@ -16,8 +16,9 @@ import orjson
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, pushadd_to_gateway
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..core.config import Settings, redact_url
 from ..core.logs import log
+from ..core.settings import Settings
+from ..core.urls import redact_url
 from ..format.manifest import TableEntry
 
 LAST_SUCCESS = "dumper_last_success_timestamp_seconds"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..core.config import Settings
 from ..core.errors import PermissionDenied
+from ..core.settings import Settings
 from ..postgres import db, replica, schemadeps
 from ..postgres.auth import IamToken, StaticPassword
 from ..postgres.catalog import discover

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TextIO
 
 from rich.console import Console
@@ -20,36 +18,8 @@ from rich.live import Live
 from rich.table import Table
 
 from ..core.logs import log
-
-
-@dataclass
-class TableProgress:
-    name: str
-    estimate: float  # rows; < 0: unknown (never analyzed)
-    started: float  # monotonic; 0: not started yet
-    rows: int = 0
-    bytes: int = 0
-    done: bool = False
-
-    def fraction(self) -> float | None:
-        """Share done; None without an estimate. Below 1 until the table is done."""
-        if self.done:
-            return 1.0
-        if self.estimate <= 0:
-            return None
-        return min(self.rows / self.estimate, 0.99)
-
-    def exact(self) -> bool:
-        """Whether the estimate still holds (the '~' otherwise)."""
-        return self.done or (self.estimate > 0 and self.rows <= self.estimate)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+from ..core.units import human_bytes
+from ..dump.progress import TableProgress
 
 
 def _duration(seconds: float) -> str:
@@ -77,19 +47,21 @@ def render(tables: list[TableProgress], now: float) -> Table:
             t.name,
             f"{t.rows:,} / {estimate} rows",
             f"{fraction:.0%}" if fraction is not None else "",
-            _size(t.bytes),
+            human_bytes(t.bytes),
             f"{t.rows / elapsed:,.0f} rows/s",
             f"ETA {eta}" if eta else "",
         )
     done = sum(t.done for t in tables)
     rows = sum(t.rows for t in tables)
     grid.add_row(
-        f"total: {done} of {len(tables)} tables done", f"{rows:,} rows", "", _size(sum(t.bytes for t in tables)), "", ""
+        f"total: {done} of {len(tables)} tables done",
+        f"{rows:,} rows",
+        "",
+        human_bytes(sum(t.bytes for t in tables)),
+        "",
+        "",
     )
     return grid
-
-
-Display = Callable[[list["TableProgress"]], None]
 
 
 class _Above:

@@ -16,12 +16,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.errors import OutputError
 from ..core.logs import log
-from ..format.manifest import LATEST_NAME, MANIFEST_NAME
+from ..format.layout import LATEST_NAME, MANIFEST_NAME, written_by_a_run
 from ..storage.output import FAILURES, Output
-
-# What a run writes into its folder: table files, hidden partial files, the write probe.
-RUN_FILE_ENDINGS = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".partial", ".dumper-write-probe")
 
 
 @dataclass
@@ -93,7 +91,7 @@ def scan(output: Output) -> tuple[list[RunFolder], str | None]:
             continue
         if rest == MANIFEST_NAME:
             run.complete, run.finished = True, _mtime(info)
-        elif info.get("type") != "directory" and ("/" in rest or not rest.endswith(RUN_FILE_ENDINGS)):
+        elif info.get("type") != "directory" and ("/" in rest or not written_by_a_run(rest)):
             run.foreign.append(rest)
     try:
         latest: str | None = output.read(LATEST_NAME).decode().strip() or None
@@ -136,6 +134,15 @@ def prune(output: Output, keep: int, dry_run: bool = False) -> Pruned:
         if decision.remove and not dry_run and (error := remove(output, decision.name)):
             failed[decision.name] = error
     return Pruned(decisions, failed)
+
+
+def refuse_failures(result: Pruned) -> None:
+    """`dumper prune`: runs that could not be removed fail the command (exit 6), naming them."""
+    if result.failed:
+        raise OutputError(
+            f"{len(result.failed)} run(s) could not be removed: {', '.join(result.failed)}; the role "
+            "needs s3:DeleteObject (deploy/iam/prune-policy.json) or write access to the folder"
+        )
 
 
 async def after_run(output: Output, keep: int) -> None:

@@ -19,9 +19,9 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from ..core.config import Settings, default_run_id
 from ..core.errors import ConfigError
 from ..core.logs import log
+from ..core.settings import Settings, default_run_id
 from ..ops.notify import Outcome
 
 Job = Callable[[Settings], Awaitable[Outcome]]

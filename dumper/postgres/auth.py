@@ -14,8 +14,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from ..core.config import Settings
 from ..core.errors import ConfigError, ConnectError
+from ..core.settings import Settings
 
 TOKEN_LIFETIME = 900.0  # seconds, fixed by RDS
 MARGIN = 300.0  # sign anew when less than this is left

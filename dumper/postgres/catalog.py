@@ -14,12 +14,7 @@ from typing import Any
 from ..core.errors import ConfigError
 from ..format.encode import Kind, kind_for
 from ..postgres.schemadeps import Extension
-
-
-def quote_ident(name: str) -> str:
-    """PostgreSQL identifier quoting: always quoted, so any name is safe."""
-    return '"' + name.replace('"', '""') + '"'
-
+from .sql import quote_ident
 
 # How a column's values are written (the manifest's columns[].written):
 WRITTEN_JSON = "json"  # to_json's own form (every built-in type, and types without a cast to json)

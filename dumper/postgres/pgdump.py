@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import glob
 import os
 import re
@@ -17,21 +18,20 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import tenacity
+
 from .. import __version__
-from ..core.config import Settings
 from ..core.errors import ConfigError, ConnectionLost, DumpError, PermissionDenied, SnapshotLost
 from ..core.logs import log
+from ..core.retry import failing_with, retrying
+from ..core.settings import Settings
+from ..format.layout import schema_file_name
 from ..postgres import db
-from ..postgres.catalog import quote_ident
 from ..postgres.schemadeps import Extension
+from .sql import quote_ident
 
-SECTIONS = ("pre-data", "post-data")
 SEARCHED = ("/usr/lib/postgresql/*/bin/pg_dump", "/usr/pgsql-*/bin/pg_dump", "/usr/local/pgsql/bin/pg_dump")
 _VERSION = re.compile(rb"pg_dump \(PostgreSQL\) (\d+)(?:\.(\d+))?")
-
-
-def file_name(section: str) -> str:
-    return f"schema.{section}.sql"
 
 
 @dataclass(frozen=True)
@@ -139,12 +139,8 @@ def _conninfo(settings: Settings) -> str:
 
 def pattern(schema: str, table: str | None = None) -> str:
     """A pg_dump pattern matching exactly this name: quoted, so '.', '*', '?'
-    and regular-expression characters are literal ('"' doubled)."""
-
-    def quoted(name: str) -> str:
-        return '"' + name.replace('"', '""') + '"'
-
-    return quoted(schema) + (f".{quoted(table)}" if table is not None else "")
+    and regular-expression characters are literal (as an identifier is quoted)."""
+    return quote_ident(schema) + (f".{quote_ident(table)}" if table is not None else "")
 
 
 def arguments(
@@ -191,16 +187,19 @@ def created_first(extensions: Sequence[Extension]) -> bytes:
 EXTENSION_OPTION = 14  # the first pg_dump with --extension
 
 
-async def section(
-    settings: Settings,
-    password: db.PasswordProvider,
-    pg_dump: PgDump,
-    snapshot_id: str,
-    name: str,
-    excluded: Sequence[tuple[str, str]],
-    extensions: Sequence[Extension] = (),
-) -> bytes:
-    """One section's SQL; DumpError (or PermissionDenied) naming pg_dump's own message."""
+@dataclass(frozen=True)
+class Sections:
+    """What the schema files are made from: the pg_dump, the run's snapshot, the
+    tables left out and the extensions the dumped objects use."""
+
+    pg_dump: PgDump
+    snapshot_id: str
+    excluded: Sequence[tuple[str, str]]
+    extensions: Sequence[Extension] = ()
+
+
+async def _section_once(settings: Settings, password: db.PasswordProvider, job: Sections, name: str) -> bytes:
+    pg_dump, extensions = job.pg_dump, job.extensions
     env = _base_env()
     secret = await password()
     if secret:
@@ -209,9 +208,9 @@ async def section(
         pg_dump.path,
         *arguments(
             settings,
-            snapshot_id,
+            job.snapshot_id,
             name,
-            excluded,
+            job.excluded,
             [e.name for e in extensions] if pg_dump.major >= EXTENSION_OPTION else [],
         ),
         env=env,
@@ -228,7 +227,7 @@ async def section(
             out, err = await proc.communicate()
     except TimeoutError:
         raise DumpError(
-            f"schema file {file_name(name)}: pg_dump did not finish within {bound:g} s (--stall-timeout "
+            f"schema file {schema_file_name(name)}: pg_dump did not finish within {bound:g} s (--stall-timeout "
             "plus --lock-timeout): the server, or the network to it, stalled; check the server's health "
             "and load, or raise --stall-timeout (a catalog of very many tables takes longer)"
         ) from None
@@ -242,7 +241,7 @@ async def section(
         said = [line.strip() for line in text.splitlines() if re.search(r"error:|detail:|hint:|FATAL", line)]
         lines = " / ".join(said or [line.strip() for line in text.splitlines()[-3:]])
         raise _error_class(lines)(
-            f"schema file {file_name(name)}: pg_dump {pg_dump.version} failed (exit {proc.returncode}): {lines}"
+            f"schema file {schema_file_name(name)}: pg_dump {pg_dump.version} failed (exit {proc.returncode}): {lines}"
         )
     if name == "pre-data" and pg_dump.major < EXTENSION_OPTION:
         return created_first(extensions) + out
@@ -267,25 +266,14 @@ def _error_class(text: str) -> type[DumpError | PermissionDenied]:
     return PermissionDenied if "permission denied" in text else DumpError
 
 
-async def section_with_retries(
-    settings: Settings,
-    password: db.PasswordProvider,
-    pg_dump: PgDump,
-    snapshot_id: str,
-    name: str,
-    excluded: Sequence[tuple[str, str]],
-    extensions: Sequence[Extension] = (),
-) -> bytes:
-    """section(), again after a lost connection (in the same snapshot), up to --connect-attempts."""
-    for attempt in range(1, settings.connect_attempts + 1):
-        try:
-            return await section(settings, password, pg_dump, snapshot_id, name, excluded, extensions)
-        except ConnectionLost as exc:
-            if attempt == settings.connect_attempts:
-                raise
-            log.warning(
-                "pg_dump could not connect or lost its connection, retrying",
-                extra={"attempt": attempt + 1, "of": settings.connect_attempts, "error": str(exc)},
-            )
-            await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
-    raise AssertionError("unreachable")
+async def section(settings: Settings, password: db.PasswordProvider, job: Sections, name: str) -> bytes:
+    """One section's SQL, from the snapshot; again after a lost connection (in the same
+    snapshot), up to --connect-attempts, with the backoff of a connection's own retries.
+    DumpError (or PermissionDenied) naming pg_dump's own message."""
+    return await retrying(
+        functools.partial(_section_once, settings, password, job, name),
+        attempts=settings.connect_attempts,
+        heals=failing_with(ConnectionLost),
+        say="pg_dump could not connect or lost its connection, retrying",
+        wait=tenacity.wait_exponential_jitter(initial=1, max=8.0),
+    )

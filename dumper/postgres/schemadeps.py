@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from ..core.errors import ConfigError
+from ..format.manifest import ExtensionEntry, Requirement
 
 FIRST_NORMAL_OID = 16384  # objects below it are built in (initdb's), present in every database
 
@@ -159,9 +160,10 @@ class Extension:
     config: tuple[ConfigTable, ...]
     config_sequences: tuple[int, ...]
 
-    def listed(self) -> dict[str, Any]:
+    @property
+    def entry(self) -> ExtensionEntry:
         """As the manifest lists it."""
-        return {"name": self.name, "schema": self.schema, "version": self.version, "requires": list(self.requires)}
+        return ExtensionEntry(name=self.name, schema=self.schema, version=self.version, requires=list(self.requires))
 
 
 def creation_order(extensions: Sequence[Extension]) -> list[Extension]:
@@ -202,16 +204,16 @@ async def extensions(conn: Any, schemas: Sequence[str]) -> list[Extension]:
     return creation_order(found)
 
 
-async def outside(conn: Any, schemas: Sequence[str], carried: Sequence[Extension]) -> list[dict[str, Any]]:
+async def outside(conn: Any, schemas: Sequence[str], carried: Sequence[Extension]) -> list[Requirement]:
     """The objects outside the dump that its schema files name, as the manifest lists them."""
     return [
-        {
-            "type": r["type"],
-            "names": list(r["object_names"]),
-            "args": list(r["object_args"]),
-            "schema": r["schema"],
-            "description": r["description"],
-        }
+        Requirement(
+            type=r["type"],
+            names=list(r["object_names"]),
+            args=list(r["object_args"]),
+            schema=r["schema"],
+            description=r["description"],
+        )
         for r in await conn.fetch(_OUTSIDE_SQL, list(schemas), [e.name for e in carried])
     ]
 
@@ -223,7 +225,7 @@ _FIX = {
 }
 
 
-async def missing(conn: Any, required: Sequence[dict[str, Any]]) -> list[str]:
+async def missing(conn: Any, required: Sequence[Requirement]) -> list[str]:
     """Of the objects the schema files name, those `conn`'s database lacks, each with the fix
     (each looked up on its own, outside any transaction: a miss is an error, and only that)."""
     lacking = []
@@ -231,19 +233,19 @@ async def missing(conn: Any, required: Sequence[dict[str, Any]]) -> list[str]:
         try:
             await conn.fetchval(
                 "SELECT (pg_catalog.pg_get_object_address($1, $2::pg_catalog.text[], $3::pg_catalog.text[])).objid",
-                obj["type"],
-                obj["names"],
-                obj["args"],
+                obj.type,
+                obj.names,
+                obj.args,
             )
         except asyncpg.PostgresError:
-            schema = obj.get("schema")
+            schema = obj.schema
             fix = _FIX.get(
-                obj["type"],
+                obj.type,
                 f"create it in the target first, or dump schema {schema} too (--schema)"
                 if schema
                 else "create it in the target first",
             )
-            lacking.append(f"{obj['description']} ({fix})")
+            lacking.append(f"{obj.description} ({fix})")
     return lacking
 
 

@@ -14,7 +14,7 @@ import itertools
 import re
 from collections.abc import Iterable
 
-from ..postgres.catalog import quote_ident
+from ..postgres.sql import quote_ident
 
 _RESTRICT = re.compile(r"^\\restrict ([A-Za-z0-9]+)$", re.MULTILINE)
 _HEADER = re.compile(r"^--\n-- (?:Data for )?Name: [^\n]*; Type: [^\n]*\n--\n", re.MULTILINE)

@@ -11,7 +11,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..core.logs import log
-from ..postgres.catalog import quote_ident
+from ..format.manifest import Owner, SequencePosition
+from ..postgres.sql import quote_ident
 
 _SEQUENCES_SQL = """
 SELECT n.nspname, c.relname,
@@ -39,7 +40,7 @@ ORDER BY n.nspname, c.relname
 CHUNK = 200  # sequences per query
 
 
-async def read(conn: Any, schemas: Sequence[str], config: Sequence[int] = ()) -> list[dict[str, Any]]:
+async def read(conn: Any, schemas: Sequence[str], config: Sequence[int] = ()) -> list[SequencePosition]:
     """Every sequence of `schemas` (not an extension's) and the `config` ones (extension
     configuration sequences): name, position, and the column that owns it.
     A sequence this role may not read is named in a warning and left out."""
@@ -61,17 +62,17 @@ async def read(conn: Any, schemas: Sequence[str], config: Sequence[int] = ()) ->
         )
         positions.update({p[0]: (p[1], p[2]) for p in await conn.fetch(sql)})
     return [
-        {
-            "schema": r["nspname"],
-            "name": r["relname"],
-            "last_value": positions[i][0],
-            "is_called": positions[i][1],
-            "owned_by": (
-                {"schema": r["owner_schema"], "table": r["owner_table"], "column": r["owner_column"]}
+        SequencePosition(
+            schema=r["nspname"],
+            name=r["relname"],
+            last_value=positions[i][0],
+            is_called=positions[i][1],
+            owned_by=(
+                Owner(schema=r["owner_schema"], table=r["owner_table"], column=r["owner_column"])
                 if r["owner_table"] is not None
                 else None
             ),
-        }
+        )
         for i, r in enumerate(rows)
     ]
 
@@ -80,32 +81,32 @@ _SETVAL_SQL = "SELECT pg_catalog.setval($1::pg_catalog.regclass, $2, $3)"
 _OWNED_SQL = "SELECT pg_catalog.pg_get_serial_sequence($1, $2)"
 
 
-def owned_by_tables(recorded: Iterable[dict[str, Any]], tables: set[tuple[str, str]]) -> list[dict[str, Any]]:
+def owned_by_tables(recorded: Iterable[SequencePosition], tables: set[tuple[str, str]]) -> list[SequencePosition]:
     """The recorded sequences that belong to a column of one of `tables`."""
-    return [s for s in recorded if s.get("owned_by") and (s["owned_by"]["schema"], s["owned_by"]["table"]) in tables]
+    return [s for s in recorded if s.owned_by and (s.owned_by.schema, s.owned_by.table) in tables]
 
 
-async def set_positions(conn: Any, recorded: Iterable[dict[str, Any]], by_owner: bool) -> tuple[int, list[str]]:
+async def set_positions(conn: Any, recorded: Iterable[SequencePosition], by_owner: bool) -> tuple[int, list[str]]:
     """setval for each recorded sequence: the sequence of the same name, or
     (by_owner) the one that now belongs to the same column, whatever its name.
     Returns how many were set and the ones not found in the target."""
     done, missing = 0, []
     for seq in recorded:
-        name = f"{quote_ident(seq['schema'])}.{quote_ident(seq['name'])}"
-        if by_owner:
-            owner = seq["owned_by"]
+        name = f"{quote_ident(seq.schema)}.{quote_ident(seq.name)}"
+        owner = seq.owned_by
+        if by_owner and owner is not None:
             name = await conn.fetchval(
-                _OWNED_SQL, f"{quote_ident(owner['schema'])}.{quote_ident(owner['table'])}", owner["column"]
+                _OWNED_SQL, f"{quote_ident(owner.schema)}.{quote_ident(owner.table)}", owner.column
             )
             if name is None:
                 missing.append(
-                    f"{seq['schema']}.{seq['name']} (of {owner['schema']}.{owner['table']}."
-                    f"{owner['column']}, which has no sequence in the target)"
+                    f"{seq.schema}.{seq.name} (of {owner.schema}.{owner.table}.{owner.column}, which "
+                    "has no sequence in the target)"
                 )
                 continue
         elif not await conn.fetchval("SELECT pg_catalog.to_regclass($1) IS NOT NULL", name):
-            missing.append(f"{seq['schema']}.{seq['name']}")
+            missing.append(f"{seq.schema}.{seq.name}")
             continue
-        await conn.fetchval(_SETVAL_SQL, name, seq["last_value"], seq["is_called"])
+        await conn.fetchval(_SETVAL_SQL, name, seq.last_value, seq.is_called)
         done += 1
     return done, missing

@@ -16,9 +16,10 @@ import asyncpg
 
 from ..core.errors import ConfigError, LoadError, PermissionDenied, VerifyError
 from ..core.logs import log
-from ..format.manifest import schema_files, schema_files_absent
-from ..postgres import db, schemadeps, schemasql
-from ..postgres.catalog import quote_ident
+from ..format.manifest import FileEntry, Manifest
+from ..postgres import schemadeps, schemasql
+from ..postgres.sql import quote_ident
+from ..postgres.translate import LOST
 from ..storage.output import Output
 
 # Objects in the dump's schemas, but for an extension's own (its CREATE EXTENSION made them).
@@ -61,32 +62,27 @@ WHERE r.rolname OPERATOR(pg_catalog.=) current_user
 """
 
 
-def dump_schemas(doc: dict[str, Any]) -> list[str]:
-    """The schemas the dump was taken from (older manifests: those of its tables)."""
-    return list(doc.get("schemas") or sorted({t["schema"] for t in doc["tables"]}))
-
-
-def require_files(doc: dict[str, Any]) -> list[dict[str, Any]]:
+def require_files(doc: Manifest) -> list[FileEntry]:
     """The dump's schema files; ConfigError when it has none."""
-    files = schema_files(doc)
+    files = doc.schema_files.listed
     if not files:
         raise ConfigError(
-            f"--with-schema: this dump has no schema files ({schema_files_absent(doc)}); restore into "
+            f"--with-schema: this dump has no schema files ({doc.schema_files.why_absent}); restore into "
             "tables created another way (the application's migrations, pg_dump --schema-only), "
             "without --with-schema"
         )
     return files
 
 
-def scripts(source: Output, doc: dict[str, Any]) -> dict[str, str]:
+def scripts(source: Output, doc: Manifest) -> dict[str, str]:
     """section -> SQL of the dump's schema files, checked against the manifest
     again as read (a file swapped after the verify pass is refused)."""
     texts = {}
     for entry in require_files(doc):
-        data = source.read(entry["path"])
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise VerifyError(f"schema file {entry['path']}: changed since it was verified; nothing was loaded")
-        texts[entry["section"]] = data.decode("utf-8")
+        data = source.read(entry.path)
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise VerifyError(f"schema file {entry.path}: changed since it was verified; nothing was loaded")
+        texts[entry.section] = data.decode("utf-8")
     return texts
 
 
@@ -110,31 +106,31 @@ async def refuse_occupied(conn: Any, schemas: list[str]) -> list[str]:
     ]
 
 
-async def extensions_ready(conn: Any, doc: dict[str, Any], user: str) -> list[str]:
+async def extensions_ready(conn: Any, doc: Manifest, user: str) -> list[str]:
     """Raises before anything changes when the target cannot create an extension of the dump
     (its files are missing, or this role may not); returns the statements that create the
     schemas they go into when the schema files do not (an extension of another schema)."""
-    listed = doc.get("extensions") or []
+    listed = doc.extensions
     if not listed:
         return []
-    rows = await conn.fetch(_EXTENSIONS_SQL, [e["name"] for e in listed], [e["schema"] for e in listed])
+    rows = await conn.fetch(_EXTENSIONS_SQL, [e.name for e in listed], [e.schema for e in listed])
     by_name = {r["name"]: r for r in rows}
     unavailable, refused, schemas = [], [], []
     for ext in listed:
-        row = by_name[ext["name"]]
+        row = by_name[ext.name]
         if row["installed"] is not None:
             continue
         if row["available"] is None:
-            unavailable.append(ext["name"])
+            unavailable.append(ext.name)
         elif not row["superuser"] and not (row["trusted"] and row["may_create"]):
-            refused.append(ext["name"])
-        elif row["available"] != ext["version"]:
+            refused.append(ext.name)
+        elif row["available"] != ext.version:
             log.warning(
                 "the target creates an extension in another version than the dump's",
-                extra={"extension": ext["name"], "dump": ext["version"], "target": row["available"]},
+                extra={"extension": ext.name, "dump": ext.version, "target": row["available"]},
             )
-        if not row["schema_exists"] and ext["schema"] not in dump_schemas(doc) and ext["schema"] not in schemas:
-            schemas.append(ext["schema"])
+        if not row["schema_exists"] and ext.schema not in doc.dumped_schemas and ext.schema not in schemas:
+            schemas.append(ext.schema)
     if unavailable:
         raise ConfigError(
             f"--with-schema: the target server has no extension {', '.join(unavailable)} (the dump's "
@@ -151,10 +147,10 @@ async def extensions_ready(conn: Any, doc: dict[str, Any], user: str) -> list[st
     return [f"CREATE SCHEMA IF NOT EXISTS {quote_ident(name)};\n" for name in schemas]
 
 
-async def outside_ready(conn: Any, doc: dict[str, Any], where: str = "--with-schema") -> None:
+async def outside_ready(conn: Any, doc: Manifest, where: str = "--with-schema") -> None:
     """Raises ConfigError, before anything changes, when the schema files name objects outside
     the dump (an access method, a role, a type of another schema) that the target lacks."""
-    schemadeps.refuse_missing(await schemadeps.missing(conn, doc.get("requires") or []), where)
+    schemadeps.refuse_missing(await schemadeps.missing(conn, doc.requires), where)
 
 
 async def apply(conn: Any, section: str, script: str, existing: list[str], first: Sequence[str] = ()) -> None:
@@ -166,7 +162,7 @@ async def apply(conn: Any, section: str, script: str, existing: list[str], first
         await conn.execute("BEGIN")
         await conn.execute(sql)
         await conn.execute("COMMIT")
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, *db.LOST) as exc:
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, *LOST) as exc:
         position = getattr(exc, "position", None)
         where = f" at character {position}" if position else ""
         raise LoadError(

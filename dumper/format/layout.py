@@ -1,0 +1,94 @@
+"""The names in an output folder: the one place that knows them.
+
+    <output>/
+      LATEST                          the run id of the newest complete dump, written last
+      <run_id>/
+        <schema>.<table>.jsonl[.gz]   a table (.json[.gz] with --format json)
+        schema.pre-data.sql           pg_dump's sections, from the run's snapshot
+        schema.post-data.sql
+        manifest.json                 written after every other file
+        .<file>.<random>.partial      a local file being written (renamed when complete)
+        .dumper-write-probe           the run folder's write check (removed at once)
+
+Pure: names in, names out. Writers, prune, verify and restore ask here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+from collections.abc import Sequence
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+LATEST_NAME = "LATEST"
+WRITE_PROBE = ".dumper-write-probe"
+SECTIONS = ("pre-data", "post-data")  # pg_dump's sections, in the order a restore runs them
+TABLE_ENDINGS = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+PARTIAL_ENDING = ".partial"
+
+_SAFE = frozenset(string.ascii_letters + string.digits + "_-")
+_MAX_NAME = 200  # bytes; file systems allow 255, leave room for suffixes
+
+
+def _escape(name: str) -> str:
+    """Percent-encode every byte but [A-Za-z0-9_-]: injective, ASCII, no dots."""
+    return "".join(ch if ch in _SAFE else "".join(f"%{b:02X}" for b in ch.encode()) for ch in name)
+
+
+def table_file_name(schema: str, table: str, fmt: str, compression: str) -> str:
+    """'<schema>.<table>.jsonl[.gz]', safe for any identifier on any file system."""
+    stem = f"{_escape(schema)}.{_escape(table)}"
+    if len(stem) > _MAX_NAME:
+        digest = hashlib.sha256(f"{schema}\0{table}".encode()).hexdigest()[:16]
+        stem = f"{stem[: _MAX_NAME - 17]}~{digest}"
+    return stem + "." + fmt + (".gz" if compression == "gzip" else "")
+
+
+def unique_file_names(names: Sequence[str]) -> list[str]:
+    """Disambiguate names that differ only in case (case-insensitive file systems):
+    the second 'a.T.jsonl' becomes 'a~1.T.jsonl'. '~' is never produced by escaping."""
+    seen: dict[str, int] = {}
+    result = []
+    for name in names:
+        count = seen.get(name.lower(), 0)
+        seen[name.lower()] = count + 1
+        if count:
+            head, dot, tail = name.partition(".")
+            name = f"{head}~{count}{dot}{tail}"
+        result.append(name)
+    return result
+
+
+def schema_file_name(section: str) -> str:
+    """'schema.pre-data.sql' / 'schema.post-data.sql'."""
+    return f"schema.{section}.sql"
+
+
+def partial_name(final: str) -> str:
+    """The hidden name a local file is written under until it is complete; it says what
+    it is, should a kill -9 leave it behind."""
+    folder, _, name = final.rpartition("/")
+    return f"{folder}/.{name}.{secrets.token_hex(4)}{PARTIAL_ENDING}"
+
+
+def written_by_a_run(name: str) -> bool:
+    """Whether a file in a run folder is one a run writes (a killed run's leftovers are
+    removed by prune only when all of them are)."""
+    return (
+        name.endswith(TABLE_ENDINGS)
+        or name in {MANIFEST_NAME, WRITE_PROBE, *map(schema_file_name, SECTIONS)}
+        or (name.startswith(".") and name.endswith(PARTIAL_ENDING))
+    )
+
+
+def is_file_name(path: Any) -> bool:
+    """A name that stays in the run folder: what table_file_name() makes, never
+    a path (no separators, no '..', not hidden, not absolute)."""
+    return (
+        isinstance(path, str)
+        and 0 < len(path) <= 255
+        and not path.startswith(".")
+        and not set(path) & {"/", "\\", "\0", ":"}
+    )

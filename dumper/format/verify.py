@@ -1,0 +1,64 @@
+"""Checking a run folder against its manifest: every file's size, sha256 and rows.
+
+Pure but for the reader it is given: stored chunks in, one message per mismatch out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from .encode import rows_in
+from .layout import is_file_name
+from .manifest import FileEntry, Manifest, TableEntry
+from .stored import CORRUPT, read_stats
+
+
+def verify(
+    manifest: Manifest,
+    open_chunks: Callable[[str], Iterable[bytes] | None],
+    tables: Sequence[TableEntry] | None = None,
+    files: bool = True,
+) -> list[str]:
+    """Check every listed file (or only `tables`, and the schema files unless
+    files=False); returns one message per mismatch (empty = all good).
+
+    `open_chunks(path)` yields the stored bytes of a file, or None if it is missing.
+    """
+    checked: list[tuple[TableEntry | FileEntry, str]] = [
+        (e, e.qualified) for e in (manifest.tables if tables is None else tables)
+    ]
+    if files:
+        checked += [(e, f"schema file {e.section}") for e in manifest.schema_files.listed]
+    problems: list[str] = []
+    for entry, what in checked:
+        problems += _check(manifest, entry, what, open_chunks)
+    return problems
+
+
+def _check(
+    manifest: Manifest, entry: TableEntry | FileEntry, what: str, open_chunks: Callable[[str], Iterable[bytes] | None]
+) -> list[str]:
+    safe = is_file_name(entry.path)
+    name = f"{what} ({entry.path if safe else repr(entry.path)})"
+    if not safe:
+        return [f"{name}: not a file name in the run folder; refused, nothing was read"]
+    is_table = isinstance(entry, TableEntry)
+    try:
+        chunks = open_chunks(entry.path)
+        if chunks is None:
+            return [f"{name}: file is missing"]
+        stats = read_stats(chunks, manifest.compression if is_table else "none")
+    except CORRUPT as exc:
+        return [f"{name}: not a valid gzip file: {exc}"]
+    except (TimeoutError, ConnectionError):
+        raise  # the storage or the network failed, not the file: the caller says so
+    except OSError as exc:  # e.g. a symlink where the file should be
+        return [f"{name}: cannot be read as a plain file ({exc.strerror or exc})"]
+    problems = []
+    if stats.bytes != entry.bytes:
+        problems.append(f"{name}: {stats.bytes} bytes, manifest says {entry.bytes}")
+    if stats.sha256 != entry.sha256:
+        problems.append(f"{name}: sha256 {stats.sha256}, manifest says {entry.sha256}")
+    if isinstance(entry, TableEntry) and (rows := rows_in(stats.newlines, manifest.format)) != entry.rows:
+        problems.append(f"{name}: {rows} rows, manifest says {entry.rows}")
+    return problems
