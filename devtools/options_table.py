@@ -1,6 +1,8 @@
-"""Print the README's options table from dumper.config.OPTIONS, or rewrite it in place.
+"""docs/options.md's table of options, generated from the option table (dumper/core/options.py):
+printed, or written in place of the table in the page. tests/test_docs.py fails when the page's
+table is not what this generates.
 
-python -m devtools.options_table [--write README.md]
+python -m devtools.options_table [--write docs/options.md]
 """
 
 from __future__ import annotations
@@ -8,9 +10,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dumper.core.config import OPTIONS
+from dumper.core.options import COMMANDS, OPTIONS
 
-HEADER = "| flag | environment | default | meaning |\n|---|---|---|---|\n"
+HEADER = "| flag | environment | default | commands | meaning |\n|---|---|---|---|---|\n"
 
 
 def table() -> str:
@@ -20,17 +22,22 @@ def table() -> str:
         default = ",".join(o.default) if o.repeatable else o.default
         shown = f"`{default}`" if default not in (None, "") else "—"
         choices = " (`" + "`, `".join(o.choices) + "`)" if o.choices else ""
-        rows.append(f"| `{o.flag}` | {env} | {shown} | {o.help}{choices} |")
+        commands = ", ".join(c for c in COMMANDS if c in o.commands)
+        rows.append(f"| `{o.flag}` | {env} | {shown} | {commands} | {o.help}{choices} |")
     return HEADER + "\n".join(rows) + "\n"
+
+
+def replaced(text: str) -> str:
+    """`text` with its options table replaced by the generated one."""
+    start = text.index(HEADER)
+    end = text.index("\n\n", start)
+    return text[:start] + table().rstrip("\n") + text[end:]
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--write"]:
         path = Path(argv[1])
-        text = path.read_text()
-        start = text.index(HEADER)
-        end = text.index("\n\n", start)
-        path.write_text(text[:start] + table().rstrip("\n") + text[end:])
+        path.write_text(replaced(path.read_text()))
     else:
         sys.stdout.write(table())
     return 0
