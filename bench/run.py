@@ -12,7 +12,8 @@ setting at its default; `p1`, `p2`, `p4` are the scaling table (the same four
 connections in 1, 2 or 4 processes). Server CPU is the postmaster's reaped-children CPU
 (cutime+cstime in /proc/<pid>/stat) across a method's run: exactly the CPU of
 the backends that served it, read after they have exited (autovacuum is off).
-Restores (r*) load the mixed table into an empty copy in another database,
+`t0`/`t1`: 3,000 tiny tables (schema tenants), pg_dump -Fd -j 2 -Z 0 against
+a run with --jobs 2: the cost per table. Restores (r*) load the mixed table into an empty copy in another database,
 against psql's `\\copy ... FROM` of the same rows as CSV.
 
     python -m bench.run [--rows 2000000] [--narrow-rows 5000000] [--repeat 3] [--only a,b]
@@ -63,6 +64,18 @@ SELECT g,
   CASE WHEN g % 20 <> 11 THEN decode(md5(g::text), 'hex') END
 FROM generate_series(1, {rows}) g;
 VACUUM ANALYZE {name};
+"""
+
+# A schema-per-tenant catalog: many tiny tables (10 rows each), for the per-table cost.
+TENANTS_SQL = """
+CREATE SCHEMA tenants;
+DO $$ BEGIN
+  FOR i IN 1..{tables} LOOP
+    EXECUTE format('CREATE TABLE tenants.%I (id int PRIMARY KEY, name text, at timestamptz)', 't' || i);
+    EXECUTE format('INSERT INTO tenants.%I SELECT g, md5(g::text), now() FROM generate_series(1, 10) g', 't' || i);
+  END LOOP;
+END $$;
+VACUUM ANALYZE;
 """
 
 NARROW_SQL = """
@@ -130,6 +143,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=2_000_000)
     ap.add_argument("--narrow-rows", type=int, default=5_000_000)
+    ap.add_argument("--tenant-tables", type=int, default=3000, help="tiny tables of the t* rows (schema tenants)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", default="", help="comma-separated method names to run")
     ap.add_argument("--result", default=str(ROOT / "bench" / "results" / "latest.json"))
@@ -154,6 +168,7 @@ def main() -> int:
         )
         cluster.psql(NARROW_SQL.format(name="narrow", rows=args.narrow_rows), "bench")
         cluster.psql(NARROW_SQL.format(name="narrow_small", rows=args.narrow_rows // 10), "bench")
+        cluster.psql(TENANTS_SQL.format(tables=args.tenant_tables), "bench")
 
         env = {
             **os.environ,
@@ -263,6 +278,16 @@ def main() -> int:
                 dump("--include", "public.narrow", "--jobs", "2", "--processes", "1"),
                 args.narrow_rows,
             ),
+            # Per-table cost: pg_dump's directory format, two jobs, no compression, against a run.
+            "t0_baseline_pg_dump_tenants": (
+                lambda out: [
+                    str(cluster.bin / "pg_dump"),
+                    *("-h", "localhost", "-p", str(cluster.port), "-U", SUPERUSER, "-d", "bench"),
+                    *("-n", "tenants", "-Fd", "-j", "2", "-Z", "0", "-f", str(out / "d")),
+                ],
+                args.tenant_tables * 10,
+            ),
+            "t1_dumper_tenants": (dump("--schema", "tenants", "--jobs", "2"), args.tenant_tables * 10),
             "r0_baseline_copy_from_csv": (
                 emptied([*psql_target, "-c", f"\\copy mixed FROM '{work}/mixed.csv' CSV"]),
                 args.rows,
@@ -370,8 +395,11 @@ def summarize(
             "tree_rss_mb": round(max(s.tree_rss_mb for s in runs), 1),
         }
     for name, entry in report.items():
-        # Restores (r*) compare with loading the same table's CSV; dumps with to_json's COPY.
-        base_name = "r0_baseline_copy_from_csv" if name.startswith("r") else "a_baseline_to_json_copy"
+        # Restores (r*) compare with loading the same table's CSV; many tiny tables (t*) with
+        # pg_dump -Fd -j 2 of them; the other dumps with to_json's COPY.
+        base_name = {"r": "r0_baseline_copy_from_csv", "t": "t0_baseline_pg_dump_tenants"}.get(
+            name[0], "a_baseline_to_json_copy"
+        )
         base = report.get(base_name)
         if base:
             entry["rows_per_s_vs_baseline"] = round(entry["rows_per_s"] / base["rows_per_s"], 2)

@@ -84,6 +84,18 @@ def read_rows(path: Path) -> list[Any]:
     return [parse_json(line) for line in text.split("\n")[:-1]]
 
 
+class Lock:
+    """A lock another session holds (Database.locked)."""
+
+    def __init__(self, holder: subprocess.Popen[str]) -> None:
+        self._holder = holder
+
+    def commit(self, sql: str = "") -> None:
+        """Run `sql` in the holding transaction, then commit it: the lock ends."""
+        _, err = self._holder.communicate(f"{sql};\nCOMMIT;\n" if sql else "COMMIT;\n", timeout=60)
+        assert self._holder.returncode == 0, err
+
+
 @dataclass
 class Database:
     cluster: Cluster
@@ -168,52 +180,63 @@ class Database:
         return Result(code, out.getvalue(), err.getvalue(), Path(environ["DUMPER_OUTPUT"]))
 
     @contextlib.contextmanager
-    def locked(self, table: str, mode: str = "ACCESS EXCLUSIVE", by: str | None = None) -> Iterator[None]:
+    def locked(self, table: str, mode: str = "ACCESS EXCLUSIVE", by: str | None = None) -> Iterator[Lock]:
         """A lock on `table` (default ACCESS EXCLUSIVE; SHARE blocks writers only),
         held by another session for the block: a run that reaches the table
         waits, as long as the test wants. `by`: the statement that takes it, where
-        LOCK TABLE cannot (a sequence: ALTER SEQUENCE ... RENAME, never committed)."""
+        LOCK TABLE cannot (a sequence: ALTER SEQUENCE ... RENAME, never committed).
+        The block ends the session (its transaction rolled back) unless the test ran
+        `lock.commit(sql)` first: more statements in that transaction, committed."""
         statement = by or f"LOCK TABLE {table} IN {mode} MODE"
         holder = subprocess.Popen(
-            [
-                "psql",
-                "-X",
-                "-q",
-                "-h",
-                str(self.cluster.socket_dir),
-                "-p",
-                str(self.cluster.port),
-                "-U",
-                SUPERUSER,
-                "-d",
-                self.name,
-                "-c",
-                f"BEGIN; {statement}; SELECT pg_sleep(600);",
-            ],
+            self.psql_argv(),
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        assert holder.stdin is not None
+        holder.stdin.write(f"BEGIN; {statement};\n")
+        holder.stdin.flush()
         lock_name = mode.title().replace(" ", "") + "Lock"  # pg_locks' spelling: AccessExclusiveLock
         held = (
             "SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
             f"WHERE c.relname = $1 AND l.mode = '{lock_name}' AND l.granted"
         )
         try:
-            wait_until(lambda: self.fetch(held, table))
-            yield
+            wait_until(lambda: self.fetch(held, table) or holder.poll() is not None)
+            assert holder.poll() is None, f"the lock on {table} was not taken"
+            yield Lock(holder)
         finally:
-            with contextlib.suppress(Exception):  # the server may have been restarted meanwhile
-                self.fetch(f"SELECT pg_terminate_backend(pid) FROM ({held}) h", table)
-            holder.kill()
-            holder.wait()
+            if holder.poll() is None:
+                with contextlib.suppress(Exception):  # the server may have been restarted meanwhile
+                    self.fetch(f"SELECT pg_terminate_backend(pid) FROM ({held}) h", table)
+                holder.kill()
+            holder.communicate()
 
-    def waiting_for_lock(self, table: str) -> bool:
-        return bool(
+    def waiting_for_lock(self, table: str) -> int:
+        """How many sessions wait for a lock on `table`."""
+        return len(
             self.fetch(
                 "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = $1 AND NOT l.granted",
                 table,
             )
         )
+
+    def psql_argv(self) -> list[str]:
+        """psql as the superuser over the socket, stopping at the first error."""
+        return [
+            *("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.cluster.socket_dir)),
+            *("-p", str(self.cluster.port), "-U", SUPERUSER, "-d", self.name),
+        ]
+
+    def spawn_psql(self, sql: str) -> subprocess.Popen[str]:
+        """`sql` in a session of its own, running in the background (killed when the test ends)."""
+        proc = subprocess.Popen(
+            [*self.psql_argv(), "-c", sql], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.spawned.append(proc)
+        return proc
 
     def spawn(
         self, *argv: str, env: Mapping[str, str] | None = None, prefix: tuple[str, ...] = ()
@@ -241,6 +264,18 @@ class Database:
                     proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired, ValueError, OSError):
                 proc.communicate(timeout=30)
+
+
+def fake_pg_dump(folder: Path, script: str, real_bin: Path) -> Path:
+    """A stand-in pg_dump (`script`, a shell body) in `folder`, with the real pg_restore of
+    `real_bin` beside it (dumper demands an installation's pair: pg_restore turns pg_dump's
+    archive into the schema files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    wrapper = folder / "pg_dump"
+    wrapper.write_text("#!/bin/sh\n" + script)
+    wrapper.chmod(0o700)
+    (folder / "pg_restore").symlink_to(real_bin / "pg_restore")
+    return wrapper
 
 
 def wait_until(condition: Any, seconds: float = 30) -> None:

@@ -24,7 +24,7 @@ from dumper.postgres import db as pg
 from dumper.postgres.auth import IamToken
 from dumper.storage.output import Output
 
-from .conftest import REFUSED_LOGIN, Database, Moto
+from .conftest import REFUSED_LOGIN, Database, Moto, fake_pg_dump
 from .http_capture import capture
 
 IAM_USER = "iam_dumper"
@@ -353,13 +353,13 @@ def test_pg_dump_logs_in_with_the_token_never_on_its_command_line(
     arrives in its environment only, and the IAM login succeeds."""
     db.sql("CREATE TABLE t (id serial PRIMARY KEY); INSERT INTO t DEFAULT VALUES;")
     seen = tmp_path / "seen"
-    wrapper = tmp_path / "pg_dump"
-    wrapper.write_text(
-        f'#!/bin/sh\nprintf "%s\\n" "$@" >> {seen}/argv\n'
+    wrapper = fake_pg_dump(
+        tmp_path / "wrapped",
+        f'printf "%s\\n" "$@" >> {seen}/argv\n'
         f'printf "%s" "$PGPASSWORD" | sha256sum >> {seen}/password\n'
-        f'exec {db.cluster.bin / "pg_dump"} "$@"\n'
+        f'exec {db.cluster.bin / "pg_dump"} "$@"\n',
+        db.cluster.bin,
     )
-    wrapper.chmod(0o700)
     seen.mkdir()
     result = db.dump(env=iam_env(DUMPER_PG_DUMP=str(wrapper)))
     assert result.code == 0, result.stderr

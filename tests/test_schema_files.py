@@ -15,7 +15,7 @@ from pathlib import Path
 from dumper import cli
 from dumper.postgres import schemasql
 
-from .conftest import Database, Result
+from .conftest import Database, Result, fake_pg_dump
 from .holds import seconds_between, within
 
 RICH_SQL = """
@@ -182,14 +182,11 @@ def test_a_dump_without_schema_files_cannot_rebuild(db: Database, target: Databa
 def pg_dump_claiming(tmp: Path, version: str, real: Path) -> Path:
     """A pg_dump that says it is `version` (`--version`) and is the real one otherwise: a pg_dump
     older than the server, where none is installed (PostgreSQL 15 has no older one here)."""
-    wrapper = tmp / f"pg_dump-{version}" / "pg_dump"
-    wrapper.parent.mkdir()
-    wrapper.write_text(
-        f'#!/bin/sh\nif [ "$1" = --version ]; then echo "pg_dump (PostgreSQL) {version}"; exit 0; fi\n'
-        f'exec {real} "$@"\n'
+    return fake_pg_dump(
+        tmp / f"pg_dump-{version}",
+        f'if [ "$1" = --version ]; then echo "pg_dump (PostgreSQL) {version}"; exit 0; fi\nexec {real} "$@"\n',
+        real.parent,
     )
-    wrapper.chmod(0o700)
-    return wrapper
 
 
 def older_pg_dump(db: Database, tmp: Path) -> tuple[Path, str]:
@@ -247,6 +244,16 @@ def test_a_pg_dump_that_does_not_run_is_a_configuration_error(db: Database, tmp_
     assert "--pg-dump:" in result.stderr and "is not a pg_dump that runs" in result.stderr
 
 
+def test_a_pg_dump_without_its_pg_restore_is_a_configuration_error(db: Database, tmp_path: Path) -> None:
+    """The schema files are pg_dump's archive turned into SQL by the same installation's pg_restore."""
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "alone" / "pg_dump").symlink_to(db.cluster.bin / "pg_dump")
+    result = db.dump("--pg-dump", str(tmp_path / "alone" / "pg_dump"), "--run-id", "r")
+    assert result.code == 2, result.stderr
+    assert "has no pg_restore beside it" in result.stderr
+    assert not (result.output / "r").exists()
+
+
 def test_hostile_names_in_the_schema_files(db: Database, target: Database) -> None:
     schema = 'we"ird sch.ema'
     db.sql(
@@ -287,14 +294,14 @@ def test_a_pg_dump_that_never_finishes_ends_the_run_and_is_killed(db: Database, 
     """pg_dump must finish within --stall-timeout plus --lock-timeout; here it is
     held on purpose, as by a server that answers nothing."""
     db.sql("CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
-    wrapper = tmp_path / "pg_dump"
-    wrapper.write_text(
-        f'#!/bin/sh\nif [ "$1" = --version ]; then exec {db.cluster.bin / "pg_dump"} "$@"; fi\nexec sleep 3599.25\n'
-    )  # a pg_dump whose server answers nothing
-    wrapper.chmod(0o700)
+    wrapper = fake_pg_dump(  # a pg_dump whose server answers nothing
+        tmp_path / "held",
+        f'if [ "$1" = --version ]; then exec {db.cluster.bin / "pg_dump"} "$@"; fi\nexec sleep 3599.25\n',
+        db.cluster.bin,
+    )
     result = db.dump("--pg-dump", str(wrapper), "--stall-timeout", "2", "--lock-timeout", "1", "--run-id", "r")
     assert result.code == 5, result.stderr
-    assert "schema file schema.pre-data.sql: pg_dump did not finish within 3 s (--stall-timeout" in result.stderr
+    assert "the schema files: pg_dump did not finish within 3 s (--stall-timeout" in result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
     taken, failed = (next(e for e in events if e["event"] == name) for name in ("snapshot taken", "run failed"))
     within(seconds_between(taken, failed), 3, 2 * 3, "pg_dump")

@@ -7,7 +7,9 @@
     ├── DumpError               5  the server failed while the dump was reading
     │   ├── ConnectionLost      5    a connection died mid-table (the table is retried)
     │   ├── SnapshotLost        5    the run's snapshot is gone (the run is retried)
-    │   │   └── RecoveryConflict 5   a standby's WAL replay cancelled the run (retried, then named)
+    │   │   ├── RecoveryConflict 5   a standby's WAL replay cancelled the run (retried, then named)
+    │   │   ├── TableChanged    5    a table was rewritten after the snapshot (the run is retried)
+    │   │   └── LockQueued      5    DDL waits behind the run's lock on an unread table (retried)
     │   └── LoadError           5    restore: the server refused a row or a schema file (drill: 7)
     ├── OutputError             6  the output location could not be written
     ├── VerifyError             7  `dumper verify` found a mismatch
@@ -53,6 +55,15 @@ class SnapshotLost(DumpError):
 
 class RecoveryConflict(SnapshotLost):
     """A hot standby's WAL replay cancelled a query or ended a session of the run."""
+
+
+class TableChanged(SnapshotLost):
+    """A table was rewritten or replaced after the snapshot: a fresh snapshot reads it."""
+
+
+class LockQueued(SnapshotLost):
+    """Another session's ACCESS EXCLUSIVE request waits behind the run's lock on a table
+    the run has still to read: the run starts again and lets it go first."""
 
 
 class LoadError(DumpError):

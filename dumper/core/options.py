@@ -21,6 +21,7 @@ LOG_FORMATS = ("auto", "text", "json")
 S3_SSE = ("none", "AES256", "aws:kms")
 NOTIFY_ON = ("always", "failure")
 SCHEMA_FILES = ("auto", "require", "off")
+TABLE_LOCKS = ("auto", "upfront", "while-read")
 
 # Which commands take an option (their --help and parsers come from here, nowhere else).
 DUMPING = ("run", "check", "token", "schedule")  # a dump's own options, which check and token share
@@ -192,6 +193,15 @@ OPTIONS: tuple[Option, ...] = (
         "concurrently; the file is the same (0 = never; needs PostgreSQL 14+)",
         16.0,
         mib,
+        commands=(*DUMPING, "drill"),
+    ),
+    Option(
+        "table_locks",
+        "when tables are locked (ACCESS SHARE): auto (upfront while they fit in the server's lock table, "
+        "else while-read), upfront (all before any is read, held to the end, as pg_dump does) or "
+        "while-read (each while it is read; a table rewritten since the snapshot starts the run again)",
+        "auto",
+        choices=TABLE_LOCKS,
         commands=(*DUMPING, "drill"),
     ),
     Option(

@@ -48,6 +48,7 @@ class Settings:
     jobs: int = default("jobs")
     processes: int | None = default("processes")  # None: cpus.processes() decides
     split_mib: float = default("split_mib")
+    table_locks: str = default("table_locks")
     batch_rows: int = default("batch_rows")
     lock_timeout: float = default("lock_timeout")
     statement_timeout: float = default("statement_timeout")

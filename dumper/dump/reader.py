@@ -19,7 +19,7 @@ from ..core.errors import ConnectionLost
 from ..core.retry import failing_with, retrying
 from ..core.settings import Settings
 from ..format.encode import RowEncoder
-from ..postgres import db, snapshot
+from ..postgres import db, locks, snapshot
 from ..postgres.catalog import Table
 
 BATCH_BYTES = 4 << 20  # aim for ~4 MB of JSON per fetch: bounds memory for wide rows
@@ -31,7 +31,8 @@ TABLE_ATTEMPTS = 3  # a piece whose connection dies is read again, in the same s
 
 @dataclass(frozen=True)
 class Piece:
-    """Part `index` of a table's `count` parts: pages [first_page, end_page)."""
+    """Part `index` of a table's `count` parts: pages [first_page, end_page). With `lock`,
+    the reader locks the table while it reads the piece (locks.WHILE_READ)."""
 
     table: Table
     relpath: str
@@ -39,19 +40,20 @@ class Piece:
     count: int
     first_page: int | None
     end_page: int | None
+    lock: bool = False
 
 
-def plan_pieces(table: Table, relpath: str, piece_pages: int) -> list[Piece]:
+def plan_pieces(table: Table, relpath: str, piece_pages: int, lock: bool = False) -> list[Piece]:
     """One piece per `piece_pages` pages (0: the whole table in one piece).
 
     The first and last pieces are open-ended, so pages the size estimate
     missed are still read.
     """
     if piece_pages <= 0 or table.partitioned or table.extension or table.pages <= piece_pages:
-        return [Piece(table, relpath, 0, 1, None, None)]
+        return [Piece(table, relpath, 0, 1, None, None, lock)]
     starts = list(range(0, table.pages, piece_pages))
     return [
-        Piece(table, relpath, i, len(starts), start or None, starts[i + 1] if i + 1 < len(starts) else None)
+        Piece(table, relpath, i, len(starts), start or None, starts[i + 1] if i + 1 < len(starts) else None, lock)
         for i, start in enumerate(starts)
     ]
 
@@ -193,8 +195,11 @@ class Reader:
 
         async def attempt() -> None:
             self.conn = self.conn or await self._joined()
+            table = piece.table
             try:
-                await _read_piece(self.conn, piece, sink, self.settings, delivered)
+                named = (table.oid, table.relation_sql(), table.qualified)
+                async with locks.reading(self.conn, named, self.settings, lock=piece.lock):
+                    await _read_piece(self.conn, piece, sink, self.settings, delivered)
             except ConnectionLost:
                 self.abort()
                 raise

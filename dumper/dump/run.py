@@ -9,21 +9,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import tenacity
 
 from .. import __version__
-from ..core.errors import ConnectionLost, DumperError, RecoveryConflict, SnapshotLost
+from ..core.errors import ConnectionLost, DumperError, RecoveryConflict, SnapshotLost, first_error
 from ..core.logs import log
 from ..core.retry import failing_with, retrying
 from ..core.settings import Settings
 from ..dump.reader import young_gc_only
 from ..format.layout import LATEST_NAME, MANIFEST_NAME, table_file_name, unique_file_names
-from ..format.manifest import Database, Manifest, SchemaFiles, Tool
-from ..postgres import db, pgdump, replica, schemadeps, sequences, snapshot
-from ..postgres.catalog import discover, measured
+from ..format.manifest import (
+    Database,
+    FileEntry,
+    Manifest,
+    Requirement,
+    SchemaFiles,
+    SequencePosition,
+    TableEntry,
+    Tool,
+)
+from ..postgres import db, locks, pgdump, replica, schemadeps, schemadump, schemagroups, sequences, snapshot
+from ..postgres.catalog import Table, discover, measured
 from ..postgres.translate import LOST
 from ..storage.output import Output
 from .progress import Display
@@ -107,6 +117,90 @@ async def _name_recovery_conflict(
     return exc
 
 
+@dataclass
+class _Prepared:
+    """What the run's first connection learnt, in the snapshot, before any table is read."""
+
+    snapshot_id: str
+    version: str
+    piece_pages: int
+    carried: list[schemadeps.Extension]
+    tables: list[Table]
+    outside: list[Requirement]
+    pg_dump: pgdump.PgDump | None
+    locking: locks.LockPlan
+    positions: list[SequencePosition]
+    excluded: list[tuple[str, str]]
+    groups: list[list[str]]
+
+
+async def _prepare(coordinator: Any, settings: Settings, source: _Source) -> _Prepared:
+    """Snapshot, catalog, the lock plan (and the locks, up front), sizes and sequences."""
+    async with db.preparing(settings):
+        snapshot_id = await snapshot.export_snapshot(coordinator)
+        version = await db.server_version(coordinator)
+        facts = await db.scan_facts(coordinator)
+        carried = await schemadeps.extensions(coordinator, settings.schema)
+        tables = await discover(
+            coordinator, settings.schema, settings.include, settings.exclude, settings.extension_types, carried
+        )
+        outside = await schemadeps.outside(coordinator, settings.schema, carried)
+        source.standby = await replica.standby(coordinator)
+        if source.standby and not source.conflicts:
+            source.conflicts = await replica.conflicts(coordinator)
+        locking = locks.plan(
+            sum(t.relations for t in tables), await locks.lock_table(coordinator), settings.table_locks
+        )
+    pg_dump = await pgdump.choose(settings, facts[0] // 10000, version)
+    log.info(
+        "snapshot taken",
+        extra={
+            "snapshot_id": snapshot_id,
+            "tables": len(tables),
+            "server_version": version,
+            **(source.standby.fields() if source.standby else {"standby": False}),
+        },
+    )
+    log.info("table locks: " + locking.described(), extra={"mode": locking.mode, "lock_table": locking.table.size})
+    if source.standby and source.standby.can_cancel:
+        log.warning(source.standby.warning())
+    named = [(t.oid, t.relation_sql(), t.qualified) for t in tables]
+    if locking.mode == locks.UPFRONT:
+        await locks.lock_upfront(coordinator, named, settings)
+    async with db.preparing(settings):
+        if locking.mode == locks.UPFRONT:
+            await locks.changed(coordinator, named)
+        groups = (
+            await schemagroups.groups(coordinator, settings.schema, locking.table.budget)
+            if pg_dump and locking.mode == locks.WHILE_READ
+            else []
+        )
+        tables = await measured(coordinator, tables)
+        positions = await sequences.read(
+            coordinator, settings.schema, [oid for ext in carried for oid in ext.config_sequences]
+        )
+        excluded = await not_dumped(coordinator, settings.schema, tables) if pg_dump else []
+    if outside and pg_dump:
+        log.warning(
+            "the schema files name objects outside the dumped schemas: a restore --with-schema (or a "
+            "drill) needs them in the target; dump their schemas too, or create them there first",
+            extra={"objects": "; ".join(o.description for o in outside)},
+        )
+    return _Prepared(
+        snapshot_id,
+        version,
+        pages_per_piece(facts, settings),
+        carried,
+        tables,
+        outside,
+        pg_dump,
+        locking,
+        positions,
+        excluded,
+        groups,
+    )
+
+
 async def _run_once(
     settings: Settings,
     password: db.PasswordProvider,
@@ -122,70 +216,32 @@ async def _run_once(
     try:
         coordinator = await db.connect(settings, password)
         try:
-            async with db.preparing(settings):
-                snapshot_id = await snapshot.export_snapshot(coordinator)
-                version = await db.server_version(coordinator)
-                facts = await db.scan_facts(coordinator)
-                piece_pages = pages_per_piece(facts, settings)
-                carried = await schemadeps.extensions(coordinator, settings.schema)
-                tables = await discover(
-                    coordinator, settings.schema, settings.include, settings.exclude, settings.extension_types, carried
-                )
-                outside = await schemadeps.outside(coordinator, settings.schema, carried)
-                source.standby = await replica.standby(coordinator)
-                if source.standby and not source.conflicts:
-                    source.conflicts = await replica.conflicts(coordinator)
-            pg_dump = await pgdump.choose(settings, facts[0] // 10000, version)
-            log.info(
-                "snapshot taken",
-                extra={
-                    "snapshot_id": snapshot_id,
-                    "tables": len(tables),
-                    "server_version": version,
-                    **(source.standby.fields() if source.standby else {"standby": False}),
-                },
-            )
-            if source.standby and source.standby.can_cancel:
-                log.warning(source.standby.warning())
-            for table in tables:
-                await snapshot.lock_table(coordinator, table.relation_sql(), table.qualified, settings)
-            async with db.preparing(settings):
-                tables = await measured(coordinator, tables)
-                positions = await sequences.read(
-                    coordinator, settings.schema, [oid for ext in carried for oid in ext.config_sequences]
-                )
-                excluded = await not_dumped(coordinator, settings.schema, tables) if pg_dump else []
-            if outside and pg_dump:
-                log.warning(
-                    "the schema files name objects outside the dumped schemas: a restore --with-schema (or a "
-                    "drill) needs them in the target; dump their schemas too, or create them there first",
-                    extra={"objects": "; ".join(o.description for o in outside)},
-                )
+            ready = await _prepare(coordinator, settings, source)
             names = unique_file_names(
-                [table_file_name(t.schema, t.name, settings.format, settings.compression) for t in tables]
+                [table_file_name(t.schema, t.name, settings.format, settings.compression) for t in ready.tables]
             )
-            work = [(t, f"{run_dir}/{name}") for t, name in zip(tables, names, strict=True)]
-            # First, on one more connection while the tables wait: a pg_dump that fails ends the run early.
-            files = (
-                await write_schema_files(
-                    settings, password, output, pgdump.Sections(pg_dump, snapshot_id, excluded, carried), committed
-                )
-                if pg_dump
+            work = [(t, f"{run_dir}/{name}") for t, name in zip(ready.tables, names, strict=True)]
+            schema_job = (
+                schemadump.Sections(ready.pg_dump, ready.snapshot_id, ready.excluded, ready.carried, ready.groups)
+                if ready.pg_dump
                 else None
             )
-            schema_files = (
-                SchemaFiles(status="written", pg_dump=pg_dump.version, files=files)
-                if pg_dump and files
-                else SchemaFiles(
-                    status="absent",
-                    reason="--schema-files off"
-                    if settings.schema_files == "off"
-                    else "no pg_dump at least the server's major version was found",
-                )
-            )
+            # The schema files are made while the tables are read, on connections of their own
+            # (pg_dump's); either failing ends the other.
             with young_gc_only():
-                entries = await dump_tables(
-                    settings, password, output, work, snapshot_id, piece_pages, committed, display
+                files, entries = await _together(
+                    write_schema_files(settings, password, output, schema_job, committed) if schema_job else None,
+                    dump_tables(
+                        settings,
+                        password,
+                        output,
+                        work,
+                        ready.snapshot_id,
+                        ready.piece_pages,
+                        committed,
+                        display,
+                        lock=ready.locking.mode == locks.WHILE_READ,
+                    ),
                 )
         finally:
             await db.close(coordinator)
@@ -199,18 +255,19 @@ async def _run_once(
                 port=settings.port,
                 dbname=settings.dbname,
                 user=settings.user,
-                server_version=version,
+                server_version=ready.version,
             ),
-            snapshot_id=snapshot_id,
+            snapshot_id=ready.snapshot_id,
             format=settings.format,
             compression=settings.compression,
             tables=entries,
             schemas=list(settings.schema),
-            schema_files=schema_files,
-            sequences=positions,
-            extensions=[e.entry for e in carried],
-            requires=outside if pg_dump else [],
+            schema_files=_schema_files(settings, ready.pg_dump, files),
+            sequences=ready.positions,
+            extensions=[e.entry for e in ready.carried],
+            requires=ready.outside if ready.pg_dump else [],
         )
+        await output.make_durable(committed)  # then the manifest says they are a dump
         await output.put(f"{run_dir}/{MANIFEST_NAME}", manifest.to_bytes())
         done = True
     finally:
@@ -218,6 +275,31 @@ async def _run_once(
             await asyncio.shield(asyncio.to_thread(_remove_all, output, committed))
     await output.put(LATEST_NAME, settings.run_id.encode() + b"\n", exclusive=False)
     return manifest
+
+
+async def _together(
+    schema: Coroutine[Any, Any, list[FileEntry]] | None, tables: Coroutine[Any, Any, list[TableEntry]]
+) -> tuple[list[FileEntry] | None, list[TableEntry]]:
+    """Both at once; the first failure cancels the other and is raised as it was."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            files = group.create_task(schema) if schema else None
+            entries = group.create_task(tables)
+    except BaseExceptionGroup as exc:
+        first = first_error(exc)
+        raise first from first.__cause__
+    return (files.result() if files else None), entries.result()
+
+
+def _schema_files(settings: Settings, pg_dump: pgdump.PgDump | None, files: list[FileEntry] | None) -> SchemaFiles:
+    if pg_dump and files:
+        return SchemaFiles(status="written", pg_dump=pg_dump.version, files=files)
+    reason = (
+        "--schema-files off"
+        if settings.schema_files == "off"
+        else "no pg_dump at least the server's major version was found"
+    )
+    return SchemaFiles(status="absent", reason=reason)
 
 
 def _remove_all(output: Output, relpaths: list[str]) -> None:

@@ -1,16 +1,19 @@
 """pg_dump's pre-data and post-data sections for the run, from its snapshot,
-written into the run folder before any table."""
+written into the run folder while the tables are read."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import shutil
+import tempfile
 from typing import Any
 
 from ..core.logs import log
 from ..core.settings import Settings
 from ..format.layout import SECTIONS, schema_file_name
 from ..format.manifest import FileEntry
-from ..postgres import db, pgdump
+from ..postgres import db, schemadump
 from ..postgres.catalog import Table
 from ..storage.output import Output
 
@@ -41,17 +44,46 @@ async def write_schema_files(
     settings: Settings,
     password: db.PasswordProvider,
     output: Output,
-    job: pgdump.Sections,
+    job: schemadump.Sections,
     committed: list[str],
 ) -> list[FileEntry]:
-    """pg_dump's pre-data and post-data sections, written into the run folder."""
-    files = []
-    for section in SECTIONS:
-        data = await pgdump.section(settings, password, job, section)
-        name = schema_file_name(section)
-        relpath = f"{settings.run_id}/{name}"
-        await output.put(relpath, data)
-        committed.append(relpath)
-        files.append(FileEntry(section=section, path=name, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
-    log.info("schema files written", extra={"pg_dump": job.pg_dump.version, "bytes": sum(f.bytes for f in files)})
+    """pg_dump's pre-data and post-data sections, written into the run folder: the schema
+    archived once (or once per group of schemas) in a private temporary folder, each
+    section streamed from it into its file, hashed on the way."""
+    folder = tempfile.mkdtemp(prefix="dumper-schema-")  # private (0700)
+    try:
+        paths = await schemadump.archives(settings, password, job, folder)
+        files = [await _write(output, settings, job, paths, section, committed) for section in SECTIONS]
+    finally:
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+    log.info(
+        "schema files written",
+        extra={"pg_dump": job.pg_dump.version, "bytes": sum(f.bytes for f in files)}
+        | ({"parts": len(job.groups)} if job.groups else {}),
+    )
     return files
+
+
+async def _write(
+    output: Output,
+    settings: Settings,
+    job: schemadump.Sections,
+    paths: list[str],
+    section: str,
+    committed: list[str],
+) -> FileEntry:
+    name = schema_file_name(section)
+    relpath = f"{settings.run_id}/{name}"
+    out = output.open_table(relpath)
+    digest, size = hashlib.sha256(), 0
+    try:
+        async for chunk in schemadump.section(job, paths, section, settings.stall_timeout):
+            digest.update(chunk)
+            size += len(chunk)
+            await out.write(chunk)
+        await out.commit()
+    except BaseException:
+        await out.discard()
+        raise
+    committed.append(relpath)
+    return FileEntry(section=section, path=name, bytes=size, sha256=digest.hexdigest())

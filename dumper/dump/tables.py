@@ -61,13 +61,14 @@ async def dump_tables(
     piece_pages: int,
     committed: list[str],
     display: Display | None = None,
+    lock: bool = False,
 ) -> list[TableEntry]:
     # Largest first, so one big table does not start last and run alone; a
     # split table's pieces in file order, so all connections share it.
     queue = deque(
         piece
         for table, relpath in sorted(work, key=lambda item: -item[0].pages)
-        for piece in plan_pieces(table, relpath, piece_pages)
+        for piece in plan_pieces(table, relpath, piece_pages, lock)
     )
     assemblies: dict[str, Assembly] = {}
     results: dict[str, TableEntry] = {}

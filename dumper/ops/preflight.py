@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..core.errors import PermissionDenied
 from ..core.settings import Settings
-from ..postgres import db, replica, schemadeps
+from ..postgres import db, locks, replica, schemadeps
 from ..postgres.auth import IamToken, StaticPassword
 from ..postgres.catalog import discover
 
@@ -69,6 +69,7 @@ async def check(settings: Settings, password: StaticPassword | IamToken, say: Ca
             await schemadeps.extensions(conn, settings.schema),
         )
         rows = {r["oid"]: r for r in await conn.fetch(_READABLE_SQL, [t.oid for t in tables])}
+        locking = locks.plan(sum(t.relations for t in tables), await locks.lock_table(conn), settings.table_locks)
     finally:
         await db.close(conn)
     say(f"tables to dump: {len(tables)}")
@@ -85,5 +86,6 @@ async def check(settings: Settings, password: StaticPassword | IamToken, say: Ca
         say(f"  {table.qualified}: {status}")
     if report.unreadable:
         raise PermissionDenied(f"{len(report.unreadable)} table(s) cannot be read: " + ", ".join(report.unreadable))
+    say("table locks: " + locking.described())
     say("ok: a run would start")
     return report

@@ -14,6 +14,7 @@ from typing import Any
 from ..core.errors import ConfigError
 from ..format.encode import Kind, kind_for
 from ..postgres.schemadeps import Extension
+from . import locks
 from .sql import quote_ident
 
 # How a column's values are written (the manifest's columns[].written):
@@ -64,6 +65,7 @@ class Table:
     partitioned: bool
     pages: int
     columns: tuple[Column, ...]
+    relations: int = 1  # what locking it locks: the table, or a partitioned table's whole tree
     extension: str | None = None  # a configuration table of this extension: only its user rows are dumped
     condition: str = ""  # the extension's filter of those rows ("WHERE ..."), "" for all of them
     # Set by measured(), partitions summed:
@@ -129,7 +131,10 @@ def select_tables(
 
 _TABLES_SQL = """
 SELECT c.oid, n.nspname, c.relname, c.relkind OPERATOR(pg_catalog.=) 'p' AS partitioned,
-       GREATEST(c.relpages, 0)::pg_catalog.int8 AS pages
+       GREATEST(c.relpages, 0)::pg_catalog.int8 AS pages,
+       CASE WHEN c.relkind OPERATOR(pg_catalog.=) 'p'
+            THEN (SELECT pg_catalog.count(*) FROM pg_catalog.pg_partition_tree(c.oid))::pg_catalog.int4
+            ELSE 1 END AS relations
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
 WHERE n.nspname OPERATOR(pg_catalog.=) ANY($1::pg_catalog.text[])
@@ -143,7 +148,10 @@ ORDER BY n.nspname, c.relname
 
 _CONFIG_TABLES_SQL = """
 SELECT c.oid, n.nspname, c.relname, c.relkind OPERATOR(pg_catalog.=) 'p' AS partitioned,
-       GREATEST(c.relpages, 0)::pg_catalog.int8 AS pages
+       GREATEST(c.relpages, 0)::pg_catalog.int8 AS pages,
+       CASE WHEN c.relkind OPERATOR(pg_catalog.=) 'p'
+            THEN (SELECT pg_catalog.count(*) FROM pg_catalog.pg_partition_tree(c.oid))::pg_catalog.int4
+            ELSE 1 END AS relations
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
 WHERE c.oid OPERATOR(pg_catalog.=) ANY($1::pg_catalog.oid[]) AND c.relkind IN ('r', 'p')
@@ -284,6 +292,7 @@ async def discover(
             partitioned=r["partitioned"],
             pages=r["pages"],
             columns=tuple(columns[r["oid"]]),
+            relations=r["relations"],
             extension=config.get(r["oid"], (None, ""))[0],
             condition=config.get(r["oid"], (None, ""))[1],
         )
@@ -291,9 +300,25 @@ async def discover(
     ]
 
 
+SIZING_BATCH = 500  # relations sized per statement: each is locked while it is sized
+
+
 async def measured(conn: Any, tables: Sequence[Table]) -> list[Table]:
-    """The tables with their current size (call with the tables locked)."""
-    sizes = {r["oid"]: r for r in await conn.fetch(_PAGES_SQL, [t.oid for t in tables])}
+    """The tables with their current size. Sizing locks each relation (and its TOAST
+    table): a batch at a time, in a subtransaction that releases those locks."""
+    batches: list[list[int]] = [[]]
+    weight = 0
+    for table in tables:
+        if weight >= SIZING_BATCH:
+            batches.append([])
+            weight = 0
+        batches[-1].append(table.oid)
+        weight += table.relations
+    sizes: dict[int, Any] = {}
+    for batch in batches:
+        if batch:
+            async with locks.released(conn):
+                sizes.update({r["oid"]: r for r in await conn.fetch(_PAGES_SQL, batch)})
 
     def sized(table: Table, row: Any) -> Table:
         return dataclasses.replace(

@@ -25,7 +25,7 @@ from ..core.retry import retrying
 from ..core.settings import Settings
 from ..format import encode
 from . import replica
-from .translate import LOST, connect_error, is_transient
+from .translate import LOST, connect_error, is_transient, said
 
 PasswordProvider = Callable[[], Awaitable[str | None]]
 
@@ -191,7 +191,7 @@ async def preparing(
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         if getattr(exc, "sqlstate", None) == replica.RECOVERY_CONFLICT:
             raise RecoveryConflict(f"while taking the snapshot: {exc}") from exc
-        raise DumpError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        raise DumpError(f"{where}: {type(exc).__name__}: {said(exc)}") from exc
 
 
 def lock_wait_bound(settings: Settings) -> float:

@@ -27,12 +27,11 @@ def _ident_forms(name: str) -> set[str]:
 
 
 def unrestricted(script: str) -> str:
-    """The script without its \\restrict KEY line and the matching \\unrestrict KEY."""
-    match = _RESTRICT.search(script)
-    if not match:
-        return script
-    key = match[1]
-    return script.replace(f"\\restrict {key}\n", "", 1).replace(f"\\unrestrict {key}\n", "", 1)
+    """The script without its \\restrict KEY lines and the matching \\unrestrict KEY ones
+    (one pair per pg_dump whose output the file holds)."""
+    for key in _RESTRICT.findall(script):
+        script = script.replace(f"\\restrict {key}\n", "", 1).replace(f"\\unrestrict {key}\n", "", 1)
+    return script
 
 
 def runnable(script: str, existing_schemas: Iterable[str]) -> str:

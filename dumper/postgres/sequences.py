@@ -13,6 +13,7 @@ from typing import Any
 from ..core.logs import log
 from ..format.manifest import Owner, SequencePosition
 from ..postgres.sql import quote_ident
+from . import locks
 
 _SEQUENCES_SQL = """
 SELECT n.nspname, c.relname,
@@ -60,7 +61,8 @@ async def read(conn: Any, schemas: Sequence[str], config: Sequence[int] = ()) ->
             f"SELECT {i}, last_value, is_called FROM {quote_ident(r['nspname'])}.{quote_ident(r['relname'])}"
             for i, r in chunk
         )
-        positions.update({p[0]: (p[1], p[2]) for p in await conn.fetch(sql)})
+        async with locks.released(conn):  # reading a sequence locks it: not for the rest of the run
+            positions.update({p[0]: (p[1], p[2]) for p in await conn.fetch(sql)})
     return [
         SequencePosition(
             schema=r["nspname"],

@@ -33,6 +33,17 @@ LOST = (
 )
 
 
+def said(exc: BaseException) -> str:
+    """A server error in its own words, with its DETAIL and HINT (the HINT often names
+    the setting to change, e.g. max_locks_per_transaction)."""
+    text = str(exc)
+    for label in ("detail", "hint"):
+        extra = getattr(exc, label, None)
+        if extra and extra not in text:
+            text += f" ({label.upper()}: {extra})"
+    return text
+
+
 def is_transient(exc: BaseException) -> bool:
     """Failures that heal by trying again: refused/reset connections, a server
     starting up or restarting, too many connections. Never auth, TLS or SQL errors."""
@@ -81,13 +92,13 @@ def connect_error(exc: BaseException, settings: Settings) -> DumperError:
     if isinstance(exc, (OSError, TimeoutError, asyncpg.PostgresConnectionError)):
         return ConnectError(f"cannot connect to {settings.host}:{settings.port}: {exc or type(exc).__name__}")
     if isinstance(exc, asyncpg.PostgresError):
-        return ConnectError(f"{where}: {text}")
+        return ConnectError(f"{where}: {said(exc)}")
     raise exc
 
 
 def table_error(exc: BaseException, table: str) -> DumperError:
     """Translate a server error while reading `table`."""
-    text = str(exc)
+    text = said(exc)
     if isinstance(exc, asyncpg.InsufficientPrivilegeError):
         if "row-level security" in text:
             return PermissionDenied(
@@ -117,7 +128,7 @@ def is_lost(exc: BaseException) -> bool:
 
 def load_error(exc: BaseException, table: str) -> DumperError:
     """A server error while loading `table` (restore), said so an operator can act on it."""
-    text = str(exc)
+    text = said(exc)
     if is_lost(exc):
         return ConnectionLost(f"table {table}: the connection to the server was lost ({type(exc).__name__}: {exc})")
     if isinstance(exc, asyncpg.InsufficientPrivilegeError):

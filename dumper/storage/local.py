@@ -1,16 +1,28 @@
 """A local directory: files private from the first byte, written under a hidden
-partial name, fsynced and renamed when complete."""
+partial name and renamed when complete; made durable (fsync) in one pass
+before the manifest, not one file at a time.
+
+A small file (most tables of a large catalog) is kept in memory until it is
+complete, then created, written and renamed by one call in a worker thread:
+creating a file is the slowest thing a file system does for a small table, and
+it never blocks the event loop. A larger file is created, in a thread, once it
+has SMALL_FILE bytes, and written to as its batches come.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, BinaryIO
 
 from ..format import layout
 
 CHUNK = 1 << 20
-T = TypeVar("T")
+SMALL_FILE = 256 << 10  # bytes a file holds in memory before it is created
+SYNC_THREADS = 8  # files fsynced at once by the durability pass
+DISCARD_WAIT = 60  # seconds a discard waits for the thread still creating or committing the file
 Guard = Callable[[Callable[[], Any], str], Any]
 
 
@@ -42,32 +54,90 @@ def read_chunks(path: str) -> Iterator[bytes]:
             yield chunk
 
 
-class LocalFile:
-    """One file in progress under its partial name; commit renames it into place."""
+def fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
-    def __init__(self, final: str, guard: Guard) -> None:
+
+def make_durable(files: Iterable[str], folders: Iterable[str]) -> None:
+    """fsync every file (several at once: the file system batches its journal
+    commits), then every folder that holds them (their names)."""
+    with ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="dumper-fsync") as pool:
+        list(pool.map(fsync_path, files))
+    for folder in folders:
+        fsync_path(folder)
+
+
+class LocalFile:
+    """One file in progress under its partial name; commit renames it into place.
+    `durable`: commit fsyncs the file, and its folder after the rename (the
+    manifest, LATEST); table files are made durable together (make_durable)."""
+
+    def __init__(self, final: str, guard: Guard, durable: bool = False) -> None:
         self.final = final
         self._guard = guard
+        self._durable = durable
         self._target = layout.partial_name(final)
-        self._file = guard(lambda: os.fdopen(private_file(self._target), "wb"), final)
+        self._held: list[bytes] = []  # what was written before the file exists
+        self._held_bytes = 0
+        self._file: BinaryIO | None = None
+        self._busy: asyncio.Future[None] | None = None  # the thread creating or committing the file
+        self._renamed = False
 
     async def write(self, data: bytes | bytearray) -> None:
-        if data:
-            self._guard(lambda: self._file.write(data), self.final)
+        if not data:
+            return
+        if self._file is not None:  # into the page cache: as fast as a copy
+            file = self._file
+            self._guard(lambda: file.write(data), self.final)
+            return
+        self._held.append(bytes(data))
+        self._held_bytes += len(data)
+        if self._held_bytes >= SMALL_FILE:
+            await self._in_thread(self._create)
+
+    async def _in_thread(self, action: Callable[[], None]) -> None:
+        """`action` in a worker thread; remembered, so that a cancelled caller's file
+        is still removed by discard() once the thread is done with it."""
+        self._busy = asyncio.ensure_future(asyncio.to_thread(self._guard, action, self.final))
+        await asyncio.shield(self._busy)
+
+    def _create(self) -> None:
+        self._file = os.fdopen(private_file(self._target), "wb")
+        held, self._held = self._held, []
+        for data in held:
+            self._file.write(data)
 
     async def commit(self) -> None:
-        def finish() -> None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.replace(self._target, self.final)
+        await self._in_thread(self._finish)
 
-        self._guard(finish, self.final)
+    def _finish(self) -> None:
+        if self._file is None:
+            self._create()
+        assert self._file is not None
+        self._file.flush()
+        if self._durable:
+            os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._target, self.final)
+        self._renamed = True
+        if self._durable:
+            fsync_path(os.path.dirname(self.final) or ".")
 
     async def discard(self) -> None:
-        """Best effort, never raises: used while another error is on its way out."""
+        """Best effort, never raises: used while another error is on its way out.
+        Also a file whose commit finished after its caller was cancelled goes."""
+        self._held = []
         try:
-            self._file.close()
-            os.unlink(self._target)
-        except Exception:  # noqa: S110 - must not hide the original error
+            if self._busy is not None:
+                await asyncio.wait([self._busy], timeout=DISCARD_WAIT)
+                if self._busy.done() and not self._busy.cancelled():
+                    self._busy.exception()  # retrieved: the error on its way out is another
+            if self._file is not None:
+                self._file.close()
+                os.unlink(self.final if self._renamed else self._target)
+        except (Exception, asyncio.CancelledError):  # noqa: S110 - must not hide the original error
             pass

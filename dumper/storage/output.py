@@ -8,6 +8,7 @@ stores the upload is the unit, completed or aborted on any failure.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Iterator
@@ -136,15 +137,25 @@ class Output:
             self.guard(lambda: self.fs.pipe_file(probe, b"probe\n"), probe)
             self.guard(lambda: self.fs.rm_file(probe), probe)
 
-    def open_table(self, relpath: str, exclusive: bool = True) -> TableFile:
+    def open_table(self, relpath: str, exclusive: bool = True, durable: bool = False) -> TableFile:
+        """A file written atomically. Locally a table file is made durable later, with
+        the others (make_durable); a `durable` one is fsynced as it is committed."""
         final = self.path(relpath)
         if self.local:
-            return local.LocalFile(final, self.guard)
+            return local.LocalFile(final, self.guard, durable)
         return remote.RemoteFile(self.fs, final, self.guard, self.part_size, exclusive)
 
+    async def make_durable(self, relpaths: list[str]) -> None:
+        """Every file of `relpaths` on disk, and the names of their folders, before the
+        manifest says they are a dump (an object store's completed upload already is)."""
+        if self.local:
+            paths = [self.path(relpath) for relpath in relpaths]
+            folders = sorted({os.path.dirname(path) for path in paths})
+            await asyncio.to_thread(self.guard, lambda: local.make_durable(paths, folders), self.root)
+
     async def put(self, relpath: str, data: bytes, exclusive: bool = True) -> None:
-        """Write a small file atomically (manifest; LATEST, which replaces the last one)."""
-        table_file = self.open_table(relpath, exclusive)
+        """Write a small file atomically and durably (manifest; LATEST, which replaces the last one)."""
+        table_file = self.open_table(relpath, exclusive, durable=True)
         try:
             await table_file.write(data)
             await table_file.commit()
