@@ -33,6 +33,12 @@ def _events(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
+def assert_restarted(stdout: str, because: str) -> None:
+    """The run started again with a fresh snapshot, its log naming `because`."""
+    restarts = [e.get("error", "") for e in _events(stdout) if e["event"].startswith("snapshot lost")]
+    assert any(because in error for error in restarts), stdout[-3000:]
+
+
 @pytest.fixture(scope="module")
 def tenants(cluster: Cluster) -> Iterator[Cluster]:
     """A server with RDS's small lock table and 10,000 tables of one row in 20 schemas
@@ -126,12 +132,7 @@ def test_a_table_rewritten_after_the_snapshot_is_read_again_from_a_fresh_one(
         lock.commit(statement)
     out, err = run.communicate(timeout=300)
     assert run.returncode == 0, err[-3000:]
-    events = _events(out)
-    assert any(
-        "table public.b was rewritten or replaced after the run's snapshot" in e.get("error", "")
-        for e in events
-        if e["event"].startswith("snapshot lost")
-    ), out[-3000:]
+    assert_restarted(out, "table public.b was rewritten or replaced after the run's snapshot")
     result = Result(run.returncode, out, err, db.tmp / "out")
     assert sorted(r["id"] for r in result.rows("public", "b")) == expected
     assert sorted(r["id"] for r in result.rows("public", "a")) == [1, 2, 3]
@@ -158,11 +159,7 @@ def test_a_table_vacuum_full_rewrote_after_the_snapshot_is_read_again(db: Databa
     assert db.fetch("SELECT pg_relation_filenode('b')")[0][0] != before
     out, err = run.communicate(timeout=300)
     assert run.returncode == 0, err[-3000:]
-    assert any(
-        "table public.b was rewritten or replaced after the run's snapshot" in e.get("error", "")
-        for e in _events(out)
-        if e["event"].startswith("snapshot lost")
-    ), out[-3000:]
+    assert_restarted(out, "table public.b was rewritten or replaced after the run's snapshot")
     result = Result(run.returncode, out, err, db.tmp / "out")
     assert sorted(r["id"] for r in result.rows("public", "b")) == [1, 2, 3, 4]
     assert sorted(r["id"] for r in result.rows("public", "a")) == [1, 2, 3]
@@ -195,11 +192,7 @@ def test_ddl_queued_behind_the_runs_lock_goes_first_and_the_run_starts_again(db:
         out, err = run.communicate(timeout=300)
     assert run.returncode == 0, err[-3000:]
     assert alter.wait(timeout=60) == 0
-    assert any(
-        "table public.b: another session asked for an ACCESS EXCLUSIVE lock on it" in e.get("error", "")
-        for e in _events(out)
-        if e["event"].startswith("snapshot lost")
-    ), out[-3000:]
+    assert_restarted(out, "table public.b: another session asked for an ACCESS EXCLUSIVE lock on it")
     result = Result(run.returncode, out, err, db.tmp / "out")
     assert result.rows("public", "b") == [{"id": 1, "z": 7}, {"id": 2, "z": 7}, {"id": 3, "z": 7}]
     assert sorted(r["id"] for r in result.rows("public", "big")) == list(range(1, ROWS + 1))

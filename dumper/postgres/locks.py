@@ -44,6 +44,7 @@ from .translate import LOST, is_lost, table_error
 
 UPFRONT, WHILE_READ = "upfront", "while-read"
 SAVEPOINT = "dumper_scope"
+_END_SCOPE = f"ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"  # its locks end, the snapshot stays
 HEADROOM = 0.25  # of the lock table, left to the rest of the server (and each reader's few locks)
 LOCK_BATCH = 500  # tables per LOCK TABLE statement when locking up front
 
@@ -119,7 +120,7 @@ async def released(conn: Any) -> AsyncIterator[None]:
     On an error the connection is left as it is (the caller drops it)."""
     await conn.execute(f"SAVEPOINT {SAVEPOINT}")
     yield
-    await conn.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}")
+    await conn.execute(_END_SCOPE)
 
 
 Named = tuple[int, str, str]  # a table's oid, its relation_sql and its schema.table
@@ -245,7 +246,7 @@ async def reading(conn: Any, table: Named, settings: Settings, *, lock: bool) ->
             raise ConnectionLost(f"table {name}: the connection was lost while locking it: {exc}") from exc
         raise
     yield
-    await conn.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}")
+    await conn.execute(_END_SCOPE)
 
 
 async def lock_while_read(conn: Any, oid: int, relation_sql: str, name: str, settings: Settings) -> None:
