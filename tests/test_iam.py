@@ -110,7 +110,9 @@ def test_irsa_run_succeeds_over_verify_full(db: Database, irsa: IamLdapServer) -
 
 def test_jobs_8_reuses_one_token(db: Database, irsa: IamLdapServer) -> None:
     for i in range(8):
-        db.sql(f"CREATE TABLE t{i} (i int); INSERT INTO t{i} VALUES ({i});")
+        # i + 1 columns: no two tables read alike, so each is its own read (dump/groups.py)
+        columns = ", ".join(f"c{j} int" for j in range(i + 1))
+        db.sql(f"CREATE TABLE t{i} ({columns}); INSERT INTO t{i} (c0) VALUES ({i});")
     settings = settings_for(db, jobs="8", processes="2")  # the workers ask this process for each password
     provider = IamToken(settings)
     manifest = asyncio.run(dump.run(settings, provider, Output(str(db.tmp / "out"))))

@@ -40,8 +40,10 @@ def test_peak_rss_is_flat_from_100k_to_1m_rows(db: Database) -> None:
         "CREATE TABLE large AS SELECT * FROM small, generate_series(1, 10) r;"
     )
     # Both read in pieces by two connections: what later pieces hold is bounded too.
-    small = peak_rss_mb(db, "--include", "public.small", "--run-id", "small", "--split-mib", "1")
-    large = peak_rss_mb(db, "--include", "public.large", "--run-id", "large", "--split-mib", "1")
+    # Two worker processes for both (by default their number follows the data's size).
+    two = ("--split-mib", "1", "--processes", "2")
+    small = peak_rss_mb(db, "--include", "public.small", "--run-id", "small", *two)
+    large = peak_rss_mb(db, "--include", "public.large", "--run-id", "large", *two)
     whole = peak_rss_mb(db, "--include", "public.large", "--run-id", "whole", "--jobs", "1")
     print(f"peak RSS: small {small:.0f} MB, large {large:.0f} MB, large read whole {whole:.0f} MB")
     assert large < small * 1.25 + 10, f"peak RSS grew with rows: {small:.0f} MB -> {large:.0f} MB"

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from dumper.dump import cpus
+
 from .conftest import MAJORS, Database, parse_json, wait_until
 from .holds import ReplyHold, replies_held
 from .test_resilience import assert_every_row_once
@@ -107,6 +109,11 @@ def test_worker_processes_write_what_one_process_writes(db: Database, fmt: str, 
 
 
 TWO = "CREATE TABLE a (i int); INSERT INTO a VALUES (1); CREATE TABLE b (i int); INSERT INTO b VALUES (2);"
+# Tables worth two worker processes by default (cpus.PROCESS_BYTES of them on disk for each).
+WORTH_TWO = (
+    TWO + "CREATE TABLE wide AS SELECT g, pg_catalog.repeat('x', 400) AS pad "
+    f"FROM pg_catalog.generate_series(1, {2 * cpus.PROCESS_BYTES // 440}) g;"
+)
 
 
 def spawned_processes(
@@ -122,15 +129,17 @@ def spawned_processes(
     return int(started_workers[0]["processes"]) if started_workers else None
 
 
-def test_default_is_the_usable_cpus_at_most_jobs(db: Database) -> None:
+def test_default_is_the_usable_cpus_at_most_jobs_and_the_data(db: Database) -> None:
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two CPUs to give a run two")
-    db.sql(TWO)
+    db.sql(WORTH_TWO)
     assert spawned_processes(db, "--jobs", "2", prefix=("taskset", "-c", "0,1")) == 2
     assert spawned_processes(db, "--jobs", "4", prefix=("taskset", "-c", "0,1")) == 2, "at most the CPUs"
     assert spawned_processes(db, "--jobs", "2", prefix=("taskset", "-c", "0")) is None, "one CPU: no workers"
     assert spawned_processes(db, "--jobs", "1", prefix=("taskset", "-c", "0,1")) is None, "at most --jobs"
     assert spawned_processes(db, "--jobs", "2", prefix=("taskset", "-c", "0,1"), env={"DUMPER_PROCESSES": "1"}) is None
+    small = ("--include", "public.a", "--include", "public.b")
+    assert spawned_processes(db, "--jobs", "2", *small, prefix=("taskset", "-c", "0,1")) is None, "small tables"
 
 
 @contextlib.contextmanager
@@ -160,12 +169,12 @@ def cpu_quota(cpus: float) -> Iterator[tuple[str, ...]]:
         group.rmdir()
 
 
-@pytest.mark.parametrize("cpus,expected", [(1.0, None), (1.5, 2)], ids=["one-cpu", "one-and-a-half"])
-def test_a_cgroup_cpu_limit_caps_the_default(db: Database, cpus: float, expected: int | None) -> None:
+@pytest.mark.parametrize("quota,expected", [(1.0, None), (1.5, 2)], ids=["one-cpu", "one-and-a-half"])
+def test_a_cgroup_cpu_limit_caps_the_default(db: Database, quota: float, expected: int | None) -> None:
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two CPUs for the limit to be the smaller")
-    db.sql(TWO)
-    with cpu_quota(cpus) as inside:
+    db.sql(WORTH_TWO)
+    with cpu_quota(quota) as inside:
         assert spawned_processes(db, "--jobs", "2", prefix=inside) == expected
 
 

@@ -183,7 +183,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "processes",
         "worker processes that read and encode rows, sharing the --jobs connections (default: "
-        "the CPUs this process may use, at most --jobs; 1 = read in this process)",
+        "the CPUs this process may use, at most --jobs and one per 32 MiB of tables on disk; "
+        "1 = read in this process)",
         parse=positive_int,
         commands=(*RUNS, "drill"),
     ),

@@ -10,6 +10,8 @@ The head never waits, so the table always makes progress.
 Storing (gzip, sha256, the write or upload) runs in a worker thread, one batch
 at a time, while the next batch is fetched and encoded: zlib, hashlib and file
 writes release the GIL, so on two cores compression costs little wall time.
+A small batch (a small table's rows) is stored on the event loop instead: the
+hand-off to a thread would cost more than the work.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..storage.output import TableFile
 
 HELD_BYTES = 32 << 20  # JSON held for pieces that are not yet at the head of the file
 BIG_BATCH = 16 << 20  # a batch this large is stored before the next one is fetched
+SMALL_BATCH = 64 << 10  # a batch this small is hashed (and compressed) on the event loop
 PROGRESS_EVERY = 10.0  # seconds between progress lines for a running table
 
 
@@ -104,6 +107,10 @@ class Assembly:
         parts = [part for part in (head + self.framer.separator(rows), body if rows else b"") if part]
         if parts:
             await self._stored()  # in order, and one batch in flight at most
+            if sum(map(len, parts)) <= SMALL_BATCH:  # cheaper here than a thread hand-off
+                for part in parts:
+                    await self.out.write(self.writer.add(part))
+                return
             self._storing = asyncio.ensure_future(self._store(parts))
             if len(body) >= BIG_BATCH:  # huge rows: never hold two such batches at once
                 await self._stored()

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Protocol
 
 from ..core.errors import ConnectionLost
@@ -41,6 +43,36 @@ class Piece:
     first_page: int | None
     end_page: int | None
     lock: bool = False
+
+    @property
+    def members(self) -> tuple[Piece, ...]:
+        """The pieces a read covers: this one (a Group's are several)."""
+        return (self,)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Small tables whose rows read alike (Table.row_type), read by one query: a UNION ALL
+    whose rows start with the member's number. A table costs a query's round trips
+    (prepare, fetch, its lock) otherwise, and a catalog of thousands of small tables
+    is mostly that. Each member is a whole-table piece with its own file; the batches
+    go to the sink under the member's number."""
+
+    members: tuple[Piece, ...]
+    lock: bool = False
+
+    @property
+    def name(self) -> str:
+        """How errors name the tables read together."""
+        return locks.called(self.named())
+
+    def named(self) -> list[locks.Named]:
+        return [(p.table.oid, p.table.relation_sql(), p.table.qualified) for p in self.members]
+
+    def select_sql(self) -> str:
+        # UNION ALL is an Append in member order: each member's rows come together, in a
+        # single scan's order (cursors never run parallel plans).
+        return " UNION ALL ".join(p.table.select_sql(tag=k) for k, p in enumerate(self.members))
 
 
 def plan_pieces(table: Table, relpath: str, piece_pages: int, lock: bool = False) -> list[Piece]:
@@ -81,7 +113,7 @@ class Sink(Protocol):
 class Lane(Protocol):
     """One connection's worth of reading: a Reader here, or one in a worker process."""
 
-    async def read(self, piece: Piece, sink: Sink) -> None: ...
+    async def read(self, piece: Piece | Group, sink: Sink) -> None: ...
 
     def abort(self) -> None: ...
 
@@ -108,11 +140,12 @@ class _Batcher:
         self.rows = self._fit(self.disk_row_bytes * JSON_PER_DISK_BYTE) if self.disk_row_bytes else 1
 
     @classmethod
-    def for_table(cls, table: Table, max_rows: int) -> _Batcher:
-        if table.toast_bytes:
+    def for_tables(cls, tables: Sequence[Table], max_rows: int) -> _Batcher:
+        """Sized for the widest rows of `tables` (one table, or a group's)."""
+        if any(t.toast_bytes for t in tables):
             return cls(max_rows, 0.0)
         # Without TOAST data no row is larger than a page, whatever the statistics say.
-        return cls(max_rows, table.row_bytes() or MAX_INLINE_ROW)
+        return cls(max_rows, max(t.row_bytes() or MAX_INLINE_ROW for t in tables))
 
     def _fit(self, row_bytes: float) -> int:
         return max(1, min(self.max_rows, int(BATCH_BYTES // max(row_bytes, 1.0))))
@@ -166,6 +199,30 @@ async def _read_piece(conn: Any, piece: Piece, sink: Sink, settings: Settings, d
             batcher.seen(count, size, largest)
 
 
+async def _read_group(conn: Any, group: Group, sink: Sink, settings: Settings, delivered: _Delivered) -> None:
+    """Streams a group's rows into `sink`, each run of one member's rows under its number
+    (skipping what an earlier attempt delivered, as _read_piece does)."""
+    array = settings.format == "json"
+    encoders = [RowEncoder([c.name for c in p.table.columns], array, p.table.arrays) for p in group.members]
+    batcher = delivered.batcher
+    skip = delivered.rows
+    async for batch in snapshot.stream(conn, group.select_sql(), group.name, batcher.size, settings.stall_timeout):
+        records = batch[skip:] if skip else batch
+        skip = max(0, skip - len(batch))
+        size = largest = 0
+        for member, run in itertools.groupby(records, key=itemgetter(0)):
+            rows = [record[1:] for record in run]
+            body = encoders[member].encode(rows)
+            size += len(body)
+            largest = max(largest, len(body) if len(rows) == 1 else max(map(len, body.split(b"\n"))))
+            await sink.add(member, body, len(rows))
+            delivered.rows += len(rows)
+        if records:
+            batcher.seen(len(records), size, largest)
+        batch.clear()
+        del records
+
+
 class Reader:
     """One connection in the run's snapshot, opened when first needed.
 
@@ -188,18 +245,21 @@ class Reader:
             then=functools.partial(snapshot.import_snapshot, snapshot_id=self.snapshot_id, settings=self.settings),
         )
 
-    async def read(self, piece: Piece, sink: Sink) -> None:
-        """Every row of `piece` into `sink`; a lost connection is replaced and
-        the piece read on from where it stopped (TABLE_ATTEMPTS in all)."""
-        delivered = _Delivered(_Batcher.for_table(piece.table, self.settings.batch_rows))
+    async def read(self, piece: Piece | Group, sink: Sink) -> None:
+        """Every row of `piece` (or of a group's tables) into `sink`; a lost connection
+        is replaced and the piece read on from where it stopped (TABLE_ATTEMPTS in all)."""
+        tables = [p.table for p in piece.members]
+        delivered = _Delivered(_Batcher.for_tables(tables, self.settings.batch_rows))
 
         async def attempt() -> None:
             self.conn = self.conn or await self._joined()
-            table = piece.table
             try:
-                named = (table.oid, table.relation_sql(), table.qualified)
+                named = [(t.oid, t.relation_sql(), t.qualified) for t in tables]
                 async with locks.reading(self.conn, named, self.settings, lock=piece.lock):
-                    await _read_piece(self.conn, piece, sink, self.settings, delivered)
+                    if isinstance(piece, Group):
+                        await _read_group(self.conn, piece, sink, self.settings, delivered)
+                    else:
+                        await _read_piece(self.conn, piece, sink, self.settings, delivered)
             except ConnectionLost:
                 self.abort()
                 raise

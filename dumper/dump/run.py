@@ -36,6 +36,7 @@ from ..postgres import db, locks, pgdump, replica, schemadeps, schemadump, schem
 from ..postgres.catalog import Table, discover, measured
 from ..postgres.translate import LOST
 from ..storage.output import Output
+from . import groups
 from .progress import Display
 from .schemafiles import not_dumped, write_schema_files
 from .tables import dump_tables, pages_per_piece
@@ -241,6 +242,7 @@ async def _run_once(
                         committed,
                         display,
                         lock=ready.locking.mode == locks.WHILE_READ,
+                        group_size=groups.size_for(ready.locking.table.budget, settings.jobs),
                     ),
                 )
         finally:

@@ -20,10 +20,10 @@ from ..format.stored import StoredWriter
 from ..postgres import db
 from ..postgres.catalog import Table
 from ..storage.output import Output
-from . import cpus, workers
+from . import cpus, groups, workers
 from .assemble import PROGRESS_EVERY, Assembly
 from .progress import Display, TableProgress
-from .reader import Lane, Piece, Reader, plan_pieces
+from .reader import Group, Lane, Piece, Reader, Sink, plan_pieces
 
 
 def pages_per_piece(facts: tuple[int, int], settings: Settings) -> int:
@@ -52,6 +52,18 @@ def _entry(piece: Piece, assembly: Assembly) -> TableEntry:
     )
 
 
+def _queue(work: list[tuple[Table, str]], piece_pages: int, lock: bool, group_size: int) -> deque[Piece | Group]:
+    """Largest first, so one big table does not start last and run alone; a split
+    table's pieces in file order, so all connections share it; small tables alike
+    read together (groups.py)."""
+    pieces = (
+        piece
+        for table, relpath in sorted(work, key=lambda item: -item[0].pages)
+        for piece in plan_pieces(table, relpath, piece_pages, lock)
+    )
+    return deque(groups.grouped(pieces, group_size))
+
+
 async def dump_tables(
     settings: Settings,
     password: db.PasswordProvider,
@@ -62,49 +74,14 @@ async def dump_tables(
     committed: list[str],
     display: Display | None = None,
     lock: bool = False,
+    group_size: int = 1,
 ) -> list[TableEntry]:
-    # Largest first, so one big table does not start last and run alone; a
-    # split table's pieces in file order, so all connections share it.
-    queue = deque(
-        piece
-        for table, relpath in sorted(work, key=lambda item: -item[0].pages)
-        for piece in plan_pieces(table, relpath, piece_pages, lock)
-    )
-    assemblies: dict[str, Assembly] = {}
-    results: dict[str, TableEntry] = {}
-
-    def assembly_for(piece: Piece) -> Assembly:
-        if piece.relpath not in assemblies:
-            log.info("started", extra={"pieces": piece.count} if piece.count > 1 else {})
-            assemblies[piece.relpath] = Assembly(
-                piece.table.qualified,
-                output.open_table(piece.relpath),
-                piece.count,
-                Framer(settings.format),
-                StoredWriter(settings.compression, settings.gzip_level),
-            )
-        return assemblies[piece.relpath]
-
-    async def worker(lane: Lane) -> None:
-        try:
-            while queue:
-                piece = queue.popleft()
-                current_table.set(piece.table.qualified)
-                assembly = assembly_for(piece)
-                await lane.read(piece, assembly)
-                if await assembly.piece_done(piece.index):
-                    await assembly.commit()
-                    committed.append(piece.relpath)
-                    results[piece.relpath] = entry = _entry(piece, assembly)
-                    log.info("done", extra={"rows": entry.rows, "bytes": entry.bytes, "seconds": entry.seconds})
-                current_table.set(None)
-        except BaseException:
-            lane.abort()
-            raise
-        await lane.close()
+    queue = _queue(work, piece_pages, lock, group_size)
+    files = _Files(settings, output, committed)
+    assemblies, results = files.open, files.results
 
     jobs = max(1, min(settings.jobs, len(queue)))
-    processes = min(cpus.processes(settings), jobs)
+    processes = min(cpus.processes(settings, sum(table.bytes for table, _ in work)), jobs)
     estimates = {relpath: table.rows_estimate for table, relpath in work}
     beat = asyncio.create_task(
         _heartbeat(assemblies, results, display and functools.partial(_show, display, estimates, assemblies, results))
@@ -118,7 +95,7 @@ async def dump_tables(
             )
             async with asyncio.TaskGroup() as group:
                 for lane in lanes:
-                    group.create_task(worker(lane))
+                    group.create_task(_read_on(lane, queue, files))
     except BaseExceptionGroup as exc:
         first = first_error(exc)
         raise first from first.__cause__  # not the group: the error, with the server's own words behind it
@@ -130,16 +107,117 @@ async def dump_tables(
     return [results[relpath] for _, relpath in work]
 
 
+class _Files:
+    """The run's table files: open while read (their assemblies), then committed."""
+
+    def __init__(self, settings: Settings, output: Output, committed: list[str]) -> None:
+        self.settings = settings
+        self.output = output
+        self.committed = committed
+        self.open: dict[str, Assembly] = {}
+        self.results: dict[str, TableEntry] = {}
+
+    def assembly_for(self, piece: Piece, grouped: bool = False) -> Assembly:
+        """The table's assembly, made (and said "started", unless read in a group: its
+        "done" comes as soon) when its first piece starts."""
+        if piece.relpath not in self.open:
+            if not grouped:
+                log.info("started", extra={"pieces": piece.count} if piece.count > 1 else {})
+            self.open[piece.relpath] = Assembly(
+                piece.table.qualified,
+                self.output.open_table(piece.relpath),
+                piece.count,
+                Framer(self.settings.format),
+                StoredWriter(self.settings.compression, self.settings.gzip_level),
+            )
+        return self.open[piece.relpath]
+
+    async def all_finished(self, pieces: tuple[Piece, ...], assemblies: list[Assembly]) -> None:
+        """finished() for each; a group's files are committed together (local files: in one
+        thread hand-off, storage/local.py)."""
+        if len(pieces) == 1:
+            await self.finished(pieces[0], assemblies[0])
+            return
+        async with asyncio.TaskGroup() as commits:
+            for piece, assembly in zip(pieces, assemblies, strict=True):
+                commits.create_task(self.finished(piece, assembly))
+
+    async def finished(self, piece: Piece, assembly: Assembly) -> None:
+        """A piece read; once the table's last, its file committed and its entry made."""
+        current_table.set(piece.table.qualified)  # this task's own: its log lines name the table
+        if await assembly.piece_done(piece.index):
+            await assembly.commit()
+            self.committed.append(piece.relpath)
+            self.results[piece.relpath] = entry = _entry(piece, assembly)
+            del self.open[piece.relpath]  # memory stays flat in the number of tables
+            log.info("done", extra={"rows": entry.rows, "bytes": entry.bytes, "seconds": entry.seconds})
+
+
+async def _read_on(lane: Lane, queue: deque[Piece | Group], files: _Files) -> None:
+    """One lane's share of the queue. A group's files are committed while the lane reads
+    on (one group's at most): its small files cost the client about what its one query
+    costs the server."""
+    committing: asyncio.Future[None] | None = None
+    try:
+        while queue:
+            item = queue.popleft()
+            sinks = []
+            for piece in item.members:
+                current_table.set(piece.table.qualified)
+                sinks.append(files.assembly_for(piece, grouped=isinstance(item, Group)))
+            await lane.read(item, _sink(item, sinks))
+            current_table.set(None)
+            if committing is not None:
+                await committing
+                committing = None
+            if isinstance(item, Group):
+                committing = asyncio.ensure_future(files.all_finished(item.members, sinks))
+            else:
+                await files.all_finished(item.members, sinks)
+        if committing is not None:
+            await committing
+    except BaseException:
+        lane.abort()
+        if committing is not None and not committing.done():
+            committing.cancel()
+            await asyncio.wait([committing])
+        raise
+    await lane.close()
+
+
+def _sink(item: Piece | Group, assemblies: list[Assembly]) -> Sink:
+    """Where a piece's batches go: its table's assembly; a group's, each member's."""
+    return _Members(assemblies) if isinstance(item, Group) else assemblies[0]
+
+
+class _Members:
+    """A group's sink: a member's batches go to its table's assembly (a whole table: piece 0)."""
+
+    def __init__(self, assemblies: list[Assembly]) -> None:
+        self.assemblies = assemblies
+
+    async def add(self, piece: int, body: bytes | bytearray, rows: int) -> None:
+        await self.assemblies[piece].add(0, body, rows)
+
+
 def _show(
     display: Display, estimates: dict[str, float], assemblies: dict[str, Assembly], finished: dict[str, TableEntry]
 ) -> None:
     """Every table's progress, to the live display (a terminal)."""
     display(
         [
-            TableProgress(a.name, estimates[relpath], a.started, a.rows_received, a.writer.bytes, relpath in finished)
+            TableProgress(a.name, estimates[relpath], a.started, a.rows_received, a.writer.bytes)
             for relpath, a in assemblies.items()
         ]
-        + [TableProgress(relpath, -1.0, 0.0) for relpath in estimates if relpath not in assemblies]
+        + [
+            TableProgress(f"{e.schema}.{e.table}", estimates[relpath], 1.0, e.rows, e.bytes, True)
+            for relpath, e in finished.items()
+        ]
+        + [
+            TableProgress(relpath, -1.0, 0.0)
+            for relpath in estimates
+            if relpath not in assemblies and relpath not in finished
+        ]
     )
 
 

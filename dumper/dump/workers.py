@@ -50,7 +50,7 @@ from ..core.errors import DumperError, DumpError
 from ..core.logs import fields_of, log
 from ..core.malloc import tune_malloc
 from ..core.settings import Settings
-from ..dump.reader import Lane, Piece, Reader, Sink, young_gc_only
+from ..dump.reader import Group, Lane, Piece, Reader, Sink, young_gc_only
 from ..format.encode import ARRAY_SEPARATOR
 from ..postgres import db
 from .channel import ASK, BATCH, BEAT, DONE, FAIL, INIT, LOG, NO_PASSWORD, PASSWORD, READ, STOP, Channel
@@ -77,8 +77,8 @@ class RemoteLane:
         self.password = password
         self.silence = silence
 
-    async def read(self, piece: Piece, sink: Sink) -> None:
-        """Sends the piece to the worker; its batches go into `sink` as they come."""
+    async def read(self, piece: Piece | Group, sink: Sink) -> None:
+        """Sends the piece (or group) to the worker; its batches go into `sink` as they come."""
         await self.channel.send(READ, payload=pickle.dumps(piece))
         while True:
             kind, index, rows, payload = await self._receive()
@@ -267,10 +267,10 @@ class _WorkerLane:
                 kind, _, _, payload = await self.channel.receive()
                 if kind == STOP:
                     break
-                piece: Piece = pickle.loads(payload)  # noqa: S301 - as above
+                piece: Piece | Group = pickle.loads(payload)  # noqa: S301 - as above
                 await reader.read(piece, self)
                 await self.flush()
-                await self.channel.send(DONE, piece.index)
+                await self.channel.send(DONE)
         except DumperError as exc:
             reader.abort()
             await self._send_quietly(FAIL, pickle.dumps(exc))

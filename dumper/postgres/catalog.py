@@ -69,7 +69,7 @@ class Table:
     extension: str | None = None  # a configuration table of this extension: only its user rows are dumped
     condition: str = ""  # the extension's filter of those rows ("WHERE ..."), "" for all of them
     # Set by measured(), partitions summed:
-    bytes: int = 0  # on disk with TOAST (pg_table_size)
+    bytes: int = 0  # its rows on disk: the heap and its TOAST table (not free space maps or indexes)
     toast_bytes: int = 0  # out-of-line values: some value is larger than ~2 kB
     rows_estimate: float = -1.0  # reltuples (-1: never analyzed)
 
@@ -85,13 +85,18 @@ class Table:
     def relation_sql(self) -> str:
         return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
 
-    def select_sql(self, first_page: int | None = None, end_page: int | None = None) -> str:
-        """All rows, or those on pages [first_page, end_page) (a TID range scan)."""
+    def select_sql(self, first_page: int | None = None, end_page: int | None = None, tag: int | None = None) -> str:
+        """All rows, or those on pages [first_page, end_page) (a TID range scan). With `tag`,
+        each row starts with that number (a member of a grouped read: reader.Group)."""
         # ONLY: rows of legacy inheritance children belong to the child's own
         # file. A partitioned root must be read without ONLY to see its rows.
         only = "" if self.partitioned else "ONLY "
         # After the columns: each array column's text form when its bounds are not 1 (encode.RowEncoder).
-        cols = ", ".join([c.select_sql() for c in self.columns] + [c.bounds_sql() for c in self.columns if c.array])
+        cols = ", ".join(
+            ([] if tag is None else [str(int(tag))])
+            + [c.select_sql() for c in self.columns]
+            + [c.bounds_sql() for c in self.columns if c.array]
+        )
         ranges = [
             f"ctid OPERATOR(pg_catalog.>=) '({first_page},0)'::pg_catalog.tid" if first_page is not None else "",
             f"ctid OPERATOR(pg_catalog.<) '({end_page},0)'::pg_catalog.tid" if end_page is not None else "",
@@ -100,6 +105,10 @@ class Table:
         if self.condition:  # the extension's own filter, as pg_dump applies it (never split: see plan_pieces)
             return f"SELECT {cols} FROM {only}{self.relation_sql()} {self.condition}"
         return f"SELECT {cols} FROM {only}{self.relation_sql()}" + (f" WHERE {where}" if where else "")
+
+    def row_type(self) -> tuple[tuple[str, str, str, str | None, bool], ...]:
+        """What the columns read as, in order: tables alike in this read in one UNION ALL."""
+        return tuple((c.type, c.kind.name, c.written, c.domain_base, c.array) for c in self.columns)
 
     @property
     def arrays(self) -> tuple[int, ...]:
@@ -173,7 +182,9 @@ _PAGES_SQL = """
 SELECT t.oid,
        pg_catalog.sum(pg_catalog.pg_relation_size(p.oid))::pg_catalog.int8
         OPERATOR(pg_catalog./) pg_catalog.current_setting('block_size')::pg_catalog.int8 AS pages,
-       pg_catalog.sum(pg_catalog.pg_table_size(p.oid))::pg_catalog.int8 AS bytes,
+       (pg_catalog.sum(pg_catalog.pg_relation_size(p.oid))
+        OPERATOR(pg_catalog.+) COALESCE(pg_catalog.sum(pg_catalog.pg_relation_size(p.reltoastrelid)), 0)
+       )::pg_catalog.int8 AS bytes,
        COALESCE(pg_catalog.sum(pg_catalog.pg_relation_size(p.reltoastrelid)), 0)::pg_catalog.int8 AS toast_bytes,
        pg_catalog.sum(GREATEST(p.reltuples, 0))::pg_catalog.float8 AS rows,
        pg_catalog.bool_or(p.reltuples OPERATOR(pg_catalog.>=) 0) AS analyzed

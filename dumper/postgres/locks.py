@@ -196,6 +196,7 @@ FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.oid[]), pg_catalog.unnest($2::p
 WHERE pg_catalog.to_regclass(t.name) IS DISTINCT FROM t.oid
 UNION
 SELECT t.oid FROM pg_catalog.unnest($1::pg_catalog.oid[]) AS t(oid)
+JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) t.oid AND r.relkind OPERATOR(pg_catalog.=) 'p'
 CROSS JOIN LATERAL pg_catalog.pg_partition_tree(t.oid) pt
 WHERE pt.relid OPERATOR(pg_catalog.<>) ALL (
     ARRAY(SELECT tree.oid FROM tree WHERE tree.root OPERATOR(pg_catalog.=) t.oid))
@@ -217,29 +218,41 @@ async def changed(conn: Any, tables: Sequence[Named]) -> None:
             )
 
 
-@contextlib.asynccontextmanager
-async def reading(conn: Any, table: Named, settings: Settings, *, lock: bool) -> AsyncIterator[None]:
-    """The subtransaction a piece of `table` is read in: the locks the read takes (its
-    indexes', TOAST's and, while-read, the table's own) end with it, the snapshot stays.
+def called(tables: Sequence[Named]) -> str:
+    """How an error names the tables one read locks: the table, or the first of a group."""
+    first = tables[0][2]
+    return first if len(tables) == 1 else f"{first} (or another of the {len(tables)} tables read with it)"
 
-    `lock` (while-read): wait for ACCESS SHARE, then check the table is the one the
-    snapshot saw. Up front, the run's transaction holds the table already, and the read
+
+@contextlib.asynccontextmanager
+async def reading(conn: Any, tables: Sequence[Named], settings: Settings, *, lock: bool) -> AsyncIterator[None]:
+    """The subtransaction a piece of a table (or a group of small tables, read by one
+    query) is read in: the locks the read takes (indexes', TOAST's and, while-read, the
+    tables' own) end with it, the snapshot stays.
+
+    `lock` (while-read): wait for ACCESS SHARE, then check each table is the one the
+    snapshot saw. Up front, the run's transaction holds the tables already, and the read
     asks with NOWAIT (as pg_dump's workers do): only another session's ACCESS EXCLUSIVE
     request, queued behind the run's lock since, can stand in its way, and that session
     waits for the run to end while the read would wait for it. The run starts again
     instead (LockQueued): its locks end, the waiting command goes first."""
-    oid, relation_sql, name = table
+    name = called(tables)
+    relations = ", ".join(sql for _, sql, _ in tables)
     try:
         if lock:
             await conn.execute(f"SAVEPOINT {SAVEPOINT}")
-            await lock_while_read(conn, oid, relation_sql, name, settings)
+            await lock_while_read(conn, tables, settings)
         else:
-            await conn.execute(f"SAVEPOINT {SAVEPOINT}; LOCK TABLE {relation_sql} IN ACCESS SHARE MODE NOWAIT")
+            await conn.execute(f"SAVEPOINT {SAVEPOINT}; LOCK TABLE {relations} IN ACCESS SHARE MODE NOWAIT")
     except asyncpg.LockNotAvailableError as exc:
+        if len(tables) > 1:  # which of the group: the subtransaction undone, ask the server
+            with contextlib.suppress(asyncpg.PostgresError):
+                await conn.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+                name = await _blocked(conn, tables)
         raise LockQueued(
             f"table {name}: another session asked for an ACCESS EXCLUSIVE lock on it (DDL, VACUUM FULL) "
-            "after the run had locked it; that session waits for the run to end and the run's read would "
-            "wait for it, so the run starts again and lets it go first"
+            f"after the run had locked it ({exc}); that session waits for the run to end and the run's read "
+            "would wait for it, so the run starts again and lets it go first"
         ) from exc
     except Exception as exc:
         if is_lost(exc):
@@ -249,13 +262,15 @@ async def reading(conn: Any, table: Named, settings: Settings, *, lock: bool) ->
     await conn.execute(_END_SCOPE)
 
 
-async def lock_while_read(conn: Any, oid: int, relation_sql: str, name: str, settings: Settings) -> None:
-    """Inside the reading subtransaction: ACCESS SHARE on the table, then check it is still
-    the table the snapshot saw."""
+async def lock_while_read(conn: Any, tables: Sequence[Named], settings: Settings) -> None:
+    """Inside the reading subtransaction: ACCESS SHARE on the tables, then check each is
+    still the table the snapshot saw."""
+    name = called(tables)
+    relations = ", ".join(sql for _, sql, _ in tables)
     try:
         async with stall_guard(lock_wait_bound(settings), f"table {name}: while locking it"):
-            await conn.execute(f"LOCK TABLE {relation_sql} IN ACCESS SHARE MODE")
-        await changed(conn, [(oid, relation_sql, name)])
+            await conn.execute(f"LOCK TABLE {relations} IN ACCESS SHARE MODE")
+        await changed(conn, tables)
     except LOST as exc:
         raise ConnectionLost(f"table {name}: the connection was lost while locking it: {exc}") from exc
     except asyncpg.PostgresError as exc:

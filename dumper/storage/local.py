@@ -71,14 +71,62 @@ def make_durable(files: Iterable[str], folders: Iterable[str]) -> None:
         fsync_path(folder)
 
 
+class Handoff:
+    """File work for a worker thread, handed over together: what callers submit while
+    the thread is busy goes in its next call. A catalog of small tables commits many
+    files at once (a group's), and each hand-off to a thread costs more than creating,
+    writing and renaming a small file."""
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[Callable[[], None], asyncio.Future[None]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    def submit(self, action: Callable[[], None]) -> asyncio.Future[None]:
+        """A future of `action`'s outcome, set once the thread has run it (whatever
+        became of the caller that asked)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((action, done))
+        if self._draining is None:
+            self._draining = asyncio.ensure_future(self._drain())
+        return done
+
+    async def _drain(self) -> None:
+        batch: list[tuple[Callable[[], None], asyncio.Future[None]]] = []
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                outcomes = await asyncio.to_thread(_run_each, [action for action, _ in batch])
+                for (_, done), error in zip(batch, outcomes, strict=True):
+                    if not done.done():
+                        done.set_result(None) if error is None else done.set_exception(error)
+                batch = []
+        finally:
+            for _, done in batch + self._waiting:  # cancelled (the loop is closing): none is left waiting
+                done.cancel()
+            self._waiting = []
+            self._draining = None
+
+
+def _run_each(actions: list[Callable[[], None]]) -> list[BaseException | None]:
+    outcomes: list[BaseException | None] = []
+    for action in actions:
+        try:
+            action()
+            outcomes.append(None)
+        except Exception as exc:  # each caller gets its own error
+            outcomes.append(exc)
+    return outcomes
+
+
 class LocalFile:
     """One file in progress under its partial name; commit renames it into place.
     `durable`: commit fsyncs the file, and its folder after the rename (the
     manifest, LATEST); table files are made durable together (make_durable)."""
 
-    def __init__(self, final: str, guard: Guard, durable: bool = False) -> None:
+    def __init__(self, final: str, guard: Guard, handoff: Handoff, durable: bool = False) -> None:
         self.final = final
         self._guard = guard
+        self._handoff = handoff
         self._durable = durable
         self._target = layout.partial_name(final)
         self._held: list[bytes] = []  # what was written before the file exists
@@ -102,7 +150,7 @@ class LocalFile:
     async def _in_thread(self, action: Callable[[], None]) -> None:
         """`action` in a worker thread; remembered, so that a cancelled caller's file
         is still removed by discard() once the thread is done with it."""
-        self._busy = asyncio.ensure_future(asyncio.to_thread(self._guard, action, self.final))
+        self._busy = self._handoff.submit(lambda: self._guard(action, self.final))
         await asyncio.shield(self._busy)
 
     def _create(self) -> None:

@@ -76,6 +76,7 @@ class Output:
         self.root = root.rstrip("/")
         self.url = url
         self.part_size = part_size
+        self._handoff = local.Handoff()  # local files' work, for a worker thread
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Output:
@@ -142,7 +143,7 @@ class Output:
         the others (make_durable); a `durable` one is fsynced as it is committed."""
         final = self.path(relpath)
         if self.local:
-            return local.LocalFile(final, self.guard, durable)
+            return local.LocalFile(final, self.guard, self._handoff, durable)
         return remote.RemoteFile(self.fs, final, self.guard, self.part_size, exclusive)
 
     async def make_durable(self, relpaths: list[str]) -> None:
