@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 
 from . import __version__
 from .core.errors import ConfigError, DumperError, Interrupted, VerifyError
@@ -21,11 +21,17 @@ from .core.malloc import tune_malloc
 from .core.options import OPTIONS
 from .core.settings import Settings, resolve, with_url_files
 from .core.urls import redact_url
-from .ops import drill, job, preflight, progress, prune, report, schedule, verify
+from .ops import drill, job, preflight, prune, report, verify
 from .ops.notify import Outcome
 from .postgres import auth
 from .restore import run as restore
 from .storage.output import Output
+
+if TYPE_CHECKING:
+    from .ops.progress import LiveDisplay
+
+# The live display (rich) and the scheduler (apscheduler) are imported by the commands that use
+# them: a run in a pod needs neither, and their imports were a third of its start-up (issue #30).
 
 EXIT_CODES = """exit codes:
   0    success
@@ -197,7 +203,7 @@ def cmd_run(settings: Settings, stdout: TextIO) -> int:
             "output": redact_url(settings.output),
         },
     )
-    live = progress.LiveDisplay(stdout) if not json_lines and stdout.isatty() else None
+    live = _live_display(stdout) if not json_lines and stdout.isatty() else None
     with live or contextlib.nullcontext():
         outcome = _run_main(job.run_job(settings, password, live.update if live else None), settings.grace_seconds)
     if outcome.status != "success":
@@ -207,7 +213,15 @@ def cmd_run(settings: Settings, stdout: TextIO) -> int:
     return 0
 
 
+def _live_display(stdout: TextIO) -> LiveDisplay:
+    from .ops import progress
+
+    return progress.LiveDisplay(stdout)
+
+
 def cmd_schedule(settings: Settings, stdout: TextIO) -> int:
+    from .ops import schedule
+
     _start_logging(settings, stdout)
     # One provider for every run: the SDK session keeps its credentials, a valid token is reused.
     password = auth.password_provider(settings)
@@ -216,7 +230,7 @@ def cmd_schedule(settings: Settings, stdout: TextIO) -> int:
     if not _json_mode(settings.log_format, stdout) and stdout.isatty():
 
         async def job_run_shown(run_settings: Settings) -> Outcome:  # the live display during each run
-            with progress.LiveDisplay(stdout) as live:
+            with _live_display(stdout) as live:
                 return await job.run_job(run_settings, password, live.update)
 
         job_run = job_run_shown

@@ -70,6 +70,12 @@ class _LibraryFilter(logging.Filter):
 
 
 def setup(json_lines: bool, stream: TextIO = sys.stderr) -> None:
+    # No line shows the caller's file, thread or process: the logging HOWTO's "Optimization"
+    # settings skip collecting them, a quarter of a record's cost (a run logs per table).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     formatter = JsonFormatter() if json_lines else TextFormatter()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)

