@@ -55,6 +55,18 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     yield folder
 
 
+def add_to_pre_data(dumped: Result, sql: str) -> None:
+    """Statements appended to the dump's pre-data (a trigger there fires during the load), with the
+    manifest's size and sha256 of the file made to match: the dump still verifies."""
+    pre = dumped.run_dir / "schema.pre-data.sql"
+    pre.write_text(pre.read_text() + "\n" + sql)
+    manifest_path = dumped.run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    data = pre.read_bytes()
+    manifest["schema_files"]["files"][0].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    manifest_path.write_text(json.dumps(manifest))
+
+
 def good_dump(db: Database, *args: str) -> Result:
     """A dump of the rich schema; its run id names the test's database, and so does the
     default scratch database of a drill of it (dumper_drill_<run id>)."""
@@ -82,18 +94,13 @@ def test_a_good_dump_passes_and_leaves_nothing(db: Database, private_tmp: Path, 
 def test_rows_that_do_not_come_back_fail_the_drill_naming_the_table(db: Database, private_tmp: Path) -> None:
     dumped = good_dump(db)
     # A pre-data that changes rows on their way in (a trigger there fires during the load).
-    pre = dumped.run_dir / "schema.pre-data.sql"
-    pre.write_text(
-        pre.read_text() + "\nCREATE FUNCTION public.mangle() RETURNS trigger LANGUAGE plpgsql AS "
+    add_to_pre_data(
+        dumped,
+        "CREATE FUNCTION public.mangle() RETURNS trigger LANGUAGE plpgsql AS "
         "$$BEGIN NEW.name := NEW.name || '!'; RETURN NEW; END$$;\n"
         "CREATE TRIGGER mangled BEFORE INSERT ON public.pets FOR EACH ROW "
-        "EXECUTE FUNCTION public.mangle();\n"
+        "EXECUTE FUNCTION public.mangle();\n",
     )
-    manifest_path = dumped.run_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    data = pre.read_bytes()
-    manifest["schema_files"]["files"][0].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-    manifest_path.write_text(json.dumps(manifest))
     metrics = db.tmp / "drill.prom"
     with capture(204) as hook:
         result = db.drill(dumped.run_dir, "--metrics-file", str(metrics), "--notify-url", hook.url)
@@ -312,4 +319,32 @@ def test_a_dump_whose_schema_file_does_not_match_its_columns_does_not_come_back(
         "did not come back: the target tables do not match the dump: table public.pets: has no column "
         "'nickname'" in result.stderr
     )
+    assert scratch_databases(db) == []
+
+
+def test_json_nulls_that_come_back_as_sql_null_fail_the_drill(db: Database, private_tmp: Path) -> None:
+    """The file writes JSON null and SQL NULL alike: the drill compares the manifest's JSON nulls
+    too. A pre-data trigger that turns JSON null into SQL NULL on the way in is caught."""
+    db.sql(
+        "CREATE TABLE docs (id int PRIMARY KEY, body jsonb);"
+        "INSERT INTO docs VALUES (1, 'null'), (2, NULL), (3, '{\"a\": null}'), (4, 'null');"
+    )
+    dumped = db.dump("--run-id", f"nightly_{db.name}")
+    assert dumped.code == 0, dumped.stderr
+    assert dumped.entry("public", "docs")["json_nulls"] == {"body": [[0, 1], [3, 1]]}
+    passed = db.drill(dumped.run_dir)
+    assert passed.code == 0, passed.stderr
+    add_to_pre_data(
+        dumped,
+        "CREATE FUNCTION public.drop_json_null() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN IF NEW.body = 'null'::jsonb THEN NEW.body := NULL; END IF; RETURN NEW; END$$;\n"
+        "CREATE TRIGGER nulled BEFORE INSERT ON public.docs FOR EACH ROW EXECUTE FUNCTION public.drop_json_null();\n",
+    )
+    failed = db.drill(dumped.run_dir)
+    assert failed.code == 7, failed.stderr
+    assert (
+        "table public.docs: 4 rows in the dump, 4 restored; a row of the dump that did not come back: "
+        """'{"id":1,"body":null,"JSON null in":["body"]}'; a restored row that is not in the dump: """
+        """'{"id":1,"body":null,"JSON null in":[]}'"""
+    ) in failed.stderr
     assert scratch_databases(db) == []

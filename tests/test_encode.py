@@ -145,3 +145,39 @@ def test_stored_writer_and_reader_agree(chunks: list[bytes], compression: str, l
     assert content == b"".join(chunks)
     stats = read_stats([data[i : i + 7] for i in range(0, len(data), 7)], compression)
     assert (stats.bytes, stats.sha256, stats.newlines) == (len(data), writer.sha256, content.count(b"\n"))
+
+
+def test_json_nulls_are_marked_found_and_removed_by_the_assembly() -> None:
+    """The encoder marks a json/jsonb JSON null; the assembly records its row and column and
+    writes plain `null`. A column whose key ends like another's is not mistaken for it."""
+    from dumper.dump.assemble import Assembly
+    from dumper.format.jsonnulls import JsonNulls
+
+    names = ["b", 'x"b', "note"]
+    encoder = encode.RowEncoder(names, array=False)
+    records = [
+        (encode.jsonb_text("null"), encode.json_text("1"), "null"),
+        (None, encode.json_text(" null "), None),
+        (encode.jsonb_text("[null]"), encode.json_text("null"), "x"),
+        (encode.jsonb_text("null"), encode.json_text("null"), "x"),
+    ]
+    body = encoder.encode(records)
+    assert body.count(encode.JSON_NULL_MARK.encode()) == 5
+    keys = {msgspec.json.encode(n) + b":": n for n in names[:2]}
+    assembly = Assembly("public.t", None, 1, encode.Framer("jsonl"), StoredWriter("none", 6), json_keys=keys)  # type: ignore[arg-type]
+    assembly.framer.rows = 10  # rows already in the file before this batch
+    written = assembly._json_nulls(body, 10)
+    assert encode.JSON_NULL_MARK.encode() not in written
+    assert [orjson.loads(line) for line in written.splitlines()] == [
+        {"b": None, 'x"b': 1, "note": "null"},
+        {"b": None, 'x"b': None, "note": None},
+        {"b": [None], 'x"b': None, "note": "x"},
+        {"b": None, 'x"b': None, "note": "x"},
+    ]
+    assert assembly.json_nulls == {"b": [[10, 1], [13, 1]], 'x"b': [[11, 3]]}
+    nulls = JsonNulls(assembly.json_nulls)
+    assert nulls.within(11, 2) == {'x"b': [1, 2]}
+    assert nulls.within(12, 10) == {"b": [2], 'x"b': [1, 2]}
+    assert nulls.within(0, 10) == {}
+    assert nulls.columns_at(13) == {"b", 'x"b'}
+    assert JsonNulls(assembly.json_nulls, ["b"]).within(0, 100) == {"b": [11, 14]}

@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from ..format.encode import Framer
+from ..format.encode import JSON_NULL_MARK, Framer
 from ..format.stored import StoredWriter
 from ..storage.output import TableFile
 
@@ -29,6 +29,7 @@ HELD_BYTES = 32 << 20  # JSON held for pieces that are not yet at the head of th
 BIG_BATCH = 16 << 20  # a batch this large is stored before the next one is fetched
 SMALL_BATCH = 64 << 10  # a batch this small is hashed (and compressed) on the event loop
 PROGRESS_EVERY = 10.0  # seconds between progress lines for a running table
+_MARK = JSON_NULL_MARK.encode()
 
 
 class Assembly:
@@ -42,8 +43,13 @@ class Assembly:
         framer: Framer,
         writer: StoredWriter,
         clock: Callable[[], float] = time.monotonic,
+        json_keys: Mapping[bytes, str] | None = None,
     ) -> None:
         self.name = name  # schema.table, for progress lines
+        # The encoded key ('"name":') of each json/jsonb column, and the rows whose value is
+        # JSON null (ranges [first row, count] per column, for the manifest).
+        self.json_keys = dict(json_keys or {})
+        self.json_nulls: dict[str, list[list[int]]] = {}
         self.out = out
         self.count = count
         self.framer = framer
@@ -100,6 +106,8 @@ class Assembly:
         await self.out.discard()
 
     async def _write(self, body: bytes | bytearray, rows: int) -> None:
+        if rows and _MARK in body:  # a JSON null of a json column (rare: one C-level search)
+            body = self._json_nulls(body, self.framer.rows)
         # Header and separator go out as their own small part: a batch (one
         # huge row, perhaps) is never copied to put two bytes in front of it.
         head = b"" if self._wrote_header else self.framer.header()
@@ -114,6 +122,32 @@ class Assembly:
             self._storing = asyncio.ensure_future(self._store(parts))
             if len(body) >= BIG_BATCH:  # huge rows: never hold two such batches at once
                 await self._stored()
+
+    def _json_nulls(self, body: bytes | bytearray, first_row: int) -> bytes | bytearray:
+        """Records the rows of the batch whose json values are JSON null (marked by the
+        encoder), and returns the batch without the marks: the file says `null`."""
+        at = body.find(_MARK)
+        row, counted = first_row, 0
+        while at >= 0:
+            row += body.count(b"\n", counted, at)
+            counted = at
+            column = self._column_before(body, at)
+            runs = self.json_nulls.setdefault(column, [])
+            if runs and runs[-1][0] + runs[-1][1] == row:
+                runs[-1][1] += 1
+            elif not runs or runs[-1][0] + runs[-1][1] < row:
+                runs.append([row, 1])
+            at = body.find(_MARK, at + 1)
+        return body.replace(_MARK, b"")
+
+    def _column_before(self, body: bytes | bytearray, at: int) -> str:
+        """The json column whose value starts at `at`: its key ends there, and starts the
+        member (after '{' or ','; a key that merely ends the same way starts inside another)."""
+        for key, column in self.json_keys.items():
+            start = at - len(key)
+            if start > 0 and body.startswith(key, start) and body[start - 1 : start] in (b"{", b","):
+                return column
+        raise AssertionError(f"{self.name}: a JSON null mark after no json column's key")
 
     async def _stored(self) -> None:
         """Waits for the batch in flight; raises its error, if it failed."""

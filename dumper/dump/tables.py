@@ -11,10 +11,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+import msgspec
+
 from ..core.errors import first_error
 from ..core.logs import current_table, log
 from ..core.settings import Settings
-from ..format.encode import Framer
+from ..format.encode import Framer, Kind
 from ..format.manifest import Column, TableEntry
 from ..format.stored import StoredWriter
 from ..postgres import db
@@ -49,7 +51,13 @@ def _entry(piece: Piece, assembly: Assembly) -> TableEntry:
         columns=[Column(name=c.name, type=c.type, written=c.written) for c in table.columns],
         seconds=round(time.monotonic() - assembly.started, 3),
         extension=table.extension,
+        json_nulls=assembly.json_nulls,
     )
+
+
+def _json_keys(table: Table) -> dict[bytes, str]:
+    """The encoded key of each json/jsonb column (as the encoder writes it), for Assembly."""
+    return {msgspec.json.encode(c.name) + b":": c.name for c in table.columns if c.kind is Kind.JSON}
 
 
 def _queue(work: list[tuple[Table, str]], piece_pages: int, lock: bool, group_size: int) -> deque[Piece | Group]:
@@ -129,6 +137,7 @@ class _Files:
                 piece.count,
                 Framer(self.settings.format),
                 StoredWriter(self.settings.compression, self.settings.gzip_level),
+                json_keys=_json_keys(piece.table),
             )
         return self.open[piece.relpath]
 

@@ -14,6 +14,12 @@ Each column is read in the cheapest form that is still exact (its *kind*):
   `to_json(column)` (the exact fallback for composites, ranges, intervals...).
 - STRING: text output used as a JSON string (uuid, date, bytea as hex).
 - TIMESTAMP / TIMESTAMPTZ: ISO text reshaped into `to_json`'s XSD form.
+
+A json/jsonb value that is JSON's `null` is written as `null`, exactly as
+`to_json` writes SQL NULL. So that a restore can tell them apart, the encoder
+marks such a value with a NUL byte in front (JSON_NULL_MARK: a byte JSON output
+never holds); the table's assembly (dump/assemble.py) removes the marks and
+records the rows in the manifest (TableEntry.json_nulls).
 """
 
 from __future__ import annotations
@@ -80,13 +86,25 @@ def number(text: str) -> msgspec.Raw | str:
     return msgspec.Raw(text) if text[-1].isdigit() else text
 
 
+JSON_NULL_MARK = "\x00"  # before a json/jsonb value that is JSON null; never in JSON output
+_JSONB_NULL = msgspec.Raw(JSON_NULL_MARK + "null")
+
+
 def json_text(text: str) -> msgspec.Raw:
-    """json/jsonb text, embedded as is. Raw CR/LF in valid JSON text can only be
+    """json text, embedded as is. Raw CR/LF in valid JSON text can only be
     whitespace between tokens (inside strings they must be escaped), so turning
-    them into spaces keeps the value and keeps one row per line."""
+    them into spaces keeps the value and keeps one row per line. JSON null is marked."""
     if "\n" in text or "\r" in text:
         text = text.replace("\n", " ").replace("\r", " ")
+    if text[-1] in "l \t" and text.strip() == "null":
+        return msgspec.Raw(JSON_NULL_MARK + text)
     return msgspec.Raw(text)
+
+
+def jsonb_text(text: str) -> msgspec.Raw:
+    """jsonb text (its output escapes every control character and has no spaces
+    around a scalar), embedded as is; JSON null is marked."""
+    return _JSONB_NULL if text == "null" else msgspec.Raw(text)
 
 
 def _split_bc(text: str) -> tuple[str, str]:
@@ -122,13 +140,13 @@ def _timestamptz_other(text: str) -> str:
 
 # Types read as the server's text, and how that text becomes JSON. C callables
 # (str, msgspec.Raw) where the text is already exact: one Python call per
-# value costs ~10% of a dump per column.
+# value costs ~10% of a dump per column (json and jsonb pay it to mark JSON null).
 TEXT_DECODERS: dict[str, Callable[[str], Any]] = {
     "numeric": number,
     "float4": number,
     "float8": number,
     "json": json_text,  # may hold raw newlines
-    "jsonb": msgspec.Raw,  # jsonb output escapes every control character
+    "jsonb": jsonb_text,
     "uuid": str,
     "date": str,
     "bytea": str,  # with bytea_output=hex the text is what to_json writes

@@ -37,6 +37,9 @@ class TableEntry(msgspec.Struct, frozen=True, kw_only=True):
     columns: list[Column]
     seconds: float = 0.0
     extension: str | None = None  # a configuration table of this extension: its user rows (restored after it)
+    # json/jsonb columns' JSON nulls, which the file writes as `null` like SQL NULL: per column, the rows
+    # (0-based, in file order) as runs [first, count]. Absent: none (or a dump from before this key).
+    json_nulls: dict[str, list[list[int]]] = {}
 
     @property
     def qualified(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+from . import jsonnulls
 from .encode import rows_in
 from .layout import is_file_name
 from .manifest import FileEntry, Manifest, TableEntry
@@ -61,4 +62,7 @@ def _check(
         problems.append(f"{name}: sha256 {stats.sha256}, manifest says {entry.sha256}")
     if isinstance(entry, TableEntry) and (rows := rows_in(stats.newlines, manifest.format)) != entry.rows:
         problems.append(f"{name}: {rows} rows, manifest says {entry.rows}")
+    if isinstance(entry, TableEntry) and entry.json_nulls:
+        columns = [c.name for c in entry.columns]
+        problems += [f"{name}: {p}" for p in jsonnulls.check(entry.json_nulls, entry.rows, columns)]
     return problems

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import asyncpg
+import orjson
 
 from ..core.errors import ConfigError, DumperError, DumpError, LoadError, PermissionDenied, VerifyError
 from ..core.logs import log
@@ -30,6 +31,7 @@ from ..core.settings import Settings
 from ..core.urls import redact_url
 from ..dump import run as dump
 from ..format import sameness
+from ..format.jsonnulls import JsonNulls
 from ..format.manifest import Manifest, TableEntry
 from ..format.readback import RowBatches
 from ..format.stored import content
@@ -61,10 +63,22 @@ def _content_sha(chunks: Iterable[bytes], compression: str) -> str:
     return digest.hexdigest()
 
 
-def _rows(output: Output, path: str, compression: str, fmt: str) -> Iterator[bytes]:
-    """The row texts of a stored table file."""
+# A member added to each row of a table with JSON nulls, naming the row's json columns that hold
+# JSON null (the file says `null` for both): a JSON null that came back as SQL NULL differs.
+_JSON_NULLS_MEMBER = b',"\\u0000json nulls":'
+_JSON_NULLS_SHOWN = "\\\\u0000json nulls"  # as a shown row (a repr) spells the member's name
+
+
+def _rows(output: Output, path: str, compression: str, fmt: str, nulls: JsonNulls | None = None) -> Iterator[bytes]:
+    """The row texts of a stored table file (with the JSON-null member, given `nulls`)."""
+    number = 0
     for batch in RowBatches(output.chunks(path) or [], compression, fmt, path):
-        yield from batch
+        if nulls is None:
+            yield from batch
+            continue
+        for row in batch:
+            yield row[:-1] + _JSON_NULLS_MEMBER + orjson.dumps(sorted(nulls.columns_at(number))) + b"}"
+            number += 1
 
 
 def compare(doc: Manifest, source: Output, again: list[TableEntry], again_dir: Output, again_run: str) -> list[str]:
@@ -86,16 +100,19 @@ def compare(doc: Manifest, source: Output, again: list[TableEntry], again_dir: O
             same = _content_sha(source.chunks(entry.path) or [], compression) == _content_sha(
                 again_dir.chunks(mine) or [], compression
             )
-        if same and got.rows == entry.rows:
+        if same and got.rows == entry.rows and got.json_nulls == entry.json_nulls:
             continue
         columns = [c.name for c in entry.columns]
+        nulls = (JsonNulls(entry.json_nulls), JsonNulls(got.json_nulls)) if entry.json_nulls or got.json_nulls else None
+        if nulls:
+            columns.append("\x00json nulls")
         differs = sameness.difference(
-            functools.partial(_rows, source, entry.path, compression, fmt),
-            functools.partial(_rows, again_dir, mine, compression, fmt),
+            functools.partial(_rows, source, entry.path, compression, fmt, nulls[0] if nulls else None),
+            functools.partial(_rows, again_dir, mine, compression, fmt, nulls[1] if nulls else None),
             columns,
         )
         if differs is not None:
-            problems.append(f"table {name}: {differs}")
+            problems.append(f"table {name}: {differs.replace(_JSON_NULLS_SHOWN, 'JSON null in')}")
     problems += [f"table {s}.{t}: in the restored database, not in the dump" for s, t in by_name]
     return problems
 

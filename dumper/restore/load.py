@@ -26,9 +26,11 @@ from ..core.errors import (
 from ..core.logs import current_table, log
 from ..core.retry import failing_with, retrying
 from ..core.settings import Settings
+from ..format.jsonnulls import JsonNulls
 from ..format.manifest import Manifest
 from ..format.readback import RowBatches, holds_nul, join_object, json_array, may_hold_nul, split_object
 from ..postgres import db
+from ..postgres.sql import quote_ident
 from ..postgres.translate import LOST, load_error
 from ..storage.output import FAILURES, Output
 from . import loadplan
@@ -38,6 +40,24 @@ UNIT_ATTEMPTS = 3  # a unit whose connection dies is loaded again (its transacti
 
 BATCH_SQL = "pg_catalog.json_populate_recordset(NULL::{rel}, {json})"
 ROW_SQL = "pg_catalog.json_populate_record(NULL::{rel}, {json}) r"
+# A batch with JSON nulls (manifest json_nulls): its rows numbered, so that those rows' json values
+# become JSON null (json_populate_record makes SQL NULL of a JSON null).
+NUMBERED_SQL = (
+    "pg_catalog.json_array_elements({json}) WITH ORDINALITY AS e(doc, n)"
+    " CROSS JOIN LATERAL pg_catalog.json_populate_record(NULL::{rel}, e.doc) r"
+)
+
+
+def _json_null_when(number: str, column: str, param: int) -> str:
+    """The column's value, JSON null where the row's number is in array parameter $param."""
+    return (
+        f"CASE WHEN {number} OPERATOR(pg_catalog.=) ANY (${param}::pg_catalog.int8[]) "
+        f"THEN 'null' ELSE r.{quote_ident(column)} END"
+    )
+
+
+def _json_nulls_sql(number: str, columns: list[str], first_param: int) -> dict[str, str]:
+    return {c: _json_null_when(number, c, first_param + i) for i, c in enumerate(columns)}
 
 
 def _json_param(n: int) -> str:
@@ -131,24 +151,45 @@ class Loader:
         started = time.monotonic()
         try:
             rel = target.relation_sql
+            nulls = JsonNulls(target.entry.json_nulls, target.columns)
             if one_statement:  # every row in first, so the table's references to itself check at the end
                 await self.statement(
-                    conn, "CREATE TEMPORARY TABLE dumper_rows (doc pg_catalog.json) ON COMMIT DROP", table
+                    conn,
+                    "CREATE TEMPORARY TABLE dumper_rows (n pg_catalog.int8, doc pg_catalog.json) ON COMMIT DROP",
+                    table,
                 )
-                into = f"INSERT INTO pg_temp.dumper_rows SELECT pg_catalog.json_array_elements({_json_param(1)})"
+                into = (
+                    "INSERT INTO pg_temp.dumper_rows SELECT $2::pg_catalog.int8 OPERATOR(pg_catalog.+) e.n, e.doc "
+                    f"FROM pg_catalog.json_array_elements({_json_param(1)}) WITH ORDINALITY AS e(doc, n)"
+                )
             else:
                 into = target.insert_sql(BATCH_SQL.format(rel=rel, json=_json_param(1)))
+            first_row = 0
             async for batch, payload in self.batches(target):
-                if payload is not None or one_statement:
-                    await self.statement(conn, into, table, payload or json_array(batch))
+                marked = nulls.within(first_row, len(batch)) if nulls else {}
+                if one_statement:
+                    await self.statement(conn, into, table, payload or json_array(batch), first_row)
+                elif payload is None:
+                    await self.insert_around_nul(conn, target, into, batch, marked)
+                elif marked:
+                    columns = list(marked)
+                    numbered = target.insert_sql(
+                        NUMBERED_SQL.format(rel=rel, json=_json_param(1)), "r.", _json_nulls_sql("e.n", columns, 2)
+                    )
+                    await self.statement(conn, numbered, table, payload, *marked.values())
                 else:
-                    await self.insert_around_nul(conn, target, into, batch)
+                    await self.statement(conn, into, table, payload)
+                first_row += len(batch)
                 del batch, payload
             if one_statement:
                 source = (
                     f"pg_temp.dumper_rows s CROSS JOIN LATERAL pg_catalog.json_populate_record(NULL::{rel}, s.doc) r"
                 )
-                await self.statement(conn, target.insert_sql(source, "r."), table, bounded=False)
+                whole = nulls.within(0, first_row) if nulls else {}
+                instead = _json_nulls_sql("s.n", list(whole), 1)
+                await self.statement(
+                    conn, target.insert_sql(source, "r.", instead), table, *whole.values(), bounded=False
+                )
                 await self.statement(conn, "DROP TABLE pg_temp.dumper_rows", table)
             seconds = round(time.monotonic() - started, 3)
             self.restored[table] = Restored(
@@ -158,20 +199,29 @@ class Loader:
         finally:
             current_table.reset(token)
 
-    async def insert_around_nul(self, conn: Any, target: Target, into: str, batch: list[bytes]) -> None:
+    async def insert_around_nul(
+        self, conn: Any, target: Target, into: str, batch: list[bytes], marked: dict[str, list[int]]
+    ) -> None:
         """A batch in which some row's json values hold \\u0000: those rows one by
-        one, their json values passed as parameters, the others as usual, in order."""
+        one, their json values passed as parameters, the others as usual, in order.
+        A row with a JSON null (`marked`: 1-based positions per column) goes alone too."""
+        nulled: dict[int, list[str]] = {}
+        for column, positions in marked.items():
+            for position in positions:
+                nulled.setdefault(position - 1, []).append(column)
         run: list[bytes] = []
-        for row in batch:
+        for i, row in enumerate(batch):
             members = split_object(row) if may_hold_nul(row) else []
             moved = [name for _, name, value in members if holds_nul(value)]
-            if not moved:
+            if not moved and i not in nulled:
                 run.append(row)
                 continue
             if run:
                 await self.statement(conn, into, target.qualified, json_array(run))
                 run = []
-            instead: dict[str, str] = {}
+            if not members:
+                members = split_object(row)
+            instead: dict[str, str] = {name: f"COALESCE(r.{quote_ident(name)}, 'null')" for name in nulled.get(i, [])}
             values: list[bytes] = []
             for name in moved:
                 if name not in target.columns:
