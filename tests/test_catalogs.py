@@ -33,10 +33,10 @@ def _events(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-def assert_restarted(stdout: str, because: str) -> None:
-    """The run started again with a fresh snapshot, its log naming `because`."""
+def assert_restarted(stdout: str, because: str, *or_because: str) -> None:
+    """The run started again with a fresh snapshot, its log naming `because` (or one of `or_because`)."""
     restarts = [e.get("error", "") for e in _events(stdout) if e["event"].startswith("snapshot lost")]
-    assert any(because in error for error in restarts), stdout[-3000:]
+    assert any(reason in error for error in restarts for reason in (because, *or_because)), stdout[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,10 @@ def test_a_table_rewritten_after_the_snapshot_is_read_again_from_a_fresh_one(
         lock.commit(statement)
     out, err = run.communicate(timeout=300)
     assert run.returncode == 0, err[-3000:]
-    assert_restarted(out, "table public.b was rewritten or replaced after the run's snapshot")
+    # Locked while read, the schema files' pg_dump may be what waited for b: a b dropped meanwhile
+    # fails its catalog lookups (pg_dump reads the catalog as it is now), which starts the run again too.
+    raced = ("cache lookup failed for ",) if rewrite == "dropped and made again" and locks == "while-read" else ()
+    assert_restarted(out, "table public.b was rewritten or replaced after the run's snapshot", *raced)
     result = Result(run.returncode, out, err, db.tmp / "out")
     assert sorted(r["id"] for r in result.rows("public", "b")) == expected
     assert sorted(r["id"] for r in result.rows("public", "a")) == [1, 2, 3]

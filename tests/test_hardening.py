@@ -23,7 +23,7 @@ from devtools.pgcluster import ROOT_DIR
 from dumper import cli
 from dumper.core.settings import resolve
 
-from .conftest import Database
+from .conftest import Database, wait_until
 from .holds import replies_held
 from .http_capture import capture
 from .test_resilience import finish, wait_for_line
@@ -128,8 +128,13 @@ def test_local_output_is_private_whatever_the_umask(db: Database) -> None:
         with umask(0):
             proc = db.spawn("run", "--run-id", "r1", "--jobs", "1", "--metrics-file", str(metrics), *hold.args)
         seen = wait_for_line(proc, '"event":"started"', "public.big")
-        hold.wait()  # part way through big: its file is a .partial, with rows in it
-        (partial,) = [p for p in run.iterdir() if p.name.endswith(".partial")]
+        hold.wait()  # part way through big: once the rows received reach it, its file is a .partial
+
+        def partials() -> list[Path]:
+            return [p for p in run.iterdir() if p.name.endswith(".partial") and p.stat().st_size > 0]
+
+        wait_until(partials)
+        (partial,) = partials()
         assert partial.stat().st_size > 0 and mode(partial) == 0o600, "private from the first byte"
         hold.release()
         code, _, stderr = finish(proc, seen)

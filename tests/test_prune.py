@@ -16,7 +16,7 @@ import pytest
 
 from dumper import cli
 
-from .conftest import BUCKET, Database, Moto, parse_json
+from .conftest import BUCKET, Database, Moto, parse_json, wait_until
 from .holds import replies_held
 from .test_resilience import big
 
@@ -206,6 +206,11 @@ def test_a_killed_runs_leftovers_are_removed(db: Database) -> None:
     with replies_held(db) as hold:
         proc = db.spawn("run", "--run-id", "k0", "--jobs", "1", "--processes", "1", *hold.args)
         hold.wait()
+
+        def partial_written() -> bool:  # the rows received before the hold reach the file
+            return any(p.name.endswith(".partial") for p in (out / "k0").iterdir())
+
+        wait_until(partial_written)
         left = sorted(p.name for p in (out / "k0").iterdir())
         proc.kill()
         proc.communicate(timeout=60)

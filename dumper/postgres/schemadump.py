@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import tenacity
 
-from ..core.errors import ConnectionLost, DumperError, DumpError, PermissionDenied, SnapshotLost
+from ..core.errors import ConnectionLost, DumperError, DumpError, PermissionDenied, SnapshotLost, TableChanged
 from ..core.retry import failing_with, retrying
 from ..core.settings import Settings
 from ..format.layout import schema_file_name
@@ -100,6 +100,11 @@ _CONNECTION = re.compile(
     r"SSL SYSCALL|could not (receive|send) data|the database system is|too many connections|"
     r"terminating connection|no connection to the server"
 )
+# pg_dump reads parts of the catalog with the server's functions, which see the catalog as it is
+# now, not as the snapshot had it: an object dropped after the snapshot (a table dropped and made
+# again while pg_dump waited for its lock) fails its lookup. A fresh snapshot reads it (the run
+# starts again, as for a table rewritten after the snapshot).
+_CATALOG_RACE = re.compile(r"cache lookup failed for ")
 _SAID = re.compile(r"error:|detail:|hint:|FATAL", re.IGNORECASE)
 
 
@@ -108,6 +113,8 @@ def _error_class(text: str) -> type[DumpError | PermissionDenied]:
     again, a lost connection runs pg_dump again, the rest is said as it is."""
     if _SNAPSHOT_GONE.search(text):
         return SnapshotLost
+    if _CATALOG_RACE.search(text):
+        return TableChanged
     if _CONNECTION.search(text):
         return ConnectionLost
     return PermissionDenied if "permission denied" in text else DumpError
