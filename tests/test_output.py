@@ -55,6 +55,7 @@ def test_manifest_lists_every_file_with_counts_and_checksums(sample: Database) -
         "sequences",
         "extensions",
         "requires",
+        "types",
     ]
     assert m["schemas"] == ["public"]
     assert m["tool"]["name"] == "dumper" and m["run_id"] == "r1"
@@ -77,10 +78,16 @@ def test_manifest_lists_every_file_with_counts_and_checksums(sample: Database) -
         assert t["rows"] == gzip.decompress(data).count(b"\n")
         assert t["path"].endswith(".jsonl.gz")
     assert m["tables"][1]["columns"] == [
-        {"name": "id", "type": "bigint", "written": "json"},
+        {"name": "id", "type": "bigint", "written": "json", "not_null": True},
         {"name": "amount", "type": "numeric(12,2)", "written": "json"},
         {"name": "note", "type": "text", "written": "json"},
     ]
+    assert m["types"] == {
+        "bigint": {"kind": "base", "name": "pg_catalog.int8"},
+        "integer": {"kind": "base", "name": "pg_catalog.int4"},
+        "numeric(12,2)": {"kind": "base", "name": "pg_catalog.numeric", "precision": 12, "scale": 2},
+        "text": {"kind": "base", "name": "pg_catalog.text"},
+    }
     assert (m["extensions"], m["requires"]) == ([], [])
     assert m["totals"] == {"tables": 2, "rows": 5002, "bytes": sum(t["bytes"] for t in m["tables"])}
     assert (result.output / "LATEST").read_text() == "r1\n"
@@ -317,3 +324,62 @@ def test_a_failed_run_ends_with_a_json_run_failed_event(sample: Database) -> Non
     assert (failed["status"], failed["exit_code"]) == ("failed", 2)
     assert failed["error"] == "--schema: schema 'nope' does not exist in this database"
     assert result.stderr == f"dumper: error: {failed['error']}\n"
+
+
+def test_the_manifest_describes_every_column_type_for_a_loader(db: Database) -> None:
+    """Per column its nullability and declared dimensions; per type its kind and what a client
+    needs: precision and scale, lengths, enum labels, composite fields, domain base, array element."""
+    db.sql(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');"
+        "CREATE TYPE point2 AS (x numeric(8,3), y numeric(8,3));"
+        "CREATE TYPE place AS (label varchar(20), at point2, moods mood[]);"
+        "CREATE DOMAIN price AS numeric(10,2) NOT NULL CHECK (VALUE >= 0);"
+        "CREATE TYPE numrange2 AS RANGE (subtype = numeric);"
+        "CREATE TABLE described (id int NOT NULL, m mood, p place, cost price, costs price[], "
+        "grid int[][], stamp timestamptz(3), took interval(2), code char(4), flags bit(3), r numrange2, "
+        "n numeric);"
+        "INSERT INTO described VALUES (1, 'ok', ROW('home', ROW(1.5, 2), '{sad}'), 3.5, '{1}', '{{1,2}}', "
+        "now(), '1 day', 'ab', B'101', '[1,2)', 7);"
+    )
+    result = db.dump("--run-id", "typed")
+    assert result.code == 0, result.stderr
+    manifest = result.manifest()
+    columns = {c["name"]: c for c in result.entry("public", "described")["columns"]}
+    assert columns["id"] == {"name": "id", "type": "integer", "written": "json", "not_null": True}
+    assert columns["grid"] == {"name": "grid", "type": "integer[]", "written": "json", "dimensions": 2}
+    types = manifest["types"]
+    assert types["public.mood"] == {"kind": "enum", "name": "public.mood", "labels": ["sad", "ok", "happy"]}
+    assert types["public.place"] == {
+        "kind": "composite",
+        "name": "public.place",
+        "fields": [
+            {"name": "label", "type": "character varying(20)"},
+            {"name": "at", "type": "public.point2"},
+            {"name": "moods", "type": "public.mood[]"},
+        ],
+    }
+    assert types["public.point2"]["fields"] == [
+        {"name": "x", "type": "numeric(8,3)"},
+        {"name": "y", "type": "numeric(8,3)"},
+    ]
+    assert types["numeric(8,3)"] == {"kind": "base", "name": "pg_catalog.numeric", "precision": 8, "scale": 3}
+    assert types["character varying(20)"] == {"kind": "base", "name": "pg_catalog.varchar", "length": 20}
+    assert types["public.mood[]"] == {"kind": "array", "name": "public._mood", "element": "public.mood"}
+    assert types["public.price"] == {
+        "kind": "domain",
+        "name": "public.price",
+        "base": "numeric(10,2)",
+        "not_null": True,
+    }
+    assert types["public.price[]"] == {"kind": "array", "name": "public._price", "element": "public.price"}
+    assert types["numeric(10,2)"]["scale"] == 2
+    assert types["timestamp(3) with time zone"] == {"kind": "base", "name": "pg_catalog.timestamptz", "precision": 3}
+    assert types["interval(2)"] == {"kind": "base", "name": "pg_catalog.interval", "precision": 2}
+    assert types["character(4)"]["length"] == 4 and types["bit(3)"]["length"] == 3
+    assert types["public.numrange2"] == {"kind": "range", "name": "public.numrange2", "subtype": "numeric"}
+    assert types["numeric"] == {"kind": "base", "name": "pg_catalog.numeric"}
+    # Every type a description names is described too.
+    named = [t.get(k) for t in types.values() for k in ("element", "base", "subtype")]
+    named += [f["type"] for t in types.values() for f in t.get("fields", [])]
+    assert {n for n in named if n} <= set(types)
+    assert {c["type"] for c in columns.values()} <= set(types)

@@ -31,8 +31,20 @@ from ..format.manifest import (
     SequencePosition,
     TableEntry,
     Tool,
+    TypeInfo,
 )
-from ..postgres import db, locks, pgdump, replica, schemadeps, schemadump, schemagroups, sequences, snapshot
+from ..postgres import (
+    db,
+    locks,
+    pgdump,
+    replica,
+    schemadeps,
+    schemadump,
+    schemagroups,
+    sequences,
+    snapshot,
+    typeinfo,
+)
 from ..postgres.catalog import Table, discover, measured
 from ..postgres.translate import LOST
 from ..storage.output import Output
@@ -133,6 +145,7 @@ class _Prepared:
     positions: list[SequencePosition]
     excluded: list[tuple[str, str]]
     groups: list[list[str]]
+    types: dict[str, TypeInfo]
 
 
 async def _prepare(coordinator: Any, settings: Settings, source: _Source) -> _Prepared:
@@ -146,6 +159,7 @@ async def _prepare(coordinator: Any, settings: Settings, source: _Source) -> _Pr
             coordinator, settings.schema, settings.include, settings.exclude, settings.extension_types, carried
         )
         outside = await schemadeps.outside(coordinator, settings.schema, carried)
+        types = await typeinfo.types_of(coordinator, ((c.type_oid, c.typmod) for t in tables for c in t.columns))
         source.standby = await replica.standby(coordinator)
         if source.standby and not source.conflicts:
             source.conflicts = await replica.conflicts(coordinator)
@@ -199,6 +213,7 @@ async def _prepare(coordinator: Any, settings: Settings, source: _Source) -> _Pr
         positions,
         excluded,
         groups,
+        types,
     )
 
 
@@ -268,6 +283,7 @@ async def _run_once(
             sequences=ready.positions,
             extensions=[e.entry for e in ready.carried],
             requires=ready.outside if ready.pg_dump else [],
+            types=ready.types,
         )
         await output.make_durable(committed)  # then the manifest says they are a dump
         await output.put(f"{run_dir}/{MANIFEST_NAME}", manifest.to_bytes())

@@ -48,7 +48,10 @@ def _entry(piece: Piece, assembly: Assembly) -> TableEntry:
         rows=assembly.framer.rows,
         bytes=assembly.writer.bytes,
         sha256=assembly.writer.sha256,
-        columns=[Column(name=c.name, type=c.type, written=c.written) for c in table.columns],
+        columns=[
+            Column(name=c.name, type=c.type, written=c.written, not_null=c.not_null, dimensions=c.dimensions)
+            for c in table.columns
+        ],
         seconds=round(time.monotonic() - assembly.started, 3),
         extension=table.extension,
         json_nulls=assembly.json_nulls,

@@ -21,10 +21,35 @@ MANIFEST_VERSION = 1
 PREDATES_SCHEMA_FILES = "the dump was taken before schema files existed"
 
 
-class Column(msgspec.Struct, frozen=True, kw_only=True):
+class Column(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     name: str
-    type: str  # format_type()'s spelling, e.g. "numeric(12,2)"
-    written: str = "json"  # json | text | cast (postgres/catalog.py says what each means)
+    type: str  # format_type()'s spelling, e.g. "numeric(12,2)": a key of Manifest.types
+    # json | text | cast (postgres/catalog.py says what each means); always written, "" only when read
+    # from a manifest older than the key, which means json.
+    written: str = ""
+    not_null: bool = False  # attnotnull (written only when true)
+    dimensions: int = 0  # an array column's declared dimensions (not enforced by PostgreSQL); 0: none declared
+
+
+class Field(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    type: str  # a key of Manifest.types
+
+
+class TypeInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A type as a loader needs it (postgres/typeinfo.py); keys that do not apply are left out."""
+
+    kind: str  # base | enum | composite | domain | array | range | multirange | pseudo
+    name: str  # the type itself, schema.typname ("pg_catalog.numeric", "public.mood")
+    precision: int | None = None  # numeric's, or fractional-second digits of time/timestamp/interval
+    scale: int | None = None  # numeric's
+    length: int | None = None  # varchar(n), char(n), bit(n), varbit(n)
+    element: str | None = None  # an array's element type (a key of Manifest.types)
+    base: str | None = None  # a domain's base type (a key)
+    subtype: str | None = None  # a range's subtype (a key)
+    labels: list[str] | None = None  # an enum's, in order
+    fields: list[Field] | None = None  # a composite's, in order
+    not_null: bool = False  # a domain declared NOT NULL
 
 
 class TableEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -140,6 +165,7 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     sequences: list[SequencePosition] = []
     extensions: list[ExtensionEntry] = []  # created by the schema files, in this order
     requires: list[Requirement] = []
+    types: dict[str, TypeInfo] = {}  # every column's type and the types those name (postgres/typeinfo.py)
 
     @property
     def dumped_schemas(self) -> list[str]:

@@ -39,6 +39,10 @@ class Column:
     domain_base: str | None = None  # quoted schema.typname of a domain's base type
     written: str = WRITTEN_JSON
     array: bool = False  # an array (or a domain over one): its lower bounds are checked
+    type_oid: int = 0  # with typmod: what postgres/typeinfo.py describes for the manifest
+    typmod: int = -1
+    not_null: bool = False
+    dimensions: int = 0  # attndims: declared, not enforced
 
     def select_sql(self) -> str:
         col = quote_ident(self.name)
@@ -168,7 +172,7 @@ ORDER BY n.nspname, c.relname
 """
 
 _COLUMNS_SQL = """
-SELECT a.attrelid, a.attname, a.atttypid,
+SELECT a.attrelid, a.attname, a.atttypid, a.atttypmod, a.attnotnull, a.attndims,
        pg_catalog.format_type(a.atttypid, a.atttypmod) AS type
 FROM pg_catalog.pg_attribute a
 WHERE a.attrelid OPERATOR(pg_catalog.=) ANY($1::pg_catalog.oid[]) AND a.attnum OPERATOR(pg_catalog.>) 0
@@ -293,6 +297,10 @@ async def discover(
                 domain_base=base_name if r["atttypid"] != base_oid else None,
                 written=(extension_types if r["atttypid"] in cast else WRITTEN_JSON),
                 array=array,
+                type_oid=r["atttypid"],
+                typmod=r["atttypmod"],
+                not_null=r["attnotnull"],
+                dimensions=r["attndims"],
             )
         )
     return [
