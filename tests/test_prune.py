@@ -198,8 +198,8 @@ def test_a_run_that_cannot_be_removed_is_exit_6(
 
 def test_a_killed_runs_leftovers_are_removed(db: Database) -> None:
     """A run killed (SIGKILL: nothing of its own clean-up runs) part way through a table
-    leaves what it had written: the schema files, which a run writes first, and the table's
-    hidden .partial. Once a complete run is newer, prune removes that folder (and says so);
+    leaves what it had written: the schema files (pg_dump's, not held) and the table's hidden
+    .partial. Once a complete run is newer, prune removes that folder (and says so);
     a folder that also holds a file no run writes stays."""
     big(db)
     out = db.tmp / "out"
@@ -207,10 +207,13 @@ def test_a_killed_runs_leftovers_are_removed(db: Database) -> None:
         proc = db.spawn("run", "--run-id", "k0", "--jobs", "1", "--processes", "1", *hold.args)
         hold.wait()
 
-        def partial_written() -> bool:  # the rows received before the hold reach the file
-            return any(p.name.endswith(".partial") for p in (out / "k0").iterdir())
+        def written() -> bool:
+            """The rows received before the hold are in the .partial, and the schema files are written."""
+            names = {p.name for p in (out / "k0").iterdir()}
+            partial = any(n.endswith(".partial") for n in names)
+            return partial and {"schema.pre-data.sql", "schema.post-data.sql"} <= names
 
-        wait_until(partial_written)
+        wait_until(written, 120)
         left = sorted(p.name for p in (out / "k0").iterdir())
         proc.kill()
         proc.communicate(timeout=60)
