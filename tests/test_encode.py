@@ -151,7 +151,7 @@ def test_json_nulls_are_marked_found_and_removed_by_the_assembly() -> None:
     """The encoder marks a json/jsonb JSON null; the assembly records its row and column and
     writes plain `null`. A column whose key ends like another's is not mistaken for it."""
     from dumper.dump.assemble import Assembly
-    from dumper.format.jsonnulls import JsonNulls
+    from dumper.format.jsonnulls import JsonNulls, per_row
 
     names = ["b", 'x"b', "note"]
     encoder = encode.RowEncoder(names, array=False)
@@ -179,5 +179,5 @@ def test_json_nulls_are_marked_found_and_removed_by_the_assembly() -> None:
     assert nulls.within(11, 2) == {'x"b': [1, 2]}
     assert nulls.within(12, 10) == {"b": [2], 'x"b': [1, 2]}
     assert nulls.within(0, 10) == {}
-    assert nulls.columns_at(13) == {"b", 'x"b'}
+    assert per_row(nulls.within(12, 2)) == {0: ['x"b'], 1: ["b", 'x"b']}
     assert JsonNulls(assembly.json_nulls, ["b"]).within(0, 100) == {"b": [11, 14]}

@@ -133,9 +133,9 @@ class Assembly:
             counted = at
             column = self._column_before(body, at)
             runs = self.json_nulls.setdefault(column, [])
-            if runs and runs[-1][0] + runs[-1][1] == row:
+            if runs and runs[-1][0] + runs[-1][1] == row:  # rows come in order: the last run goes on
                 runs[-1][1] += 1
-            elif not runs or runs[-1][0] + runs[-1][1] < row:
+            else:
                 runs.append([row, 1])
             at = body.find(_MARK, at + 1)
         return body.replace(_MARK, b"")

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 
 class JsonNulls:
-    """One table's JSON nulls, asked batch by batch (in file order) or row by row."""
+    """One table's JSON nulls, asked a batch of rows at a time (within), in file order."""
 
     def __init__(self, runs: Mapping[str, Sequence[Sequence[int]]], columns: Iterable[str] | None = None) -> None:
         kept = set(columns) if columns is not None else None
@@ -44,13 +44,14 @@ class JsonNulls:
                 found[column] = positions
         return found
 
-    def rows_of(self, column: str) -> list[int]:
-        """Every JSON-null row of a column (0-based)."""
-        return [row for first, count in self._runs.get(column, []) for row in range(first, first + count)]
 
-    def columns_at(self, row: int) -> set[str]:
-        """The columns whose value in `row` (0-based) is JSON null."""
-        return {column for column, positions in self.within(row, 1).items() if positions}
+def per_row(marked: Mapping[str, Sequence[int]]) -> dict[int, list[str]]:
+    """JsonNulls.within's answer by row: 0-based index in the batch -> its JSON-null columns."""
+    rows: dict[int, list[str]] = {}
+    for column, positions in marked.items():
+        for position in positions:
+            rows.setdefault(position - 1, []).append(column)
+    return rows
 
 
 def check(runs: Mapping[str, Sequence[Sequence[int]]], rows: int, columns: Iterable[str]) -> list[str]:

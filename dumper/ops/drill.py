@@ -31,7 +31,7 @@ from ..core.settings import Settings
 from ..core.urls import redact_url
 from ..dump import run as dump
 from ..format import sameness
-from ..format.jsonnulls import JsonNulls
+from ..format.jsonnulls import JsonNulls, per_row
 from ..format.manifest import Manifest, TableEntry
 from ..format.readback import RowBatches
 from ..format.stored import content
@@ -76,9 +76,10 @@ def _rows(output: Output, path: str, compression: str, fmt: str, nulls: JsonNull
         if nulls is None:
             yield from batch
             continue
-        for row in batch:
-            yield row[:-1] + _JSON_NULLS_MEMBER + orjson.dumps(sorted(nulls.columns_at(number))) + b"}"
-            number += 1
+        nulled = per_row(nulls.within(number, len(batch)))
+        for i, row in enumerate(batch):
+            yield row[:-1] + _JSON_NULLS_MEMBER + orjson.dumps(sorted(nulled.get(i, []))) + b"}"
+        number += len(batch)
 
 
 def compare(doc: Manifest, source: Output, again: list[TableEntry], again_dir: Output, again_run: str) -> list[str]:

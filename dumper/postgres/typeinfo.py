@@ -66,7 +66,7 @@ JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) ty.typnamespace
 """
 
 _KINDS = {"b": "base", "e": "enum", "c": "composite", "d": "domain", "r": "range", "m": "multirange", "p": "pseudo"}
-_LENGTHS = {"bpchar", "varchar", "bit", "varbit"}  # typmod: the length (+4 for the character types)
+_BIT_LENGTHS = {"bit", "varbit"}  # typmod: the length (the character types' is 4 more)
 _TIME_PRECISIONS = {"time", "timetz", "timestamp", "timestamptz"}  # typmod: fractional digits
 
 
@@ -80,7 +80,7 @@ def _sizes(typname: str, typmod: int) -> dict[str, int]:
         return {"precision": (packed >> 16) & 0xFFFF, "scale": scale}
     if typname in ("bpchar", "varchar"):
         return {"length": typmod - 4}
-    if typname in _LENGTHS:
+    if typname in _BIT_LENGTHS:
         return {"length": typmod}
     if typname in _TIME_PRECISIONS:
         return {"precision": typmod}

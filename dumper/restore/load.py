@@ -26,7 +26,7 @@ from ..core.errors import (
 from ..core.logs import current_table, log
 from ..core.retry import failing_with, retrying
 from ..core.settings import Settings
-from ..format.jsonnulls import JsonNulls
+from ..format.jsonnulls import JsonNulls, per_row
 from ..format.manifest import Manifest
 from ..format.readback import RowBatches, holds_nul, join_object, json_array, may_hold_nul, split_object
 from ..postgres import db
@@ -205,10 +205,7 @@ class Loader:
         """A batch in which some row's json values hold \\u0000: those rows one by
         one, their json values passed as parameters, the others as usual, in order.
         A row with a JSON null (`marked`: 1-based positions per column) goes alone too."""
-        nulled: dict[int, list[str]] = {}
-        for column, positions in marked.items():
-            for position in positions:
-                nulled.setdefault(position - 1, []).append(column)
+        nulled = per_row(marked)
         run: list[bytes] = []
         for i, row in enumerate(batch):
             members = split_object(row) if may_hold_nul(row) else []
