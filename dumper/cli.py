@@ -21,7 +21,7 @@ from .core.malloc import tune_malloc
 from .core.options import OPTIONS
 from .core.settings import Settings, resolve, with_url_files
 from .core.urls import redact_url
-from .ops import drill, job, preflight, prune, report, verify
+from .ops import describe, drill, job, preflight, prune, report, verify
 from .ops.notify import Outcome
 from .postgres import auth
 from .restore import run as restore
@@ -98,6 +98,10 @@ COMMANDS: dict[str, tuple[str, tuple[str, str] | None]] = {
     "drill": (
         "prove a dump: restore it into a scratch database, dump that again, compare every table (docs/drill.md)",
         ("source", "the run's folder or URL, <output>/<run_id>; or <output>, its newest run"),
+    ),
+    "describe": (
+        "print what loads the dump exactly in a client: DuckDB views, a JSON Schema per table (docs/file-format.md)",
+        ("source", "the run's folder or URL: <output>/<run_id>"),
     ),
 }
 
@@ -309,6 +313,14 @@ def cmd_verify(settings: Settings, stdout: TextIO) -> int:
     return 0
 
 
+def cmd_describe(settings: Settings, stdout: TextIO) -> int:
+    text, inexact = describe.describe(Output.for_settings(settings), settings.describe_as)
+    stdout.write(text)
+    for column in inexact:  # what the client will not hold exactly, said where a person looks
+        print(f"dumper: not exact in {settings.describe_as}: {column}", file=sys.stderr)
+    return 0
+
+
 RUNNERS = {
     "run": cmd_run,
     "schedule": cmd_schedule,
@@ -318,8 +330,9 @@ RUNNERS = {
     "prune": cmd_prune,
     "restore": cmd_restore,
     "drill": cmd_drill,
+    "describe": cmd_describe,
 }
-FILES_ONLY = ("verify", "prune")  # they need no database user
+FILES_ONLY = ("verify", "prune", "describe")  # they need no database user
 
 
 def main(

@@ -27,7 +27,8 @@ TABLE_LOCKS = ("auto", "upfront", "while-read")
 DUMPING = ("run", "check", "token", "schedule")  # a dump's own options, which check and token share
 RUNS = ("run", "schedule")
 CONNECTING = (*DUMPING, "restore", "drill")  # the server, parallelism, timeouts
-READING = (*DUMPING, "verify", "prune", "restore", "drill")  # an object store's endpoint, and every wait's bound
+# an object store's endpoint, and every wait's bound
+READING = (*DUMPING, "verify", "prune", "restore", "drill", "describe")
 PUBLISHING = (*RUNS, "drill")  # metrics and webhooks
 LOGGING = (*DUMPING, "prune", "restore", "drill")
 KEEPERS = (*RUNS, "prune")
@@ -35,7 +36,9 @@ SCHEDULE = ("schedule",)
 PRUNE = ("prune",)
 RESTORE = ("restore",)
 DRILL = ("drill",)
-COMMANDS = ("run", "schedule", "check", "token", "verify", "prune", "restore", "drill")
+DESCRIBE = ("describe",)
+COMMANDS = ("run", "schedule", "check", "token", "verify", "prune", "restore", "drill", "describe")
+DESCRIBE_TARGETS = ("duckdb", "json-schema")  # format/describe's renderers, one per client
 S3_STORAGE_CLASSES = (
     "STANDARD",
     "STANDARD_IA",
@@ -62,10 +65,11 @@ class Option:
     pg_env: str | None = None  # libpq fallback variable
     commands: tuple[str, ...] = ()  # where the flag exists (every option names them)
     switch: bool = False  # a flag without a value (env: true/false)
+    spelled: str | None = None  # the flag, when it cannot be the name (`--as`: a Python keyword)
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return self.spelled or "--" + self.name.replace("_", "-")
 
     @property
     def env(self) -> str:
@@ -307,6 +311,14 @@ OPTIONS: tuple[Option, ...] = (
         0,
         within(int, 0, math.inf, "a whole number >= 0"),
         commands=KEEPERS,
+    ),
+    Option(
+        "describe_as",
+        "describe: the client to describe the dump for (what loads it exactly there)",
+        None,
+        choices=DESCRIBE_TARGETS,
+        commands=DESCRIBE,
+        spelled="--as",
     ),
     Option("dry_run", "prune: say what would be removed, remove nothing", False, boolean, commands=PRUNE, switch=True),
     Option(

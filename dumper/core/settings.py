@@ -71,6 +71,7 @@ class Settings:
     misfire_grace: float = default("misfire_grace")
     run_now: bool = default("run_now")
     keep: int = default("keep")
+    describe_as: str | None = default("describe_as")
     dry_run: bool = default("dry_run")
     truncate: bool = default("truncate")
     create_tables: bool = default("create_tables")

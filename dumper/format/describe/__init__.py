@@ -1,0 +1,25 @@
+"""`dumper describe`: what loads a dump exactly in another client, from its manifest.
+
+One module per client (json_schema, duckdb); each turns the manifest's columns and
+`types` (postgres/typeinfo.py) into that client's own text. columns.py is the one
+place that says how a column's values are written in the file (what to_json makes of
+each type), which every client's description starts from.
+
+Pure: a manifest and the files' locations in, text out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..manifest import Manifest
+from . import duckdb, json_schema
+from .columns import Inexact
+
+# --as NAME -> its renderer: (manifest, the location of a file of the run) -> (text, what it cannot hold exactly)
+TARGETS: dict[str, Callable[[Manifest, Callable[[str], str]], tuple[str, list[Inexact]]]] = {
+    "duckdb": duckdb.render,
+    "json-schema": json_schema.render,
+}
+
+__all__ = ["TARGETS", "Inexact"]

@@ -1,0 +1,110 @@
+"""How a column's values are written in a table file, as a tree of shapes.
+
+The file is `to_json(row)` (format/encode.py): PostgreSQL's json.c decides each type's
+JSON: integers and floating point and numeric are JSON numbers (NaN and the
+infinities strings), bool a JSON boolean, json/jsonb the value itself, arrays JSON
+arrays (nested for more dimensions; an array whose lower bounds are not all 1 is
+its text form, a string), composites JSON objects with their fields, everything
+else (dates, timestamps, bytea, uuid, enums, ranges, ...) the type's text as a
+string. Domains are written as their base type. A column the manifest says was
+`written` as text is its type's text (an array of texts for an array); `cast`, an
+extension's cast to json, can be any JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...core.errors import VerifyError
+from ..manifest import Column, Manifest, TableEntry, TypeInfo
+
+INTEGER_BITS = {"pg_catalog.int2": 16, "pg_catalog.int4": 32, "pg_catalog.int8": 64}
+FLOATS = {"pg_catalog.float4": 32, "pg_catalog.float8": 64}
+NUMERIC = "pg_catalog.numeric"
+JSON_TYPES = ("pg_catalog.json", "pg_catalog.jsonb")
+NOT_A_NUMBER = ("NaN", "Infinity", "-Infinity")  # to_json's strings for the values JSON has no number for
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One value's JSON, with the PostgreSQL type it comes from."""
+
+    kind: str  # integer | float | numeric | boolean | string | json | array | object | any
+    type: str  # the (domain-resolved) type's name, "pg_catalog.int4"; "" for any
+    bits: int = 0  # integer, float
+    precision: int | None = None  # numeric's; fractional second digits of times
+    scale: int | None = None
+    length: int | None = None  # varchar(n), char(n)
+    labels: tuple[str, ...] | None = None  # an enum's
+    element: Shape | None = None  # an array's
+    fields: tuple[tuple[str, Shape], ...] = ()  # an object's (a composite)
+    not_null: bool = False  # a domain declared NOT NULL
+
+    @property
+    def nullable(self) -> bool:
+        return not self.not_null
+
+
+@dataclass(frozen=True)
+class Inexact:
+    """A column a client cannot hold exactly as this dump wrote it, and why."""
+
+    table: str
+    column: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.table}.{self.column}: {self.why}"
+
+
+def _type(types: dict[str, TypeInfo], key: str, table: str, column: str) -> TypeInfo:
+    info = types.get(key)
+    if info is None:
+        raise VerifyError(
+            f"{table}.{column}: the manifest does not describe type {key!r} (a dump from before the manifest's "
+            "`types`): dump again with this version to describe it"
+        )
+    return info
+
+
+def shape(types: dict[str, TypeInfo], key: str, table: str = "", column: str = "") -> Shape:
+    """The JSON of a value of type `key` (a key of the manifest's types) as to_json writes it."""
+    info = _type(types, key, table, column)
+    if info.kind == "domain":
+        assert info.base is not None
+        inner = shape(types, info.base, table, column)
+        return Shape(**{**inner.__dict__, "not_null": inner.not_null or info.not_null})
+    if info.kind == "array":
+        assert info.element is not None
+        return Shape("array", info.name, element=shape(types, info.element, table, column))
+    if info.kind == "composite":
+        fields = tuple((f.name, shape(types, f.type, table, column)) for f in info.fields or ())
+        return Shape("object", info.name, fields=fields)
+    if info.kind == "enum":
+        return Shape("string", info.name, labels=tuple(info.labels or ()))
+    if info.kind != "base":  # range, multirange, pseudo: their text
+        return Shape("string", info.name)
+    if info.name in INTEGER_BITS:
+        return Shape("integer", info.name, bits=INTEGER_BITS[info.name])
+    if info.name in FLOATS:
+        return Shape("float", info.name, bits=FLOATS[info.name])
+    if info.name == NUMERIC:
+        return Shape("numeric", info.name, precision=info.precision, scale=info.scale)
+    if info.name == "pg_catalog.bool":
+        return Shape("boolean", info.name)
+    if info.name in JSON_TYPES:
+        return Shape("json", info.name)
+    return Shape("string", info.name, precision=info.precision, length=info.length)
+
+
+def column_shape(manifest: Manifest, table: TableEntry, column: Column) -> Shape:
+    """How `column`'s values are written in `table`'s file."""
+    if column.written == "cast":
+        return Shape("any", "")
+    found = shape(manifest.types, column.type, table.qualified, column.name)
+    if column.written == "text":
+        text = Shape("string", "pg_catalog.text")
+        found = Shape("array", found.type, element=text) if found.kind == "array" else text
+    if column.not_null:
+        found = Shape(**{**found.__dict__, "not_null": True})
+    return found

@@ -1,0 +1,115 @@
+"""`describe --as duckdb`: SQL that makes a DuckDB view per table over its file.
+
+Each view reads the file with read_json and the column types below, then turns the
+text DuckDB cannot read itself into its values: BC dates and timestamps (PostgreSQL
+writes "0044-03-15 BC", DuckDB wants "0044-03-15 (BC)" and has no BC timestamp
+literal), bytea's "\\x..." hex. A type DuckDB has no exact reading of, in the file as
+written, is named in the script and returned: DuckDB's JSON reader makes a double of
+every JSON number it does not read as an integer or a DECIMAL(p<=38), and re-prints
+JSON values (json, jsonb, arrays, composites) from those doubles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..manifest import Manifest, TableEntry
+from .columns import Inexact, Shape, column_shape
+
+MAX_OBJECT_BYTES = 1 << 30  # read_json's limit on one row (its default, 16 MiB, is smaller than a jsonb value)
+DECIMAL_DIGITS = 38
+_INTEGERS = {16: "SMALLINT", 32: "INTEGER", 64: "BIGINT"}
+_FLOATS = {32: "FLOAT", 64: "DOUBLE"}
+_AS_IS = {  # string types DuckDB reads exactly from PostgreSQL's text
+    "pg_catalog.uuid": "UUID",
+    "pg_catalog.time": "TIME",
+    "pg_catalog.timetz": "TIMETZ",
+}
+_BC_DAY = "CAST(split_part({c}, 'T', 1) || ' (BC)' AS DATE)"
+_BC_CLOCK = "CAST(replace(split_part(replace({c}, ' BC', ''), 'T', 2), '+00:00', '') AS TIME)"  # a dump is UTC
+_CONVERT = {  # string types read as VARCHAR, then made values
+    "pg_catalog.date": "CAST(replace({c}, ' BC', ' (BC)') AS DATE)",
+    "pg_catalog.timestamp": (
+        f"CASE WHEN {{c}} LIKE '% BC' THEN CAST({_BC_DAY} + {_BC_CLOCK} AS TIMESTAMP) ELSE CAST({{c}} AS TIMESTAMP) END"
+    ),
+    "pg_catalog.timestamptz": (
+        f"CASE WHEN {{c}} LIKE '% BC' THEN timezone('UTC', {_BC_DAY} + {_BC_CLOCK}) ELSE CAST({{c}} AS TIMESTAMPTZ) END"
+    ),
+    "pg_catalog.bytea": "from_hex(substr({c}, 3))",
+}
+
+
+def ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _numbers_inside(found: Shape) -> bool:
+    """Whether a JSON value of this shape can hold a number a double does not keep."""
+    if found.kind in ("numeric", "json", "any"):
+        return True
+    if found.element is not None:
+        return _numbers_inside(found.element)
+    return any(_numbers_inside(field) for _, field in found.fields)
+
+
+def _column(found: Shape) -> tuple[str, str, str | None]:
+    """(read_json's type, the view's expression of it with {c}, why it is not exact or None)."""
+    if found.kind == "integer":
+        return _INTEGERS[found.bits], "{c}", None
+    if found.kind == "float":  # to_json writes negative zero "-0", which JSON readers take for the integer 0
+        return _FLOATS[found.bits], "{c}", "-0 (negative zero) reads as 0"
+    if found.kind == "boolean":
+        return "BOOLEAN", "{c}", None
+    if found.kind == "numeric":
+        p, s = found.precision, found.scale
+        if p is not None and s is not None and 0 <= s <= p <= DECIMAL_DIGITS:
+            return f"DECIMAL({p},{s})", "{c}", None  # NaN fails the read (DECIMAL has none): loud, not rounded
+        return "DOUBLE", "{c}", f"{found.type} without a precision of at most 38 is read as DOUBLE (~17 digits)"
+    if found.kind in ("json", "array", "object", "any"):
+        why = "JSON numbers re-printed from doubles by DuckDB" if _numbers_inside(found) else None
+        if found.kind == "json":
+            why = f"{why}; JSON null reads as SQL NULL"
+        return "JSON", "{c}", why
+    if found.type in _AS_IS:
+        return _AS_IS[found.type], "{c}", None
+    return "VARCHAR", _CONVERT.get(found.type, "{c}"), None
+
+
+def view(manifest: Manifest, table: TableEntry, url: str) -> tuple[str, list[Inexact]]:
+    """CREATE VIEW schema.table over the table's file."""
+    name = f"{ident(table.schema)}.{ident(table.table)}"
+    if not table.columns:  # read_json needs a column, a view one to select
+        return f"-- {name} has no columns ({table.rows} rows): no view\n", []
+    reads, selects, inexact = [], [], []
+    for column in table.columns:
+        kind, expression, why = _column(column_shape(manifest, table, column))
+        reads.append(f"{literal(column.name)}: {literal(kind)}")
+        selects.append(f"{expression.format(c=ident(column.name))} AS {ident(column.name)}")
+        if why:
+            inexact.append(Inexact(table.qualified, column.name, why))
+    options = [
+        literal(url),
+        f"format = {literal('newline_delimited' if manifest.format == 'jsonl' else 'array')}",
+        f"compression = {literal('gzip' if manifest.compression == 'gzip' else 'none')}",
+        f"columns = {{{', '.join(reads)}}}",
+        f"maximum_object_size = {MAX_OBJECT_BYTES}",
+    ]
+    comments = "".join(f"-- not exact: {i.column}: {i.why}\n" for i in inexact)
+    select = ",\n       ".join(selects)
+    text = f"{comments}CREATE OR REPLACE VIEW {name} AS\nSELECT {select}\nFROM read_json({', '.join(options)});\n"
+    return text, inexact
+
+
+def render(manifest: Manifest, location: Callable[[str], str]) -> tuple[str, list[Inexact]]:
+    out = [f"-- dumper describe --as duckdb: run {manifest.run_id}, {len(manifest.tables)} tables\n"]
+    out += [f"CREATE SCHEMA IF NOT EXISTS {ident(s)};\n" for s in sorted({t.schema for t in manifest.tables})]
+    inexact: list[Inexact] = []
+    for table in manifest.tables:
+        text, missed = view(manifest, table, location(table.path))
+        out.append("\n" + text)
+        inexact += missed
+    return "".join(out), inexact
