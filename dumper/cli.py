@@ -100,7 +100,8 @@ COMMANDS: dict[str, tuple[str, tuple[str, str] | None]] = {
         ("source", "the run's folder or URL, <output>/<run_id>; or <output>, its newest run"),
     ),
     "describe": (
-        "print what loads the dump exactly in a client: DuckDB views, a JSON Schema per table (docs/file-format.md)",
+        "print what loads the dump exactly in a client: DuckDB views, Athena DDL, a Spark schema, a JSON Schema "
+        "per table (docs/file-format.md)",
         ("source", "the run's folder or URL: <output>/<run_id>"),
     ),
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,13 @@ import duckdb
 import jsonschema
 import orjson
 import pytest
+import sqlglot
 
 from dumper import cli
 from dumper.core.options import DESCRIBE_TARGETS
 from dumper.format.describe import TARGETS
 
-from .conftest import BUCKET, Database, Moto, read_rows
+from .conftest import BUCKET, Database, Moto, parse_json, read_rows
 from .test_contract import create_every_type
 from .test_s3 import s3_env
 
@@ -36,11 +38,11 @@ def test_the_option_names_every_client_described() -> None:
 
 def test_describe_needs_a_client_and_a_dump(tmp_path: Path) -> None:
     code, out, err = describe(tmp_path, "parquet-please")
-    assert code == 2 and "--as: 'parquet-please' is not one of duckdb, json-schema" in err
+    assert code == 2 and "--as: 'parquet-please' is not one of athena, duckdb, json-schema, spark" in err
     out_, err_ = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err_):
         assert cli.main(["describe", str(tmp_path)], {}, stdout=out_) == 2
-    assert "needs --as duckdb|json-schema" in err_.getvalue()
+    assert "needs --as athena|duckdb|json-schema|spark" in err_.getvalue()
     code, out, err = describe(tmp_path, "duckdb")
     assert code == 7 and "manifest.json does not exist: not a complete dump" in err and out == ""
 
@@ -171,7 +173,7 @@ def quoted(name: str) -> str:
 def _normal(value: Any) -> Any:
     """JSON text compared as values (DuckDB prints it without PostgreSQL's spaces)."""
     if isinstance(value, str) and value[:1] in ("[", "{"):
-        return orjson.loads(value)
+        return parse_json(value)
     return value
 
 
@@ -185,7 +187,7 @@ def test_duckdb_loads_every_edge_value_exactly_through_the_views_describe_prints
         "dumper: not exact in duckdb: public.edges.f8: -0 (negative zero) reads as 0",
         "dumper: not exact in duckdb: public.edges.f4: -0 (negative zero) reads as 0",
         "dumper: not exact in duckdb: public.edges.j: JSON numbers re-printed from doubles by DuckDB; "
-        "JSON null reads as SQL NULL",
+        "JSON null reads as SQL NULL: dump with --as-text json",
     ]
     con = duckdb.connect()
     con.execute(script)
@@ -209,3 +211,119 @@ def test_describe_reads_a_run_on_s3_and_its_views_name_the_objects(db: Database,
     assert (code, err) == (0, "")
     assert f"FROM read_json('s3://{BUCKET}/nightly/r1/public.t.jsonl', " in script
     assert "columns = {'id': 'INTEGER', 'n': 'DECIMAL(5,1)'}" in script
+
+
+def test_with_as_text_duckdb_holds_long_numerics_and_json_exactly(db: Database) -> None:
+    """What a default dump cannot give DuckDB: numeric of 40 digits (and NaN), json numbers past a
+    double, JSON null apart from SQL NULL. Written as their text, DuckDB reads them exactly."""
+    db.sql(
+        "CREATE TABLE exact (id int, n numeric, n2 numeric(38,2), ns numeric[], j json, b jsonb);"
+        "INSERT INTO exact VALUES (1, 1234567890123456789012345678901234567890.0123456789, "
+        "123456789012345678901234567890123456.78, '{1.10,NaN}', '{\"a\": 0.1000000000000000055511151231257827}', "
+        "'[1e400, -1e-400]'), (2, 'NaN', -0.01, '{{1,2},{3,NULL}}', 'null', 'null'), "
+        "(3, '-Infinity', NULL, NULL, NULL, NULL)"
+    )
+    result = db.dump("--run-id", "exact", "--as-text", "numeric", "--as-text", "json")
+    assert result.code == 0, result.stderr
+    code, script, err = describe(result.run_dir, "duckdb")
+    assert (code, err) == (0, "")
+    con = duckdb.connect()
+    con.execute(script)
+    got = con.sql(
+        "SELECT id, n, n2, CAST(ns AS VARCHAR), j, b, j IS NULL, json_type(j) FROM public.exact ORDER BY id"
+    ).fetchall()
+    want = db.fetch(
+        "SELECT id, n::text, n2, to_json(ns::text[])::text, j::text, b::text, j IS NULL, "
+        "CASE WHEN j IS NOT NULL THEN upper(json_typeof(j)) END FROM exact ORDER BY id"
+    )
+    assert [tuple(map(_normal, r)) for r in got] == [tuple(map(_normal, r)) for r in want]
+    assert got[0][1] == "1234567890123456789012345678901234567890.0123456789"
+    assert got[0][4] == '{"a": 0.1000000000000000055511151231257827}'  # the text, not re-printed
+    assert (got[1][4], got[1][6], got[2][6]) == ("null", False, True)  # JSON null is not SQL NULL
+    schema = orjson.loads(describe(result.run_dir, "json-schema")[1])["public.exact"]
+    validator = jsonschema.Draft202012Validator(schema)
+    rows = result.rows("public", "exact")
+    assert [list(validator.iter_errors(row)) for row in rows] == [[], [], []]
+    assert not validator.is_valid({**rows[0], "n": 1.5}) and not validator.is_valid({**rows[0], "j": {"a": 1}})
+    assert not validator.is_valid({**rows[0], "ns": ["1.1", "x"]})
+
+
+ATHENA_TYPES = {"boolean", "tinyint", "smallint", "int", "bigint", "float", "double", "decimal", "string"}
+
+
+def test_athena_ddl_parses_and_names_documented_types_over_each_table_prefix(db: Database, s3: Any, moto: Moto) -> None:
+    create_every_type(db)
+    db.sql('CREATE TABLE "Odd ""name"" ☺" (id int, "A" int, "a" text, "x y" numeric(5,2))')
+    env = s3_env(moto)
+    flat = db.dump("--run-id", "flat", env=env)
+    assert flat.code == 0, flat.stderr
+    code, out, err = describe(f"s3://{BUCKET}/nightly/flat", "athena", "--s3-endpoint-url", moto.endpoint)
+    assert code == 2 and "describe a dump taken with --layout folders --format jsonl" in err and out == ""
+    result = db.dump("--run-id", "r1", "--layout", "folders", env=env)
+    assert result.code == 0, result.stderr
+    code, ddl, err = describe(f"s3://{BUCKET}/nightly/r1", "athena", "--s3-endpoint-url", moto.endpoint)
+    assert code == 0
+    assert "public.every_type.numeric: numeric without precision <= 38: the reader" in err
+    statements = [s for s in sqlglot.parse(ddl, read="athena") if s is not None]
+    assert len(statements) == 2
+    key = "nightly/r1/manifest.json"
+    tables = orjson.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())["tables"]
+    for statement in statements:
+        assert isinstance(statement, sqlglot.exp.Create) and statement.kind == "TABLE"
+        columns = [c for c in statement.this.expressions if isinstance(c, sqlglot.exp.ColumnDef)]
+        types = {c.args["kind"].sql(dialect="hive").split("(")[0].lower() for c in columns}
+        assert types <= ATHENA_TYPES, types
+        found = statement.find_all(sqlglot.exp.Property)
+        props = {p.this.name: p.args["value"].name for p in found if type(p) is sqlglot.exp.Property}
+        where = statement.find(sqlglot.exp.LocationProperty)
+        assert where is not None
+        location = where.this.name
+        table = next(t for t in tables if location.endswith("/" + t["path"].split("/")[0] + "/"))
+        assert location == f"s3://{BUCKET}/nightly/r1/{table['path'].split('/')[0]}/"
+        keys = [props[f"mapping.{c.name}"] for c in columns]
+        assert keys == [c["name"] for c in table["columns"]], "every column mapped to its JSON key, in order"
+        assert len({c.name for c in columns}) == len(columns) and props["case.insensitive"] == "false"
+        assert all(re.fullmatch("[a-z0-9_]+", c.name) for c in columns)
+
+
+# Spark's data types (spark.apache.org/docs/latest/sql-ref-datatypes.html), as StructType.json() names them
+SPARK_TYPES = {
+    "byte",
+    "short",
+    "integer",
+    "long",
+    "float",
+    "double",
+    "boolean",
+    "string",
+    "binary",
+    "date",
+    "timestamp",
+}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_spark_schema_is_structtype_json_of_documented_types(db: Database, fmt: str) -> None:
+    create_every_type(db)
+    result = db.dump("--run-id", "spark", "--format", fmt)
+    assert result.code == 0, result.stderr
+    code, out, err = describe(result.run_dir, "spark")
+    assert code == 0 and "public.every_type.jsonb: the reader's text of a JSON value" in err
+    described = orjson.loads(out)["public.every_type"]
+    entry = result.entry("public", "every_type")
+    assert described["path"] == str(result.run_dir / entry["path"])
+    assert described["options"] == {"mode": "FAILFAST", "multiLine": "true" if fmt == "json" else "false"}
+    schema = described["schema"]
+    assert schema["type"] == "struct"
+    assert [f["name"] for f in schema["fields"]] == [c["name"] for c in entry["columns"]]
+    for field in schema["fields"]:
+        assert set(field) == {"name", "type", "nullable", "metadata"}
+        assert field["type"] in SPARK_TYPES or re.fullmatch(r"decimal\(\d+,\d+\)", field["type"]), field
+    kinds = {f["name"]: f["type"] for f in schema["fields"]}
+    assert (kinds["int2"], kinds["int8"], kinds["numeric_p"], kinds["numeric"]) == (
+        "short",
+        "long",
+        "decimal(12,2)",
+        "string",
+    )
+    assert (kinds["date"], kinds["bytea"], kinds["dom_num"]) == ("string", "string", "decimal(12,2)")

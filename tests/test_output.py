@@ -56,7 +56,10 @@ def test_manifest_lists_every_file_with_counts_and_checksums(sample: Database) -
         "extensions",
         "requires",
         "types",
+        "layout",
+        "as_text",
     ]
+    assert (m["layout"], m["as_text"]) == ("flat", [])
     assert m["schemas"] == ["public"]
     assert m["tool"]["name"] == "dumper" and m["run_id"] == "r1"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", m["started_at"])

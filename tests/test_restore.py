@@ -606,3 +606,63 @@ def test_json_nulls_come_back_in_one_statement_loads_and_beside_nul_escapes(db: 
     ):
         assert target.fetch(query) == db.fetch(query)
     assert target.fetch("SELECT count(*) FROM tree WHERE j::text = 'null'")[0][0] == 16
+
+
+AS_TEXT_SQL = (
+    "CREATE DOMAIN doc AS jsonb;"
+    "CREATE TABLE exact (id int PRIMARY KEY, parent_id int REFERENCES exact, n numeric, n2 numeric(38,2), "
+    "ns numeric[], j json, b jsonb, d doc, ja jsonb[]);"
+)
+AS_TEXT_DATA = (
+    "INSERT INTO exact VALUES "
+    "(1, NULL, 1234567890123456789012345678901234567890.0123456789, 123456789012345678901234567890123456.78, "
+    '\'{1.10,NaN,12345678901234567890.5}\', \'{"b": 1,  "b": 0.1000000000000000055511151231257827,\n "c": 1e400}\', '
+    "'{\"x\": 0.1000000000000000055511151231257827}', '[1, null]', ARRAY['{\"a\": 1.0}'::jsonb, NULL]),"
+    "(2, 1, 'NaN', -0.01, '[0:1]={1,2}', 'null', 'null', 'null', NULL),"
+    "(3, 2, '-Infinity', NULL, NULL, NULL, NULL, NULL, NULL),"
+    "(4, 3, -0.000000000000000000000000000001, 0, '{}', '\"\\u0000 \\\\u0000\"', '\"s\"', '{}', '{}');"
+)
+AS_TEXT_ROWS = (
+    "SELECT id, parent_id, n::text, n2::text, ns::text, j IS NULL, j::text, b IS NULL, b::text, d IS NULL, d::text, "
+    "ja::text FROM exact ORDER BY id"
+)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_as_text_writes_numeric_and_json_as_strings_and_restores_them_exactly(
+    db: Database, target: Database, fmt: str
+) -> None:
+    """--as-text numeric,json: every numeric a JSON string of its text, json/jsonb their exact text (so
+    JSON null is "null", SQL NULL null); the manifest says so, restore and drill give the values back."""
+    db.sql(AS_TEXT_SQL + AS_TEXT_DATA)
+    first = db.dump("--run-id", "src", "--format", fmt, "--as-text", "numeric", env={"DUMPER_AS_TEXT": "json"})
+    assert first.code == 0, first.stderr
+    assert first.manifest()["as_text"] == ["numeric"]  # a flag replaces the environment's list
+    both = db.dump("--run-id", "both", "--format", fmt, env={"DUMPER_AS_TEXT": "json,numeric"})
+    assert both.code == 0, both.stderr
+    manifest = both.manifest()
+    assert manifest["as_text"] == ["json", "numeric"]
+    entry = both.entry("public", "exact")
+    assert {c["name"]: c["written"] for c in entry["columns"]} == {
+        "id": "json",
+        "parent_id": "json",
+        "n": "text",
+        "n2": "text",
+        "ns": "text",
+        "j": "text",
+        "b": "text",
+        "d": "text",
+        "ja": "json",  # arrays of json keep to_json's form: a string element could not be told from a text
+    }
+    assert entry.get("json_nulls", {}) == {}  # JSON null is the string "null" now
+    rows = {r["id"]: r for r in both.rows("public", "exact")}
+    assert rows[1]["n"] == "1234567890123456789012345678901234567890.0123456789"
+    assert rows[1]["ns"] == ["1.10", "NaN", "12345678901234567890.5"]
+    assert rows[1]["j"] == '{"b": 1,  "b": 0.1000000000000000055511151231257827,\n "c": 1e400}'
+    assert (rows[2]["j"], rows[3]["j"], rows[2]["ns"]) == ("null", None, "[0:1]={1,2}")
+    target.sql(AS_TEXT_SQL)
+    loaded = target.restore(both.run_dir)
+    assert loaded.code == 0, loaded.stderr
+    assert target.fetch(AS_TEXT_ROWS) == db.fetch(AS_TEXT_ROWS)
+    drilled = db.drill(both.run_dir)
+    assert drilled.code == 0, drilled.stderr + drilled.stdout

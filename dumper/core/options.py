@@ -14,6 +14,8 @@ from .values import account_id, boolean, level, mib, part_size, port, positive_i
 
 FORMATS = ("jsonl", "json")
 EXTENSION_TYPES = ("text", "cast")
+LAYOUTS = ("flat", "folders")
+AS_TEXT = ("numeric", "json")  # --as-text: postgres/catalog.py says which types each names
 COMPRESSIONS = ("none", "gzip")
 SSLMODES = ("verify-full", "verify-ca", "require", "disable")
 AUTHS = ("iam", "password")
@@ -38,7 +40,7 @@ RESTORE = ("restore",)
 DRILL = ("drill",)
 DESCRIBE = ("describe",)
 COMMANDS = ("run", "schedule", "check", "token", "verify", "prune", "restore", "drill", "describe")
-DESCRIBE_TARGETS = ("duckdb", "json-schema")  # format/describe's renderers, one per client
+DESCRIBE_TARGETS = ("athena", "duckdb", "json-schema", "spark")  # format/describe's renderers, one per client
 S3_STORAGE_CLASSES = (
     "STANDARD",
     "STANDARD_IA",
@@ -139,6 +141,26 @@ OPTIONS: tuple[Option, ...] = (
         "objects; not restorable, and a value the cast refuses fails the run)",
         "text",
         choices=EXTENSION_TYPES,
+        commands=DUMPING,
+    ),
+    Option(
+        "as_text",
+        "write these types' values as their text, a JSON string, exact in any JSON reader (DuckDB, pandas, "
+        "Spark, jq): numeric (and numeric[]: strings, never a rounded double), json (json and jsonb: their "
+        'exact text; a JSON null is then the string "null", SQL NULL null); recorded in the manifest, '
+        "restored exactly",
+        (),
+        choices=AS_TEXT,
+        repeatable=True,
+        commands=DUMPING,
+    ),
+    Option(
+        "layout",
+        "where table files go in the run folder: flat (<schema>.<table>.jsonl side by side) or folders "
+        "(each in a folder of its own, <schema>.<table>/<schema>.<table>.jsonl: a prefix per table, what "
+        "Athena, Glue and Spark read a table from)",
+        "flat",
+        choices=LAYOUTS,
         commands=DUMPING,
     ),
     Option("compression", "file compression", "none", choices=COMPRESSIONS, commands=DUMPING),

@@ -36,6 +36,8 @@ class Settings:
     pg_dump: str | None = default("pg_dump")
     format: str = default("format")
     extension_types: str = default("extension_types")
+    as_text: tuple[str, ...] = default("as_text")
+    layout: str = default("layout")
     compression: str = default("compression")
     gzip_level: int = default("gzip_level")
     part_size: int = default("part_size")

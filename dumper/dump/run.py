@@ -21,7 +21,7 @@ from ..core.logs import log
 from ..core.retry import failing_with, retrying
 from ..core.settings import Settings
 from ..dump.reader import young_gc_only
-from ..format.layout import LATEST_NAME, MANIFEST_NAME, table_file_name, unique_file_names
+from ..format.layout import LATEST_NAME, MANIFEST_NAME, table_file_name, table_paths, unique_file_names
 from ..format.manifest import (
     Database,
     FileEntry,
@@ -156,7 +156,13 @@ async def _prepare(coordinator: Any, settings: Settings, source: _Source) -> _Pr
         facts = await db.scan_facts(coordinator)
         carried = await schemadeps.extensions(coordinator, settings.schema)
         tables = await discover(
-            coordinator, settings.schema, settings.include, settings.exclude, settings.extension_types, carried
+            coordinator,
+            settings.schema,
+            settings.include,
+            settings.exclude,
+            settings.extension_types,
+            carried,
+            settings.as_text,
         )
         outside = await schemadeps.outside(coordinator, settings.schema, carried)
         types = await typeinfo.types_of(coordinator, ((c.type_oid, c.typmod) for t in tables for c in t.columns))
@@ -236,7 +242,9 @@ async def _run_once(
             names = unique_file_names(
                 [table_file_name(t.schema, t.name, settings.format, settings.compression) for t in ready.tables]
             )
-            work = [(t, f"{run_dir}/{name}") for t, name in zip(ready.tables, names, strict=True)]
+            paths = [f"{run_dir}/{path}" for path in table_paths(names, settings.layout == "folders")]
+            await asyncio.to_thread(output.make_folders, paths)
+            work = list(zip(ready.tables, paths, strict=True))
             schema_job = (
                 schemadump.Sections(ready.pg_dump, ready.snapshot_id, ready.excluded, ready.carried, ready.groups)
                 if ready.pg_dump
@@ -284,6 +292,8 @@ async def _run_once(
             extensions=[e.entry for e in ready.carried],
             requires=ready.outside if ready.pg_dump else [],
             types=ready.types,
+            as_text=sorted(set(settings.as_text)),
+            layout=settings.layout,
         )
         await output.make_durable(committed)  # then the manifest says they are a dump
         await output.put(f"{run_dir}/{MANIFEST_NAME}", manifest.to_bytes())

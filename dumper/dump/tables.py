@@ -44,7 +44,7 @@ def _entry(piece: Piece, assembly: Assembly) -> TableEntry:
     return TableEntry(
         schema=table.schema,
         table=table.name,
-        path=piece.relpath.rpartition("/")[2],
+        path=piece.relpath.partition("/")[2],  # relative to the run folder (the manifest)
         rows=assembly.framer.rows,
         bytes=assembly.writer.bytes,
         sha256=assembly.writer.sha256,

@@ -3,7 +3,8 @@
     <output>/
       LATEST                          the run id of the newest complete dump, written last
       <run_id>/
-        <schema>.<table>.jsonl[.gz]   a table (.json[.gz] with --format json)
+        <schema>.<table>.jsonl[.gz]   a table (.json[.gz] with --format json); with --layout folders
+                                      <schema>.<table>/<schema>.<table>.jsonl[.gz], a prefix per table
         schema.pre-data.sql           pg_dump's sections, from the run's snapshot
         schema.post-data.sql
         manifest.json                 written after every other file
@@ -48,6 +49,27 @@ def table_file_name(schema: str, table: str, fmt: str, compression: str) -> str:
     return stem + "." + fmt + (".gz" if compression == "gzip" else "")
 
 
+def table_paths(names: Sequence[str], folders: bool) -> list[str]:
+    """Each table file's path in the run folder: its name (unique_file_names'), or with
+    `folders` that name inside a folder of its own named by the name's stem ('a.T/a.T.jsonl')."""
+    if not folders:
+        return list(names)
+    return [f"{name.removesuffix(_ending(name))}/{name}" for name in names]
+
+
+def _ending(name: str) -> str:
+    return next(e for e in sorted(TABLE_ENDINGS, key=len, reverse=True) if name.endswith(e))
+
+
+def is_table_path(path: Any) -> bool:
+    """What table_paths makes: a file name, or a file name in a folder of the run folder;
+    never more than that (no '..', nothing hidden, nothing absolute)."""
+    if not isinstance(path, str):
+        return False
+    parts = path.split("/")
+    return len(parts) <= 2 and all(map(is_file_name, parts))
+
+
 def unique_file_names(names: Sequence[str]) -> list[str]:
     """Disambiguate names that differ only in case (case-insensitive file systems):
     the second 'a.T.jsonl' becomes 'a~1.T.jsonl'. '~' is never produced by escaping."""
@@ -81,9 +103,14 @@ def partial_name(final: str) -> str:
     return f"{folder}/.{name}.{_PROCESS_TOKEN}-{os.getpid()}-{next(_SERIAL)}{PARTIAL_ENDING}"
 
 
-def written_by_a_run(name: str) -> bool:
-    """Whether a file in a run folder is one a run writes (a killed run's leftovers are
-    removed by prune only when all of them are)."""
+def written_by_a_run(relative: str) -> bool:
+    """Whether a file in a run folder (its path there) is one a run writes (a killed run's
+    leftovers are removed by prune only when all of them are): in a table's folder, a table file."""
+    folder, _, name = relative.rpartition("/")
+    if folder:
+        return is_file_name(folder) and (
+            name.endswith(TABLE_ENDINGS) or (name.startswith(".") and name.endswith(PARTIAL_ENDING))
+        )
     return (
         name.endswith(TABLE_ENDINGS)
         or name in {MANIFEST_NAME, WRITE_PROBE, *map(schema_file_name, SECTIONS)}

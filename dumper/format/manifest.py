@@ -166,6 +166,8 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     extensions: list[ExtensionEntry] = []  # created by the schema files, in this order
     requires: list[Requirement] = []
     types: dict[str, TypeInfo] = {}  # every column's type and the types those name (postgres/typeinfo.py)
+    layout: str = "flat"  # --layout: flat, or folders (a folder per table); tables[].path says where each is
+    as_text: list[str] = []  # --as-text: the types written as their text (their columns' `written` is text)
 
     @property
     def dumped_schemas(self) -> list[str]:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from . import jsonnulls
 from .encode import rows_in
-from .layout import is_file_name
+from .layout import is_file_name, is_table_path
 from .manifest import FileEntry, Manifest, TableEntry
 from .stored import CORRUPT, read_stats
 
@@ -39,7 +39,7 @@ def verify(
 def _check(
     manifest: Manifest, entry: TableEntry | FileEntry, what: str, open_chunks: Callable[[str], Iterable[bytes] | None]
 ) -> list[str]:
-    safe = is_file_name(entry.path)
+    safe = is_table_path(entry.path) if isinstance(entry, TableEntry) else is_file_name(entry.path)
     name = f"{what} ({entry.path if safe else repr(entry.path)})"
     if not safe:
         return [f"{name}: not a file name in the run folder; refused, nothing was read"]

@@ -225,6 +225,8 @@ async def drill(settings: Settings, password: db.PasswordProvider) -> DrillResul
             run_id="drill",
             format=doc.format,
             compression=doc.compression,
+            as_text=tuple(doc.as_text),
+            layout=doc.layout,
             schema=tuple(doc.dumped_schemas),
             include=(),
             exclude=(),

@@ -67,6 +67,7 @@ async def check(settings: Settings, password: StaticPassword | IamToken, say: Ca
             settings.exclude,
             settings.extension_types,
             await schemadeps.extensions(conn, settings.schema),
+            settings.as_text,
         )
         rows = {r["oid"]: r for r in await conn.fetch(_READABLE_SQL, [t.oid for t in tables])}
         locking = locks.plan(sum(t.relations for t in tables), await locks.lock_table(conn), settings.table_locks)

@@ -91,7 +91,7 @@ def scan(output: Output) -> tuple[list[RunFolder], str | None]:
             continue
         if rest == MANIFEST_NAME:
             run.complete, run.finished = True, _mtime(info)
-        elif info.get("type") != "directory" and ("/" in rest or not written_by_a_run(rest)):
+        elif info.get("type") != "directory" and not written_by_a_run(rest):
             run.foreign.append(rest)
     try:
         latest: str | None = output.read(LATEST_NAME).decode().strip() or None

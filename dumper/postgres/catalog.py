@@ -22,6 +22,9 @@ WRITTEN_JSON = "json"  # to_json's own form (every built-in type, and types with
 WRITTEN_TEXT = "text"  # the type's text output as a JSON string: a type with an extension's cast to json
 WRITTEN_CAST = "cast"  # through that cast (--extension-types cast): GeoJSON, objects; not restorable exactly
 WRITTEN = (WRITTEN_JSON, WRITTEN_TEXT, WRITTEN_CAST)
+# --as-text NAME: the (domain-resolved) type OIDs it writes as WRITTEN_TEXT. numeric[] too (an array of
+# strings); json/jsonb[] not: a restore could not tell a JSON string element from a value's text.
+AS_TEXT_OIDS = {"numeric": (1700, 1231), "json": (114, 3802)}
 
 # Any lower bound of an array other than 1 (JSON arrays have none: to_json drops them). One
 # dimension, the common case, costs two header reads; more dimensions a look at array_dims.
@@ -250,6 +253,10 @@ WHERE p.t OPERATOR(pg_catalog.>=) 16384  -- FirstNormalObjectId: not built in
 """
 
 
+def _written(base_oid: int, text_bases: set[int]) -> str:
+    return WRITTEN_TEXT if base_oid in text_bases else WRITTEN_JSON
+
+
 async def discover(
     conn: Any,
     schemas: Sequence[str],
@@ -257,6 +264,7 @@ async def discover(
     exclude: Sequence[str],
     extension_types: str = WRITTEN_TEXT,
     extensions: Sequence[Extension] = (),
+    as_text: Sequence[str] = (),
 ) -> list[Table]:
     """Tables to dump, in catalog order, with their columns and read plans; then the
     configuration tables of the dumped `extensions` (their user rows)."""
@@ -284,6 +292,7 @@ async def discover(
     type_oids = sorted({r["atttypid"] for r in col_rows})
     bases = {r["start"]: (r["base"], r["base_name"], r["array"]) for r in await conn.fetch(_BASE_TYPES_SQL, type_oids)}
     cast = {r[0] for r in await conn.fetch(_CAST_TYPES_SQL, type_oids)}
+    text_bases = {oid for name in as_text for oid in AS_TEXT_OIDS[name]}
 
     columns: dict[int, list[Column]] = {oid: [] for oid in oids}
     for r in col_rows:
@@ -295,7 +304,7 @@ async def discover(
                 type=r["type"],
                 kind=kind_for(base_oid),
                 domain_base=base_name if r["atttypid"] != base_oid else None,
-                written=(extension_types if r["atttypid"] in cast else WRITTEN_JSON),
+                written=extension_types if r["atttypid"] in cast else _written(base_oid, text_bases),
                 array=array,
                 type_oid=r["atttypid"],
                 typmod=r["atttypmod"],

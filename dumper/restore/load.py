@@ -8,6 +8,7 @@ is lost is rolled back and loaded again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ..core.errors import (
 from ..core.logs import current_table, log
 from ..core.retry import failing_with, retrying
 from ..core.settings import Settings
+from ..format.describe.columns import json_as_text
 from ..format.jsonnulls import JsonNulls, per_row
 from ..format.manifest import Manifest
 from ..format.readback import RowBatches, holds_nul, join_object, json_array, may_hold_nul, split_object
@@ -92,7 +94,7 @@ class Loader:
         self.settings = settings
         self.source = source
         self.doc = doc
-        self.by_name = {t.qualified: t for t in targets}
+        self.by_name = {t.qualified: dataclasses.replace(t, json_text=json_as_text(doc, t.entry)) for t in targets}
         self.restored: dict[str, Restored] = {}
         self.bound = db.lock_wait_bound(settings)
 

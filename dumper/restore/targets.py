@@ -66,6 +66,7 @@ class Target:
     columns: tuple[str, ...]  # the manifest's columns the server does not generate
     overriding: bool  # an identity column GENERATED ALWAYS: keep the dump's values
     json_columns: dict[str, int] = field(default_factory=dict)  # name -> JSON or JSON_ARRAY
+    json_text: dict[str, str] = field(default_factory=dict)  # json/jsonb written as text: name -> its type
 
     @property
     def qualified(self) -> str:
@@ -75,12 +76,20 @@ class Target:
     def relation_sql(self) -> str:
         return f"{quote_ident(self.entry.schema)}.{quote_ident(self.entry.table)}"
 
+    def _value(self, column: str, prefix: str) -> str:
+        """A loaded record's value of `column`; a json value written as its text, the JSON string
+        json_populate_record gives, is that text again (#>> '{}': the string's contents)."""
+        value = f"{prefix}{quote_ident(column)}"
+        if column in self.json_text:
+            return f"CAST(({value} OPERATOR(pg_catalog.#>>) '{{}}'::pg_catalog.text[]) AS {self.json_text[column]})"
+        return value
+
     def insert_sql(self, source: str, prefix: str = "", instead: dict[str, str] | None = None) -> str:
         """INSERT of the rows `source` yields as records of this table's row type
         (a column named in `instead` takes that expression)."""
         instead = instead or {}
         cols = f" ({', '.join(quote_ident(c) for c in self.columns)})" if self.columns else ""  # none: defaults
-        picked = ", ".join(instead.get(c, f"{prefix}{quote_ident(c)}") for c in self.columns)
+        picked = ", ".join(instead.get(c) or self._value(c, prefix) for c in self.columns)
         overriding = " OVERRIDING SYSTEM VALUE" if self.overriding else ""
         return f"INSERT INTO {self.relation_sql}{cols}{overriding} SELECT {picked} FROM {source}"
 

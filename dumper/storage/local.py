@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
@@ -58,6 +59,16 @@ def fsync_path(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def table_folder(path: str) -> None:
+    """A table's folder in the (private) run folder, 0700 like it; one that exists already is
+    a previous attempt's of this run, which must be a folder (never a symlink or a file)."""
+    try:
+        private_folder(path)
+    except FileExistsError:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise
 
 
 def start_writeback(path: str) -> None:

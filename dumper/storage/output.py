@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
@@ -146,12 +147,20 @@ class Output:
             return local.LocalFile(final, self.guard, self._handoff, durable)
         return remote.RemoteFile(self.fs, final, self.guard, self.part_size, exclusive)
 
+    def make_folders(self, relpaths: list[str]) -> None:
+        """The folders the files of `relpaths` go in, under the run folder: new and private
+        (an object store has none to make)."""
+        if self.local:
+            for folder in sorted({os.path.dirname(relpath) for relpath in relpaths if relpath.count("/") > 1}):
+                self.guard(functools.partial(local.table_folder, self.path(folder)), self.url_of(folder))
+
     async def make_durable(self, relpaths: list[str]) -> None:
-        """Every file of `relpaths` on disk, and the names of their folders, before the
-        manifest says they are a dump (an object store's completed upload already is)."""
+        """Every file of `relpaths` on disk, and the names of their folders (and those folders'
+        in the run folder), before the manifest says they are a dump (an object store's
+        completed upload already is)."""
         if self.local:
             paths = [self.path(relpath) for relpath in relpaths]
-            folders = sorted({os.path.dirname(path) for path in paths})
+            folders = sorted({self.path(p) for relpath in relpaths for p in _folders_of(relpath)})
             await asyncio.to_thread(self.guard, lambda: local.make_durable(paths, folders), self.root)
 
     async def put(self, relpath: str, data: bytes, exclusive: bool = True) -> None:
@@ -203,7 +212,15 @@ class Output:
         return True
 
     def remove_dir_if_empty(self, relpath: str) -> None:
-        path = self.path(relpath)
-        with contextlib.suppress(OSError):
-            if self.local and not self.fs.ls(path):
-                self.fs.rmdir(path)
+        """The folder, if nothing but empty folders is left in it (a failed run's, locally)."""
+        if not self.local:
+            return
+        for folder, _, _ in os.walk(self.path(relpath), topdown=False):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # refused while it holds anything
+
+
+def _folders_of(relpath: str) -> list[str]:
+    """The folders above a file, 'run/t/t.jsonl' -> ['run', 'run/t']."""
+    parts = relpath.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]

@@ -1,6 +1,6 @@
 """`dumper describe`: what loads a dump exactly in another client, from its manifest.
 
-One module per client (json_schema, duckdb); each turns the manifest's columns and
+One module per client (athena, duckdb, json_schema, spark); each turns the manifest's columns and
 `types` (postgres/typeinfo.py) into that client's own text. columns.py is the one
 place that says how a column's values are written in the file (what to_json makes of
 each type), which every client's description starts from.
@@ -13,13 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..manifest import Manifest
-from . import duckdb, json_schema
+from . import athena, duckdb, json_schema, spark
 from .columns import Inexact
 
 # --as NAME -> its renderer: (manifest, the location of a file of the run) -> (text, what it cannot hold exactly)
 TARGETS: dict[str, Callable[[Manifest, Callable[[str], str]], tuple[str, list[Inexact]]]] = {
+    "athena": athena.render,
     "duckdb": duckdb.render,
     "json-schema": json_schema.render,
+    "spark": spark.render,
 }
 
 __all__ = ["TARGETS", "Inexact"]

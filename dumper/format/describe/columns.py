@@ -13,6 +13,7 @@ extension's cast to json, can be any JSON.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ...core.errors import VerifyError
@@ -39,10 +40,7 @@ class Shape:
     element: Shape | None = None  # an array's
     fields: tuple[tuple[str, Shape], ...] = ()  # an object's (a composite)
     not_null: bool = False  # a domain declared NOT NULL
-
-    @property
-    def nullable(self) -> bool:
-        return not self.not_null
+    text: bool = False  # written as the type's text, a JSON string (columns[].written: text)
 
 
 @dataclass(frozen=True)
@@ -73,7 +71,7 @@ def shape(types: dict[str, TypeInfo], key: str, table: str = "", column: str = "
     if info.kind == "domain":
         assert info.base is not None
         inner = shape(types, info.base, table, column)
-        return Shape(**{**inner.__dict__, "not_null": inner.not_null or info.not_null})
+        return dataclasses.replace(inner, not_null=inner.not_null or info.not_null)
     if info.kind == "array":
         assert info.element is not None
         return Shape("array", info.name, element=shape(types, info.element, table, column))
@@ -97,14 +95,81 @@ def shape(types: dict[str, TypeInfo], key: str, table: str = "", column: str = "
     return Shape("string", info.name, precision=info.precision, length=info.length)
 
 
+def _as_text(found: Shape) -> Shape:
+    return Shape("string", found.type, precision=found.precision, scale=found.scale, text=True)
+
+
+def json_as_text(manifest: Manifest, table: TableEntry) -> dict[str, str]:
+    """The json/jsonb columns written as their text (--as-text json): name -> type, for a restore to
+    make the value of the string again."""
+    found: dict[str, str] = {}
+    if "json" not in manifest.as_text:  # (and a manifest from before `types` is never asked)
+        return found
+    for column in table.columns:
+        if column.written == "text" and column_shape(manifest, table, column).type in JSON_TYPES:
+            found[column.name] = column.type
+    return found
+
+
 def column_shape(manifest: Manifest, table: TableEntry, column: Column) -> Shape:
     """How `column`'s values are written in `table`'s file."""
     if column.written == "cast":
         return Shape("any", "")
     found = shape(manifest.types, column.type, table.qualified, column.name)
-    if column.written == "text":
-        text = Shape("string", "pg_catalog.text")
-        found = Shape("array", found.type, element=text) if found.kind == "array" else text
+    if column.written == "text":  # the type's text (--as-text, an extension's type): strings of `type`
+        if found.kind == "array" and found.element is not None:
+            found = Shape("array", found.type, element=_as_text(found.element))
+        else:
+            found = _as_text(found)
     if column.not_null:
-        found = Shape(**{**found.__dict__, "not_null": True})
+        found = dataclasses.replace(found, not_null=True)
     return found
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """A column as a client with SQL types but no PostgreSQL ones reads it (Athena, Spark): the
+    exact type it has, or a string; and why that string may not be exact."""
+
+    kind: str  # integer | float | decimal | boolean | string
+    bits: int = 0
+    precision: int = 0
+    scale: int = 0
+    why: str | None = None
+
+
+DECIMAL_DIGITS = 38  # what DECIMAL holds in DuckDB, Athena, Spark
+_FIX = " (dump with --as-text "
+
+
+def fits_decimal(found: Shape) -> bool:
+    p, s = found.precision, found.scale
+    return p is not None and s is not None and 0 <= s <= p <= DECIMAL_DIGITS
+
+
+def scalar(found: Shape) -> Scalar:
+    """The exact SQL type for a value of this shape, or a string (PostgreSQL's text, or the JSON text
+    of json, arrays and composites, as the client's reader gives it)."""
+    if found.text:
+        return Scalar("string")
+    if found.kind in ("integer", "float", "boolean"):
+        why = "-0 (negative zero) may read as 0" if found.kind == "float" else None
+        return Scalar(found.kind, bits=found.bits, why=why)
+    if found.kind == "numeric":
+        if fits_decimal(found):
+            assert found.precision is not None and found.scale is not None
+            return Scalar("decimal", precision=found.precision, scale=found.scale)
+        return Scalar("string", why=f"numeric without precision <= 38: the reader's text of a number{_FIX}numeric)")
+    if found.kind == "json":
+        return Scalar("string", why=f"the reader's text of a JSON value, JSON null as NULL{_FIX}json)")
+    return Scalar("string")
+
+
+def scalar_name(found: Scalar, sized: dict[str, dict[int, str]]) -> str:
+    """A Scalar in a Hive-like type system (Athena, Spark): `sized` names integers and floats by bits;
+    decimal(p,s), boolean and string are spelled alike in both."""
+    if found.kind in sized:
+        return sized[found.kind][found.bits]
+    if found.kind == "decimal":
+        return f"decimal({found.precision},{found.scale})"
+    return found.kind

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..manifest import Manifest, TableEntry
-from .columns import Inexact, Shape, column_shape
+from .columns import JSON_TYPES, NUMERIC, Inexact, Shape, column_shape, fits_decimal
 
 MAX_OBJECT_BYTES = 1 << 30  # read_json's limit on one row (its default, 16 MiB, is smaller than a jsonb value)
-DECIMAL_DIGITS = 38
+_FIX = ": dump with --as-text "
 _INTEGERS = {16: "SMALLINT", 32: "INTEGER", 64: "BIGINT"}
 _FLOATS = {32: "FLOAT", 64: "DOUBLE"}
 _AS_IS = {  # string types DuckDB reads exactly from PostgreSQL's text
@@ -56,6 +56,16 @@ def _numbers_inside(found: Shape) -> bool:
     return any(_numbers_inside(field) for _, field in found.fields)
 
 
+def _text(found: Shape) -> tuple[str, str, str | None]:
+    """A value written as its type's text (--as-text): the string, read exactly; numeric(p<=38) a DECIMAL
+    (a NaN fails the cast: DECIMAL has none), json/jsonb DuckDB's JSON (its text kept as written)."""
+    if found.type == NUMERIC and fits_decimal(found):
+        return "VARCHAR", f"CAST({{c}} AS DECIMAL({found.precision},{found.scale}))", None
+    if found.type in JSON_TYPES:
+        return "VARCHAR", "CAST({c} AS JSON)", None
+    return "VARCHAR", "{c}", None
+
+
 def _column(found: Shape) -> tuple[str, str, str | None]:
     """(read_json's type, the view's expression of it with {c}, why it is not exact or None)."""
     if found.kind == "integer":
@@ -65,15 +75,16 @@ def _column(found: Shape) -> tuple[str, str, str | None]:
     if found.kind == "boolean":
         return "BOOLEAN", "{c}", None
     if found.kind == "numeric":
-        p, s = found.precision, found.scale
-        if p is not None and s is not None and 0 <= s <= p <= DECIMAL_DIGITS:
-            return f"DECIMAL({p},{s})", "{c}", None  # NaN fails the read (DECIMAL has none): loud, not rounded
-        return "DOUBLE", "{c}", f"{found.type} without a precision of at most 38 is read as DOUBLE (~17 digits)"
+        if fits_decimal(found):  # NaN fails the read (DECIMAL has none): loud, not rounded
+            return f"DECIMAL({found.precision},{found.scale})", "{c}", None
+        return "DOUBLE", "{c}", f"numeric without a precision of at most 38 is read as DOUBLE (~17 digits){_FIX}numeric"
     if found.kind in ("json", "array", "object", "any"):
         why = "JSON numbers re-printed from doubles by DuckDB" if _numbers_inside(found) else None
         if found.kind == "json":
-            why = f"{why}; JSON null reads as SQL NULL"
+            why = f"{why}; JSON null reads as SQL NULL{_FIX}json"
         return "JSON", "{c}", why
+    if found.text:
+        return _text(found)
     if found.type in _AS_IS:
         return _AS_IS[found.type], "{c}", None
     return "VARCHAR", _CONVERT.get(found.type, "{c}"), None

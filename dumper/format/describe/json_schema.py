@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from ..manifest import Manifest
-from .columns import NOT_A_NUMBER, Inexact, Shape, column_shape
+from .columns import NOT_A_NUMBER, NUMERIC, Inexact, Shape, column_shape
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 _DAY = r"\d{4,}-\d{2}-\d{2}"
@@ -22,6 +22,7 @@ PATTERNS = {  # the text to_json writes (BC years as PostgreSQL writes them: "00
     "pg_catalog.uuid": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
     "pg_catalog.bytea": r"^\\x([0-9a-f]{2})*$",
 }
+NUMERIC_TEXT = r"^(-?\d+(\.\d+)?|NaN|Infinity|-Infinity)$"  # numeric's output (--as-text numeric)
 _NOT_A_NUMBER = {"enum": list(NOT_A_NUMBER)}
 _NULL = {"type": "null"}
 
@@ -68,6 +69,8 @@ class _Schema:
     @staticmethod
     def _string(found: Shape) -> dict[str, Any]:
         schema: dict[str, Any] = {"type": "string"}
+        if found.text:  # the type's text (--as-text, an extension's type)
+            return {**schema, "pattern": NUMERIC_TEXT} if found.type == NUMERIC else schema
         if found.labels is not None:
             schema["enum"] = list(found.labels)
         if found.type in PATTERNS:
