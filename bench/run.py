@@ -14,7 +14,8 @@ connections in 1, 2 or 4 processes). Server CPU is the postmaster's reaped-child
 the backends that served it, read after they have exited (autovacuum is off).
 `t0`/`t1`: 3,000 tiny tables (schema tenants), pg_dump -Fd -j 2 -Z 0 against
 a run with --jobs 2: the cost per table. Restores (r*) load the mixed table into an empty copy in another database,
-against psql's `\\copy ... FROM` of the same rows as CSV.
+against psql's `\\copy ... FROM` of the same rows as CSV (r0, r1); and into a fresh database with its schema,
+`dumper restore --with-schema` (r3) against `pg_restore -j 2` of a `pg_dump -Fd` (r2).
 
     python -m bench.run [--rows 2000000] [--narrow-rows 5000000] [--repeat 3] [--only a,b]
 """
@@ -228,27 +229,8 @@ def main() -> int:
 
             return command
 
-        # Restore: the same table loaded into an empty copy, against psql's \copy FROM of its CSV.
-        cluster.psql("CREATE DATABASE target;")
-        cluster.psql(MIXED_SQL.format(name="mixed", rows=0), "target")
+        restores = restore_methods(cluster, env, work, dumper, args.rows)
         source = work / "source"
-        subprocess.run(
-            [*dumper, "--output", str(source), "--run-id", "src", "--include", "public.mixed"],
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        cluster.psql(f"\\copy mixed TO '{work}/mixed.csv' CSV", "bench")
-
-        def emptied(command: list[str]) -> Callable[[Path], list[str]]:
-            def fresh(out: Path) -> list[str]:
-                cluster.psql("TRUNCATE mixed; CHECKPOINT;", "target")
-                return command
-
-            return fresh
-
-        psql_target = ["psql", "-X", "-q", "-h", "localhost", "-p", str(cluster.port), "-U", SUPERUSER, "target"]
-        restore_cmd = [*dumper[:-1], "restore", str(source / "src"), "--dbname", "target"]
 
         half = args.rows // 2
         one = ("--jobs", "1")  # one connection, one table: the issue's "single job"
@@ -288,11 +270,7 @@ def main() -> int:
                 args.tenant_tables * 10,
             ),
             "t1_dumper_tenants": (dump("--schema", "tenants", "--jobs", "2"), args.tenant_tables * 10),
-            "r0_baseline_copy_from_csv": (
-                emptied([*psql_target, "-c", f"\\copy mixed FROM '{work}/mixed.csv' CSV"]),
-                args.rows,
-            ),
-            "r1_dumper_restore": (emptied(restore_cmd), args.rows),
+            **restores,
             # A drill of the same dump: scratch database, restore with schema, dump again, compare, drop.
             "x1_dumper_drill": (lambda out: [*dumper[:-1], "drill", str(source / "src")], args.rows),
         }
@@ -342,6 +320,67 @@ def main() -> int:
     return 0
 
 
+Method = tuple[Callable[[Path], list[str]], int]
+
+
+def restore_methods(
+    cluster: Cluster, env: dict[str, str], work: Path, dumper: list[str], rows: int
+) -> dict[str, Method]:
+    """The r* methods: the mixed table loaded into an empty copy (r0 psql's \\copy FROM CSV, r1 dumper
+    restore) and into a fresh database with its schema (r2 pg_restore -j 2, r3 restore --with-schema)."""
+    # Restore: the same table loaded into an empty copy, against psql's \copy FROM of its CSV.
+    cluster.psql("CREATE DATABASE target;")
+    cluster.psql(MIXED_SQL.format(name="mixed", rows=0), "target")
+    source = work / "source"
+    subprocess.run(
+        [*dumper, "--output", str(source), "--run-id", "src", "--include", "public.mixed"],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    cluster.psql(f"\\copy mixed TO '{work}/mixed.csv' CSV", "bench")
+
+    def emptied(command: list[str]) -> Callable[[Path], list[str]]:
+        def fresh(out: Path) -> list[str]:
+            cluster.psql("TRUNCATE mixed; CHECKPOINT;", "target")
+            return command
+
+        return fresh
+
+    # Restore into a fresh database, schema and all: pg_restore -j 2 of pg_dump -Fd, against
+    # dumper restore --with-schema of the run (both build the primary key after the rows).
+    pg_dumped = work / "pg_dumped"
+    server = ("-h", "localhost", "-p", str(cluster.port), "-U", SUPERUSER)
+    subprocess.run(
+        [str(cluster.bin / "pg_dump"), *server, "-d", "bench", "-t", "public.mixed", "-Fd", "-Z", "0", "-f", pg_dumped],
+        env=env,
+        check=True,
+    )
+
+    def into_fresh(name: str, command: list[str]) -> Callable[[Path], list[str]]:
+        def fresh(out: Path) -> list[str]:
+            cluster.psql(f"DROP DATABASE IF EXISTS {name};")
+            cluster.psql(f"CREATE DATABASE {name};")
+            return command
+
+        return fresh
+
+    pg_restore_cmd = [str(cluster.bin / "pg_restore"), *server, "-d", "fresh_pg", "-j", "2", str(pg_dumped)]
+    restore_fresh_cmd = [*dumper[:-1], "restore", str(source / "src"), "--dbname", "fresh_dumper", "--with-schema"]
+
+    psql_target = ["psql", "-X", "-q", "-h", "localhost", "-p", str(cluster.port), "-U", SUPERUSER, "target"]
+    restore_cmd = [*dumper[:-1], "restore", str(source / "src"), "--dbname", "target"]
+    return {
+        "r0_baseline_copy_from_csv": (
+            emptied([*psql_target, "-c", f"\\copy mixed FROM '{work}/mixed.csv' CSV"]),
+            rows,
+        ),
+        "r1_dumper_restore": (emptied(restore_cmd), rows),
+        "r2_baseline_pg_restore_j2": (into_fresh("fresh_pg", pg_restore_cmd), rows),
+        "r3_dumper_restore_with_schema": (into_fresh("fresh_dumper", restore_fresh_cmd), rows),
+    }
+
+
 def start_moto() -> str | None:
     """moto's S3 server on 127.0.0.1, if installed (`pip install -e .[dev]`)."""
     try:
@@ -372,6 +411,10 @@ def cpu_model() -> str:
     return platform.processor()
 
 
+# A method measured against a baseline of its own (the others: by their first letter, below).
+BASELINES = {"r3_dumper_restore_with_schema": "r2_baseline_pg_restore_j2"}
+
+
 def summarize(
     methods: dict[str, tuple[Callable[[Path], list[str]], int]], samples: dict[str, list[Sample]]
 ) -> dict[str, dict[str, float]]:
@@ -397,7 +440,7 @@ def summarize(
     for name, entry in report.items():
         # Restores (r*) compare with loading the same table's CSV; many tiny tables (t*) with
         # pg_dump -Fd -j 2 of them; the other dumps with to_json's COPY.
-        base_name = {"r": "r0_baseline_copy_from_csv", "t": "t0_baseline_pg_dump_tenants"}.get(
+        base_name = BASELINES.get(name) or {"r": "r0_baseline_copy_from_csv", "t": "t0_baseline_pg_dump_tenants"}.get(
             name[0], "a_baseline_to_json_copy"
         )
         base = report.get(base_name)

@@ -327,3 +327,29 @@ def test_spark_schema_is_structtype_json_of_documented_types(db: Database, fmt: 
         "string",
     )
     assert (kinds["date"], kinds["bytea"], kinds["dom_num"]) == ("string", "string", "decimal(12,2)")
+
+
+def test_duckdb_names_that_differ_only_in_case_stay_apart(db: Database) -> None:
+    """DuckDB's names ignore case: tables "T" and t would be one view (the second silently replacing
+    the first) and columns "A" and a one name. Each gets its own, said on stderr, every value read."""
+    db.sql(
+        'CREATE SCHEMA "S"; CREATE SCHEMA s; CREATE TABLE "S".t (id int); CREATE TABLE s.t (id int);'
+        'CREATE TABLE "T" (id int); CREATE TABLE t (id int, "A" int, a text, "x/y~z" int);'
+        'INSERT INTO "S".t VALUES (1); INSERT INTO s.t VALUES (2); INSERT INTO "T" VALUES (3);'
+        "INSERT INTO t VALUES (4, 5, 'six', 7), (8, NULL, NULL, NULL);"
+    )
+    result = db.dump("--run-id", "case", "--schema", "S", "--schema", "s", "--schema", "public")
+    assert result.code == 0, result.stderr
+    code, script, err = describe(result.run_dir, "duckdb")
+    assert code == 0
+    assert "dumper: not exact in duckdb: public.t.a: is a_2 in DuckDB (its names ignore case)" in err
+    con = duckdb.connect()
+    con.execute(script)
+    views = sorted(con.sql("SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal").fetchall())
+    assert views == [("S", "t"), ("S", "t_2"), ("public", "T"), ("public", "t_2")]
+    assert "dumper: not exact in duckdb: s.t: is the view S.t_2 in DuckDB (its names ignore case)" in err
+    ids = [con.sql(f"SELECT id FROM {quoted(s)}.{quoted(v)}").fetchall() for s, v in views]
+    assert ids == [[(1,)], [(2,)], [(3,)], [(4,), (8,)]]
+    rows = con.sql("SELECT * FROM public.t_2 ORDER BY id").fetchall()
+    assert rows == [(4, 5, "six", 7), (8, None, None, None)]
+    assert [c[0] for c in con.sql("SELECT * FROM public.t_2").description] == ["id", "A", "a_2", "x/y~z"]

@@ -52,7 +52,7 @@ class Inexact:
     why: str
 
     def __str__(self) -> str:
-        return f"{self.table}.{self.column}: {self.why}"
+        return f"{self.table}{'.' if self.column else ''}{self.column}: {self.why}"
 
 
 def _type(types: dict[str, TypeInfo], key: str, table: str, column: str) -> TypeInfo:

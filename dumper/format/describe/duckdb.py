@@ -90,23 +90,66 @@ def _column(found: Shape) -> tuple[str, str, str | None]:
     return "VARCHAR", _CONVERT.get(found.type, "{c}"), None
 
 
-def view(manifest: Manifest, table: TableEntry, url: str) -> tuple[str, list[Inexact]]:
-    """CREATE VIEW schema.table over the table's file."""
-    name = f"{ident(table.schema)}.{ident(table.table)}"
+def distinct(names: list[str]) -> list[str]:
+    """DuckDB's names ignore case: a name that equals an earlier one but for case gets `_2`, `_3`..."""
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        given, n = name, 1
+        while given.lower() in taken:
+            n += 1
+            given = f"{name}_{n}"
+        taken.add(given.lower())
+        out.append(given)
+    return out
+
+
+_EXACT_BY_KEY = ("VARCHAR", "BOOLEAN", "SMALLINT", "INTEGER", "BIGINT", "UUID", "TIME", "TIMETZ")
+
+
+def _by_key(key: str, kind: str) -> str:
+    """A row's member `key` as `kind`, from the row read whole as JSON."""
+    pointer = literal(_pointer(key))
+    if kind == "JSON":
+        return f'json_extract("json", {pointer})'
+    return f'CAST(json_extract_string("json", {pointer}) AS {kind})'
+
+
+def _pointer(key: str) -> str:
+    """A JSON pointer to a member (RFC 6901)."""
+    return "/" + key.replace("~", "~0").replace("/", "~1")
+
+
+def view(manifest: Manifest, table: TableEntry, url: str, name: str) -> tuple[str, list[Inexact]]:
+    """CREATE VIEW `name` over the table's file. Columns whose names differ only in case cannot be
+    read_json's columns (DuckDB's names ignore case): such a table is read a row at a time as JSON, each
+    value taken by its key (numbers then pass through DuckDB's doubles)."""
     if not table.columns:  # read_json needs a column, a view one to select
         return f"-- {name} has no columns ({table.rows} rows): no view\n", []
+    keys = [c.name for c in table.columns]
+    shown = distinct(keys)
+    whole_rows = shown != keys
     reads, selects, inexact = [], [], []
-    for column in table.columns:
+    for column, as_name in zip(table.columns, shown, strict=True):
         kind, expression, why = _column(column_shape(manifest, table, column))
-        reads.append(f"{literal(column.name)}: {literal(kind)}")
-        selects.append(f"{expression.format(c=ident(column.name))} AS {ident(column.name)}")
+        if whole_rows:
+            value = _by_key(column.name, kind)
+            if kind not in _EXACT_BY_KEY:
+                why = why or "read through DuckDB's JSON functions (its names ignore case), numbers as doubles"
+        else:
+            reads.append(f"{literal(column.name)}: {literal(kind)}")
+            value = ident(column.name)
+        selects.append(f"{expression.format(c=value)} AS {ident(as_name)}")
+        if as_name != column.name:
+            inexact.append(Inexact(table.qualified, column.name, f"is {as_name} in DuckDB (its names ignore case)"))
         if why:
             inexact.append(Inexact(table.qualified, column.name, why))
+    columns = "{'json': 'JSON'}, records = false" if whole_rows else f"{{{', '.join(reads)}}}"
     options = [
         literal(url),
         f"format = {literal('newline_delimited' if manifest.format == 'jsonl' else 'array')}",
         f"compression = {literal('gzip' if manifest.compression == 'gzip' else 'none')}",
-        f"columns = {{{', '.join(reads)}}}",
+        f"columns = {columns}",
         f"maximum_object_size = {MAX_OBJECT_BYTES}",
     ]
     comments = "".join(f"-- not exact: {i.column}: {i.why}\n" for i in inexact)
@@ -117,10 +160,16 @@ def view(manifest: Manifest, table: TableEntry, url: str) -> tuple[str, list[Ine
 
 def render(manifest: Manifest, location: Callable[[str], str]) -> tuple[str, list[Inexact]]:
     out = [f"-- dumper describe --as duckdb: run {manifest.run_id}, {len(manifest.tables)} tables\n"]
-    out += [f"CREATE SCHEMA IF NOT EXISTS {ident(s)};\n" for s in sorted({t.schema for t in manifest.tables})]
+    schemas = {s.lower(): s for s in reversed([t.schema for t in manifest.tables])}  # the first spelling
+    out += [f"CREATE SCHEMA IF NOT EXISTS {ident(s)};\n" for s in sorted(schemas.values())]
+    pairs = distinct([f"{schemas[t.schema.lower()]}\0{t.table}" for t in manifest.tables])
     inexact: list[Inexact] = []
-    for table in manifest.tables:
-        text, missed = view(manifest, table, location(table.path))
+    for table, pair in zip(manifest.tables, pairs, strict=True):
+        schema, _, view_name = pair.partition("\0")
+        if (schema, view_name) != (table.schema, table.table):
+            shown = f"{schema}.{view_name}"
+            inexact.append(Inexact(table.qualified, "", f"is the view {shown} in DuckDB (its names ignore case)"))
+        text, missed = view(manifest, table, location(table.path), f"{ident(schema)}.{ident(view_name)}")
         out.append("\n" + text)
         inexact += missed
     return "".join(out), inexact
