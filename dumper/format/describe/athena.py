@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from ...core.errors import ConfigError
 from ..manifest import Manifest, TableEntry
-from .columns import Inexact, column_shape, scalar, scalar_name
+from .columns import Inexact, column_shape, distinct, scalar, scalar_name
 
 SERDE = "org.openx.data.jsonserde.JsonSerDe"
 _NAMES = {"integer": {16: "smallint", 32: "int", 64: "bigint"}, "float": {32: "float", 64: "double"}}
@@ -29,22 +29,12 @@ def athena_name(name: str) -> str:
     return _NOT_A_NAME.sub("_", name.lower()).strip("_") or "_"
 
 
-def _unique(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        count = seen.get(name, 0)
-        seen[name] = count + 1
-        out.append(f"{name}_{count + 1}" if count else name)
-    return out
-
-
 def _literal(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def table_ddl(manifest: Manifest, table: TableEntry, folder_url: str, name: str) -> tuple[str, list[Inexact]]:
-    columns = _unique([athena_name(c.name) for c in table.columns])
+    columns = distinct([athena_name(c.name) for c in table.columns])
     defs, mapping, inexact = [], [], []
     for column, athena in zip(table.columns, columns, strict=True):
         found = scalar(column_shape(manifest, table, column))
@@ -69,7 +59,7 @@ def render(manifest: Manifest, location: Callable[[str], str]) -> tuple[str, lis
             "--as athena: Athena reads a table from a prefix of JSON Lines files: describe a dump taken "
             f"with --layout folders --format jsonl (this one is --layout {manifest.layout} --format {manifest.format})"
         )
-    names = _unique([f"{athena_name(t.schema)}__{athena_name(t.table)}" for t in manifest.tables])
+    names = distinct([f"{athena_name(t.schema)}__{athena_name(t.table)}" for t in manifest.tables])
     out = [f"-- dumper describe --as athena: run {manifest.run_id}; run in the Athena database of your choice\n"]
     inexact: list[Inexact] = []
     for table, name in zip(manifest.tables, names, strict=True):

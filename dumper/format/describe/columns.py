@@ -173,3 +173,18 @@ def scalar_name(found: Scalar, sized: dict[str, dict[int, str]]) -> str:
     if found.kind == "decimal":
         return f"decimal({found.precision},{found.scale})"
     return found.kind
+
+
+def distinct(names: list[str]) -> list[str]:
+    """Names for a client whose names ignore case (DuckDB; Athena's are lower case): a name that
+    equals an earlier one but for case gets `_2`, `_3`... (never one that is taken)."""
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        given, n = name, 1
+        while given.lower() in taken:
+            n += 1
+            given = f"{name}_{n}"
+        taken.add(given.lower())
+        out.append(given)
+    return out

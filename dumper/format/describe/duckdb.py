@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..manifest import Manifest, TableEntry
-from .columns import JSON_TYPES, NUMERIC, Inexact, Shape, column_shape, fits_decimal
+from .columns import JSON_TYPES, NUMERIC, Inexact, Shape, column_shape, distinct, fits_decimal
 
 MAX_OBJECT_BYTES = 1 << 30  # read_json's limit on one row (its default, 16 MiB, is smaller than a jsonb value)
 _FIX = ": dump with --as-text "
@@ -88,20 +88,6 @@ def _column(found: Shape) -> tuple[str, str, str | None]:
     if found.type in _AS_IS:
         return _AS_IS[found.type], "{c}", None
     return "VARCHAR", _CONVERT.get(found.type, "{c}"), None
-
-
-def distinct(names: list[str]) -> list[str]:
-    """DuckDB's names ignore case: a name that equals an earlier one but for case gets `_2`, `_3`..."""
-    taken: set[str] = set()
-    out = []
-    for name in names:
-        given, n = name, 1
-        while given.lower() in taken:
-            n += 1
-            given = f"{name}_{n}"
-        taken.add(given.lower())
-        out.append(given)
-    return out
 
 
 _EXACT_BY_KEY = ("VARCHAR", "BOOLEAN", "SMALLINT", "INTEGER", "BIGINT", "UUID", "TIME", "TIMETZ")
