@@ -12,6 +12,7 @@ setting at its default; `p1`, `p2`, `p4` are the scaling table (the same four
 connections in 1, 2 or 4 processes). Server CPU is the postmaster's reaped-children CPU
 (cutime+cstime in /proc/<pid>/stat) across a method's run: exactly the CPU of
 the backends that served it, read after they have exited (autovacuum is off).
+`q1`/`q2`: the same rows as Parquet, against `b`/`g` (JSON Lines).
 `t0`/`t1`: 3,000 tiny tables (schema tenants), pg_dump -Fd -j 2 -Z 0 against
 a run with --jobs 2: the cost per table. Restores (r*) load the mixed table into an empty copy in another database,
 against psql's `\\copy ... FROM` of the same rows as CSV (r0, r1); and into a fresh database with its schema,
@@ -254,6 +255,9 @@ def main() -> int:
                 )
                 for n in (1, 2, 4)
             },
+            # Parquet against the same rows as JSON Lines: one connection (b), and every setting at its default (g).
+            "q1_dumper_parquet": (dump("--include", "public.mixed", "--format", "parquet", *one), args.rows),
+            "q2_dumper_parquet_defaults": (dump("--include", "public.mixed", "--format", "parquet"), args.rows),
             "n1_narrow_small": (dump("--include", "public.narrow_small", *one), args.narrow_rows // 10),
             "n2_narrow": (dump("--include", "public.narrow", *one), args.narrow_rows),
             "n3_narrow_jobs2_split": (
@@ -412,7 +416,11 @@ def cpu_model() -> str:
 
 
 # A method measured against a baseline of its own (the others: by their first letter, below).
-BASELINES = {"r3_dumper_restore_with_schema": "r2_baseline_pg_restore_j2"}
+BASELINES = {
+    "r3_dumper_restore_with_schema": "r2_baseline_pg_restore_j2",
+    "q1_dumper_parquet": "b_dumper_jsonl",
+    "q2_dumper_parquet_defaults": "g_dumper_defaults",
+}
 
 
 def summarize(

@@ -169,7 +169,7 @@ def test_default_run_id_is_utc_start_time(sample: Database) -> None:
     "args,message",
     [
         (["--format", "xml"], "--format: 'xml' is not one of jsonl, json"),
-        (["--compression", "zstd"], "--compression: 'zstd' is not one of none, gzip"),
+        (["--compression", "brotli"], "--compression: 'brotli' is not one of none, gzip, zstd, snappy"),
         (["--sslmode", "prefer"], "--sslmode: 'prefer' is not one of verify-full, verify-ca, require, disable"),
         (["--jobs", "0"], "--jobs: '0' must be a whole number >= 1"),
         (["--batch-rows", "many"], "--batch-rows: 'many' must be a number"),

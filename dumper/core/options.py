@@ -12,11 +12,11 @@ from typing import Any
 
 from .values import account_id, boolean, level, mib, part_size, port, positive_int, run_id, seconds, within
 
-FORMATS = ("jsonl", "json")
+FORMATS = ("jsonl", "json", "parquet")
 EXTENSION_TYPES = ("text", "cast")
 LAYOUTS = ("flat", "folders")
 AS_TEXT = ("numeric", "json")  # --as-text: postgres/catalog.py says which types each names
-COMPRESSIONS = ("none", "gzip")
+COMPRESSIONS = ("none", "gzip", "zstd", "snappy")  # zstd and snappy: Parquet's codecs only
 SSLMODES = ("verify-full", "verify-ca", "require", "disable")
 AUTHS = ("iam", "password")
 LOG_FORMATS = ("auto", "text", "json")
@@ -132,7 +132,12 @@ OPTIONS: tuple[Option, ...] = (
         commands=RUNS,
     ),
     Option(
-        "format", "jsonl (one object per line) or json (one array per file)", "jsonl", choices=FORMATS, commands=DUMPING
+        "format",
+        "jsonl (one object per line), json (one array per file) or parquet (typed columns; needs the extra "
+        "dumper[parquet])",
+        "jsonl",
+        choices=FORMATS,
+        commands=DUMPING,
     ),
     Option(
         "extension_types",
@@ -163,7 +168,13 @@ OPTIONS: tuple[Option, ...] = (
         choices=LAYOUTS,
         commands=DUMPING,
     ),
-    Option("compression", "file compression", "none", choices=COMPRESSIONS, commands=DUMPING),
+    Option(
+        "compression",
+        "file compression: gzip (a .gz file); with --format parquet the codec of its pages: gzip, zstd or snappy",
+        "none",
+        choices=COMPRESSIONS,
+        commands=DUMPING,
+    ),
     Option(
         "gzip_level",
         "gzip level, 1 (fastest) to 9 (smallest); 1-3 use ISA-L (fast), 4-9 zlib",

@@ -186,6 +186,7 @@ def _check_combinations(values: dict[str, Any]) -> None:
             "password, so it goes only to a server whose certificate and host name were verified; use "
             "--sslmode verify-full with --sslrootcert (the RDS CA bundle)"
         )
+    _check_format(values)
     if values.get("with_schema") and (values.get("truncate") or values.get("create_tables")):
         given = [FLAGS[name] for name in ("truncate", "create_tables") if values.get(name)]
         raise ConfigError(
@@ -197,6 +198,20 @@ def _check_combinations(values: dict[str, Any]) -> None:
             raise ConfigError(f"{FLAGS[name]} and {FLAGS[f'{name}_file']}: give one of them")
         if values.get(name):
             check_http_url(FLAGS[name], values[name])
+
+
+def _check_format(values: dict[str, Any]) -> None:
+    parquet = values.get("format") == "parquet"
+    if values.get("compression") in ("zstd", "snappy") and not parquet:
+        raise ConfigError(
+            f"--compression {values['compression']}: a Parquet codec; it needs --format parquet "
+            "(JSON files take --compression gzip)"
+        )
+    if parquet and values.get("extension_types") == "cast":
+        raise ConfigError(
+            "--extension-types cast writes JSON: it does not go with --format parquet, which writes such "
+            "values as their text (the default, --extension-types text)"
+        )
 
 
 def resolve(

@@ -21,7 +21,7 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 
-from ..format.encode import JSON_NULL_MARK, Framer
+from ..format.encode import JSON_NULL_MARK, TableFraming
 from ..format.stored import StoredWriter
 from ..storage.output import TableFile
 
@@ -40,7 +40,7 @@ class Assembly:
         name: str,
         out: TableFile,
         count: int,
-        framer: Framer,
+        framer: TableFraming,
         writer: StoredWriter,
         clock: Callable[[], float] = time.monotonic,
         json_keys: Mapping[bytes, str] | None = None,
@@ -77,6 +77,11 @@ class Assembly:
                 self._held.setdefault(piece, []).append((body, rows))
                 self._held_bytes += len(body)
 
+    def outside(self) -> dict[str, list[list[int | str]]]:
+        """A Parquet file's values outside its columns' types: column -> [file row, text] pairs."""
+        found: dict[str, list[list[int | str]]] = getattr(self.framer, "outside", {})
+        return found
+
     async def piece_done(self, piece: int) -> bool:
         """Marks a piece complete; True once every piece is in the file."""
         async with self._turn:
@@ -93,7 +98,11 @@ class Assembly:
         """Footer, gzip trailer, then the file becomes visible."""
         await self._write(b"", 0)  # the header, for an empty table
         await self._stored()
-        await self.out.write(self.writer.add(self.framer.footer()) + self.writer.finish())
+        if self.framer.encodes:  # Parquet's last row group and footer: encoded off the loop
+            footer = await asyncio.to_thread(lambda: self.writer.add(self.framer.footer()))
+        else:
+            footer = self.writer.add(self.framer.footer())
+        await self.out.write(footer + self.writer.finish())
         await self.out.commit()
 
     async def abandon(self) -> None:
@@ -106,8 +115,14 @@ class Assembly:
         await self.out.discard()
 
     async def _write(self, body: bytes | bytearray, rows: int) -> None:
-        if rows and _MARK in body:  # a JSON null of a json column (rare: one C-level search)
+        if self.json_keys and rows and _MARK in body:  # a JSON null of a json column (rare: one C-level search)
             body = self._json_nulls(body, self.framer.rows)
+        if self.framer.encodes:  # Parquet: the body becomes file bytes in the storing thread
+            self.framer.separator(rows)
+            if rows:
+                await self._stored()
+                self._storing = asyncio.ensure_future(self._store_encoded(body))
+            return
         # Header and separator go out as their own small part: a batch (one
         # huge row, perhaps) is never copied to put two bytes in front of it.
         head = b"" if self._wrote_header else self.framer.header()
@@ -157,4 +172,9 @@ class Assembly:
 
     async def _store(self, parts: list[bytes | bytearray]) -> None:
         for stored in await asyncio.to_thread(lambda: [self.writer.add(part) for part in parts]):
+            await self.out.write(stored)
+
+    async def _store_encoded(self, body: bytes | bytearray) -> None:
+        stored = await asyncio.to_thread(lambda: self.writer.add(self.framer.encode(body)))
+        if stored:
             await self.out.write(stored)

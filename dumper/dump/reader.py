@@ -20,12 +20,11 @@ from typing import Any, Protocol
 from ..core.errors import ConnectionLost
 from ..core.retry import failing_with, retrying
 from ..core.settings import Settings
-from ..format.encode import RowEncoder
+from ..format.encode import LARGE_ROW, RowEncoder
 from ..postgres import db, locks, snapshot
 from ..postgres.catalog import Table
 
 BATCH_BYTES = 4 << 20  # aim for ~4 MB of JSON per fetch: bounds memory for wide rows
-LARGE_ROW = BATCH_BYTES // 8  # once a row this large is seen, fetches are sized by the largest row
 JSON_PER_DISK_BYTE = 2  # bytea doubles in hex; TOAST-compressed text grows back
 MAX_INLINE_ROW = 8160  # bytes: a heap row that is not TOASTed fits in one 8 kB page
 TABLE_ATTEMPTS = 3  # a piece whose connection dies is read again, in the same snapshot
@@ -158,6 +157,23 @@ class _Batcher:
         self.rows = self._fit(self.largest if self.largest >= LARGE_ROW else nbytes / max(1, rows))
 
 
+class Encoder(Protocol):
+    """A table's records to the bytes its file is made of (format.encode.RowEncoder: JSON; a
+    Parquet file's Arrow batches: format/parquet/arrow.py)."""
+
+    def encode(self, records: Sequence[Sequence[Any]]) -> bytes: ...
+
+    def largest(self, body: bytes | bytearray, rows: int) -> int: ...
+
+
+def encoder_for(table: Table, fmt: str) -> Encoder:
+    if fmt == "parquet":
+        from ..format.parquet.arrow import BatchEncoder  # pyarrow: loaded by Parquet runs only
+
+        return BatchEncoder(table.parquet_columns())
+    return RowEncoder([c.name for c in table.columns], fmt == "json", table.arrays)
+
+
 @dataclass
 class _Delivered:
     """A piece's progress, kept across its attempts."""
@@ -173,7 +189,7 @@ async def _read_piece(conn: Any, piece: Piece, sink: Sink, settings: Settings, d
     the same snapshot returns the same rows in the same order (seqscans are not
     synchronized, cursors never run parallel plans).
     """
-    encoder = RowEncoder([c.name for c in piece.table.columns], settings.format == "json", piece.table.arrays)
+    encoder = encoder_for(piece.table, settings.format)
     batcher = delivered.batcher  # a retry skips the delivered rows at the size already learned
     skip = delivered.rows
     async for batch in snapshot.stream(
@@ -192,7 +208,7 @@ async def _read_piece(conn: Any, piece: Piece, sink: Sink, settings: Settings, d
             records = []
             size = len(body)
             # Only a batch this large can hold a large row; one row is its own size.
-            largest = size if count == 1 or size < LARGE_ROW else max(map(len, body.split(b"\n")))
+            largest = encoder.largest(body, count)
             await sink.add(piece.index, body, count)
             del body  # not alive during the next fetch
             delivered.rows += count
@@ -202,8 +218,7 @@ async def _read_piece(conn: Any, piece: Piece, sink: Sink, settings: Settings, d
 async def _read_group(conn: Any, group: Group, sink: Sink, settings: Settings, delivered: _Delivered) -> None:
     """Streams a group's rows into `sink`, each run of one member's rows under its number
     (skipping what an earlier attempt delivered, as _read_piece does)."""
-    array = settings.format == "json"
-    encoders = [RowEncoder([c.name for c in p.table.columns], array, p.table.arrays) for p in group.members]
+    encoders = [encoder_for(p.table, settings.format) for p in group.members]
     batcher = delivered.batcher
     skip = delivered.rows
     async for batch in snapshot.stream(conn, group.select_sql(), group.name, batcher.size, settings.stall_timeout):
@@ -214,7 +229,7 @@ async def _read_group(conn: Any, group: Group, sink: Sink, settings: Settings, d
             rows = [record[1:] for record in run]
             body = encoders[member].encode(rows)
             size += len(body)
-            largest = max(largest, len(body) if len(rows) == 1 else max(map(len, body.split(b"\n"))))
+            largest = max(largest, encoders[member].largest(body, len(rows)))
             await sink.add(member, body, len(rows))
             delivered.rows += len(rows)
         if records:

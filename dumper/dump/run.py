@@ -21,6 +21,7 @@ from ..core.logs import log
 from ..core.retry import failing_with, retrying
 from ..core.settings import Settings
 from ..dump.reader import young_gc_only
+from ..format import parquet
 from ..format.layout import LATEST_NAME, MANIFEST_NAME, table_file_name, table_paths, unique_file_names
 from ..format.manifest import (
     Database,
@@ -33,6 +34,7 @@ from ..format.manifest import (
     Tool,
     TypeInfo,
 )
+from ..format.parquet import mapping
 from ..postgres import (
     db,
     locks,
@@ -84,6 +86,8 @@ async def run(
     fresh snapshot, up to --run-attempts: the result is exactly one complete
     dump, or an error that names the cause.
     """
+    if settings.format == "parquet":
+        parquet.require()
     await asyncio.to_thread(output.make_run_dir, settings.run_id)  # new, private, writable: before any table
     source = _Source()
 
@@ -163,6 +167,7 @@ async def _prepare(coordinator: Any, settings: Settings, source: _Source) -> _Pr
             settings.extension_types,
             carried,
             settings.as_text,
+            parquet=settings.format == "parquet",
         )
         outside = await schemadeps.outside(coordinator, settings.schema, carried)
         types = await typeinfo.types_of(coordinator, ((c.type_oid, c.typmod) for t in tables for c in t.columns))
@@ -292,7 +297,7 @@ async def _run_once(
             extensions=[e.entry for e in ready.carried],
             requires=ready.outside if ready.pg_dump else [],
             types=ready.types,
-            as_text=sorted(set(settings.as_text)),
+            as_text=sorted(set(settings.as_text) | set(mapping.AS_TEXT if settings.format == "parquet" else ())),
             layout=settings.layout,
         )
         await output.make_durable(committed)  # then the manifest says they are a dump

@@ -16,7 +16,7 @@ import msgspec
 from ..core.errors import first_error
 from ..core.logs import current_table, log
 from ..core.settings import Settings
-from ..format.encode import Framer, Kind
+from ..format.encode import Framer, Kind, TableFraming
 from ..format.manifest import Column, TableEntry
 from ..format.stored import StoredWriter
 from ..postgres import db
@@ -55,12 +55,22 @@ def _entry(piece: Piece, assembly: Assembly) -> TableEntry:
         seconds=round(time.monotonic() - assembly.started, 3),
         extension=table.extension,
         json_nulls=assembly.json_nulls,
+        outside={c: [(int(row), str(text)) for row, text in pairs] for c, pairs in assembly.outside().items()},
     )
 
 
 def _json_keys(table: Table) -> dict[bytes, str]:
     """The encoded key of each json/jsonb column (as the encoder writes it), for Assembly."""
     return {msgspec.json.encode(c.name) + b":": c.name for c in table.columns if c.kind is Kind.JSON}
+
+
+def _framing(table: Table, settings: Settings) -> TableFraming:
+    """How the table's file is made of its batches: JSON framing, or a Parquet writer."""
+    if settings.format == "parquet":
+        from ..format.parquet.write import ParquetFramer  # pyarrow: loaded by Parquet runs only
+
+        return ParquetFramer(table.parquet_columns(), settings.compression)
+    return Framer(settings.format)
 
 
 def _queue(work: list[tuple[Table, str]], piece_pages: int, lock: bool, group_size: int) -> deque[Piece | Group]:
@@ -134,13 +144,14 @@ class _Files:
         if piece.relpath not in self.open:
             if not grouped:
                 log.info("started", extra={"pieces": piece.count} if piece.count > 1 else {})
+            parquet = self.settings.format == "parquet"
             self.open[piece.relpath] = Assembly(
                 piece.table.qualified,
                 self.output.open_table(piece.relpath),
                 piece.count,
-                Framer(self.settings.format),
-                StoredWriter(self.settings.compression, self.settings.gzip_level),
-                json_keys=_json_keys(piece.table),
+                _framing(piece.table, self.settings),
+                StoredWriter("none" if parquet else self.settings.compression, self.settings.gzip_level),
+                json_keys={} if parquet else _json_keys(piece.table),
             )
         return self.open[piece.relpath]
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache, partial
 from itertools import repeat, starmap
 from operator import itemgetter
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -157,6 +157,7 @@ TEXT_DECODERS: dict[str, Callable[[str], Any]] = {
 
 # --- rows and framing -------------------------------------------------------
 
+LARGE_ROW = 512 << 10  # bytes: once a row this large is seen, fetches are sized by the largest row (reader)
 ARRAY_SEPARATOR = b",\n"  # between two rows (or two encoded batches) of a JSON array file
 
 
@@ -221,6 +222,13 @@ class RowEncoder:
             fixed.append(values)
         return fixed
 
+    def largest(self, body: bytes | bytearray, rows: int) -> int:
+        """The largest row of an encoded batch: only a batch of LARGE_ROW or more can hold a
+        large one (so most batches are never split); one row is its own size."""
+        if rows == 1 or len(body) < LARGE_ROW:
+            return len(body)
+        return max(map(len, body.split(b"\n")))
+
     def encode(self, records: Sequence[Sequence[Any]]) -> bytes:
         if self._bounds:
             records = self._with_bounds(records)
@@ -232,6 +240,22 @@ class RowEncoder:
         return lines[:-1].replace(b"\n", ARRAY_SEPARATOR)
 
 
+class TableFraming(Protocol):
+    """What a table's Assembly writes through: a Framer, or parquet/write.py's ParquetFramer
+    (which `encodes` each batch into file bytes: encode() and footer() run off the event loop)."""
+
+    rows: int
+    encodes: bool
+
+    def header(self) -> bytes: ...
+
+    def separator(self, rows: int) -> bytes: ...
+
+    def encode(self, body: bytes | bytearray) -> bytes: ...
+
+    def footer(self) -> bytes: ...
+
+
 class Framer:
     """Turns encoded rows into a JSON Lines or a streamed JSON array file.
 
@@ -239,9 +263,14 @@ class Framer:
     '[\\n' row ',\\n' row ... '\\n]\\n' (empty table: '[\\n]\\n').
     """
 
+    encodes = False  # the batches are the file's bytes already
+
     def __init__(self, fmt: str) -> None:
         self.array = fmt == "json"
         self.rows = 0
+
+    def encode(self, body: bytes | bytearray) -> bytes:
+        raise AssertionError("a JSON batch is stored as it is")
 
     def header(self) -> bytes:
         return b"[\n" if self.array else b""

@@ -3,7 +3,7 @@
     <output>/
       LATEST                          the run id of the newest complete dump, written last
       <run_id>/
-        <schema>.<table>.jsonl[.gz]   a table (.json[.gz] with --format json); with --layout folders
+        <schema>.<table>.jsonl[.gz]   a table (.json[.gz] with --format json, .parquet); with --layout folders
                                       <schema>.<table>/<schema>.<table>.jsonl[.gz], a prefix per table
         schema.pre-data.sql           pg_dump's sections, from the run's snapshot
         schema.post-data.sql
@@ -28,7 +28,7 @@ MANIFEST_NAME = "manifest.json"
 LATEST_NAME = "LATEST"
 WRITE_PROBE = ".dumper-write-probe"
 SECTIONS = ("pre-data", "post-data")  # pg_dump's sections, in the order a restore runs them
-TABLE_ENDINGS = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+TABLE_ENDINGS = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet")
 PARTIAL_ENDING = ".partial"
 
 _SAFE = frozenset(string.ascii_letters + string.digits + "_-")
@@ -41,12 +41,13 @@ def _escape(name: str) -> str:
 
 
 def table_file_name(schema: str, table: str, fmt: str, compression: str) -> str:
-    """'<schema>.<table>.jsonl[.gz]', safe for any identifier on any file system."""
+    """'<schema>.<table>.jsonl[.gz]', safe for any identifier on any file system; a Parquet file
+    is '.parquet' whatever its codec (inside the file)."""
     stem = f"{_escape(schema)}.{_escape(table)}"
     if len(stem) > _MAX_NAME:
         digest = hashlib.sha256(f"{schema}\0{table}".encode()).hexdigest()[:16]
         stem = f"{stem[: _MAX_NAME - 17]}~{digest}"
-    return stem + "." + fmt + (".gz" if compression == "gzip" else "")
+    return stem + "." + fmt + (".gz" if compression == "gzip" and fmt != "parquet" else "")
 
 
 def table_paths(names: Sequence[str], folders: bool) -> list[str]:

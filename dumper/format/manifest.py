@@ -65,6 +65,9 @@ class TableEntry(msgspec.Struct, frozen=True, kw_only=True):
     # json/jsonb columns' JSON nulls, which the file writes as `null` like SQL NULL: per column, the rows
     # (0-based, in file order) as runs [first, count]. Absent: none (or a dump from before this key).
     json_nulls: dict[str, list[list[int]]] = {}
+    # A Parquet file's values its column's type cannot hold (format/parquet/mapping.py), NULL in the
+    # file: per column, [row (0-based, in file order), the value's text] pairs.
+    outside: dict[str, list[tuple[int, str]]] = {}
 
     @property
     def qualified(self) -> str:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 import orjson
 
 from ..core.errors import VerifyError
-from ..format.stored import CORRUPT, Tally, content
+from ..format.stored import CORRUPT, Tally, check_read, content
+from . import parquet
+from .manifest import Manifest, TableEntry
 
 BATCH_BYTES = 4 << 20  # JSON per INSERT: round trips stay rare, memory stays a few MB
 
@@ -88,14 +91,28 @@ class RowBatches:
 
     def check(self, rows: int, stored_bytes: int, sha256: str) -> None:
         """The file as read equals the manifest's entry (call after the last batch)."""
-        read = self._tally
-        if read.bytes != stored_bytes or read.sha256 != sha256:
-            raise VerifyError(
-                f"{self._name}: changed since it was verified ({read.bytes} bytes, "
-                f"sha256 {read.sha256}; the manifest says {stored_bytes} bytes, sha256 {sha256})"
-            )
-        if self.rows != rows:
-            raise VerifyError(f"{self._name}: {self.rows} rows, the manifest says {rows}")
+        check_read(self._tally, self.rows, self._name, rows, stored_bytes, sha256)
+
+
+class TableRows(Protocol):
+    """A table file's rows, a batch of row texts at a time (RowBatches; a Parquet file's:
+    format/parquet/read.py), then check() against its manifest entry."""
+
+    rows: int
+
+    def __iter__(self) -> Iterator[list[bytes]]: ...
+
+    def check(self, rows: int, stored_bytes: int, sha256: str) -> None: ...
+
+
+def table_rows(manifest: Manifest, entry: TableEntry, chunks: Iterable[bytes], name: str) -> TableRows:
+    """The rows of `entry`'s file (its stored chunks), read as the manifest's format says."""
+    if manifest.format != "parquet":
+        return RowBatches(chunks, manifest.compression, manifest.format, name)
+    parquet.require("this dump (Parquet files)")
+    from .parquet.read import ParquetRows  # pyarrow: for Parquet dumps only
+
+    return ParquetRows(chunks, name, [c.name for c in entry.columns], entry.outside)
 
 
 def json_array(rows: list[bytes]) -> bytes:

@@ -15,6 +15,8 @@ from typing import Any, cast
 
 from isal import isal_zlib
 
+from ..core.errors import VerifyError
+
 GZIP = 31  # wbits: gzip header and trailer
 # What a damaged gzip stream raises (ISA-L's error is its own class, not zlib's).
 CORRUPT: tuple[type[Exception], ...] = (zlib.error, cast(type[Exception], isal_zlib.error))
@@ -76,6 +78,17 @@ class Tally:
     @property
     def sha256(self) -> str:
         return self._sha.hexdigest()
+
+
+def check_read(tally: Tally, read_rows: int, name: str, rows: int, stored_bytes: int, sha256: str) -> None:
+    """A table file as a restore read it equals the manifest's entry (VerifyError if not)."""
+    if tally.bytes != stored_bytes or tally.sha256 != sha256:
+        raise VerifyError(
+            f"{name}: changed since it was verified ({tally.bytes} bytes, "
+            f"sha256 {tally.sha256}; the manifest says {stored_bytes} bytes, sha256 {sha256})"
+        )
+    if read_rows != rows:
+        raise VerifyError(f"{name}: {read_rows} rows, the manifest says {rows}")
 
 
 def content(chunks: Iterable[bytes], compression: str) -> Iterator[bytes]:

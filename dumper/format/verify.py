@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from . import jsonnulls
+from ..core.errors import VerifyError
+from . import jsonnulls, parquet
 from .encode import rows_in
 from .layout import is_file_name, is_table_path
 from .manifest import FileEntry, Manifest, TableEntry
-from .stored import CORRUPT, read_stats
+from .stored import CORRUPT, StoredStats, read_stats
 
 
 def verify(
@@ -36,6 +37,25 @@ def verify(
     return problems
 
 
+def _parquet_stats(chunks: Iterable[bytes]) -> StoredStats:
+    parquet.require("this dump (Parquet files)")
+    from .parquet.read import read_stats as parquet_stats  # pyarrow: for Parquet dumps only
+
+    return parquet_stats(chunks)
+
+
+def _outside_problems(entry: TableEntry) -> list[str]:
+    """The manifest's values outside a Parquet file's types name its columns and rows."""
+    columns = {c.name for c in entry.columns}
+    problems = []
+    for column, pairs in entry.outside.items():
+        if column not in columns:
+            problems.append(f"outside: no column {column!r}")
+        elif any(not 0 <= row < entry.rows for row, _ in pairs):
+            problems.append(f"outside: column {column!r} names a row past the table's {entry.rows}")
+    return problems
+
+
 def _check(
     manifest: Manifest, entry: TableEntry | FileEntry, what: str, open_chunks: Callable[[str], Iterable[bytes] | None]
 ) -> list[str]:
@@ -44,13 +64,16 @@ def _check(
     if not safe:
         return [f"{name}: not a file name in the run folder; refused, nothing was read"]
     is_table = isinstance(entry, TableEntry)
+    parquet = is_table and manifest.format == "parquet"
     try:
         chunks = open_chunks(entry.path)
         if chunks is None:
             return [f"{name}: file is missing"]
-        stats = read_stats(chunks, manifest.compression if is_table else "none")
+        stats = _parquet_stats(chunks) if parquet else read_stats(chunks, manifest.compression if is_table else "none")
     except CORRUPT as exc:
         return [f"{name}: not a valid gzip file: {exc}"]
+    except VerifyError as exc:  # a Parquet file without its footer
+        return [f"{name}: {exc}"]
     except (TimeoutError, ConnectionError):
         raise  # the storage or the network failed, not the file: the caller says so
     except OSError as exc:  # e.g. a symlink where the file should be
@@ -60,8 +83,11 @@ def _check(
         problems.append(f"{name}: {stats.bytes} bytes, manifest says {entry.bytes}")
     if stats.sha256 != entry.sha256:
         problems.append(f"{name}: sha256 {stats.sha256}, manifest says {entry.sha256}")
-    if isinstance(entry, TableEntry) and (rows := rows_in(stats.newlines, manifest.format)) != entry.rows:
+    rows = stats.newlines if parquet else rows_in(stats.newlines, manifest.format)
+    if isinstance(entry, TableEntry) and rows != entry.rows:
         problems.append(f"{name}: {rows} rows, manifest says {entry.rows}")
+    if isinstance(entry, TableEntry) and entry.outside:
+        problems += [f"{name}: {p}" for p in _outside_problems(entry)]
     if isinstance(entry, TableEntry) and entry.json_nulls:
         columns = [c.name for c in entry.columns]
         problems += [f"{name}: {p}" for p in jsonnulls.check(entry.json_nulls, entry.rows, columns)]

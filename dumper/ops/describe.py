@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..core.errors import ConfigError
-from ..format.describe import TARGETS, Inexact
+from ..format.describe import TARGETS, Inexact, render
 from ..storage.output import Output
 from ..storage.runs import read_manifest
 
@@ -14,4 +14,4 @@ def describe(run: Output, target: str | None) -> tuple[str, list[Inexact]]:
         choices = "|".join(TARGETS)
         raise ConfigError(f"--as: `dumper describe` needs --as {choices}, the client to describe the dump for")
     manifest = read_manifest(run)
-    return TARGETS[target](manifest, run.url_of)
+    return render(manifest, target, run.url_of)

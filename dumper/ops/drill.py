@@ -33,7 +33,7 @@ from ..dump import run as dump
 from ..format import sameness
 from ..format.jsonnulls import JsonNulls, per_row
 from ..format.manifest import Manifest, TableEntry
-from ..format.readback import RowBatches
+from ..format.readback import table_rows
 from ..format.stored import content
 from ..ops.notify import Outcome, publish
 from ..postgres import db
@@ -69,10 +69,12 @@ _JSON_NULLS_MEMBER = b',"\\u0000json nulls":'
 _JSON_NULLS_SHOWN = "\\\\u0000json nulls"  # as a shown row (a repr) spells the member's name
 
 
-def _rows(output: Output, path: str, compression: str, fmt: str, nulls: JsonNulls | None = None) -> Iterator[bytes]:
+def _rows(
+    output: Output, path: str, doc: Manifest, entry: TableEntry, nulls: JsonNulls | None = None
+) -> Iterator[bytes]:
     """The row texts of a stored table file (with the JSON-null member, given `nulls`)."""
     number = 0
-    for batch in RowBatches(output.chunks(path) or [], compression, fmt, path):
+    for batch in table_rows(doc, entry, output.chunks(path) or [], path):
         if nulls is None:
             yield from batch
             continue
@@ -85,7 +87,7 @@ def _rows(output: Output, path: str, compression: str, fmt: str, nulls: JsonNull
 def compare(doc: Manifest, source: Output, again: list[TableEntry], again_dir: Output, again_run: str) -> list[str]:
     """One message per table whose rows did not come back exactly: compared as a multiset
     of rows, each by column name (sameness), after a byte-for-byte look that settles most."""
-    compression, fmt = doc.compression, doc.format
+    compression = "none" if doc.format == "parquet" else doc.compression  # a Parquet codec is inside the file
     by_name = {(t.schema, t.table): t for t in again}
     problems = []
     for entry in doc.tables:
@@ -101,15 +103,15 @@ def compare(doc: Manifest, source: Output, again: list[TableEntry], again_dir: O
             same = _content_sha(source.chunks(entry.path) or [], compression) == _content_sha(
                 again_dir.chunks(mine) or [], compression
             )
-        if same and got.rows == entry.rows and got.json_nulls == entry.json_nulls:
+        if same and got.rows == entry.rows and got.json_nulls == entry.json_nulls and got.outside == entry.outside:
             continue
         columns = [c.name for c in entry.columns]
         nulls = (JsonNulls(entry.json_nulls), JsonNulls(got.json_nulls)) if entry.json_nulls or got.json_nulls else None
         if nulls:
             columns.append("\x00json nulls")
         differs = sameness.difference(
-            functools.partial(_rows, source, entry.path, compression, fmt, nulls[0] if nulls else None),
-            functools.partial(_rows, again_dir, mine, compression, fmt, nulls[1] if nulls else None),
+            functools.partial(_rows, source, entry.path, doc, entry, nulls[0] if nulls else None),
+            functools.partial(_rows, again_dir, mine, doc, got, nulls[1] if nulls else None),
             columns,
         )
         if differs is not None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import ConfigError
 from ..format.encode import Kind, kind_for
+from ..format.parquet import mapping
 from ..postgres.schemadeps import Extension
 from . import locks
 from .sql import quote_ident
@@ -46,9 +47,12 @@ class Column:
     typmod: int = -1
     not_null: bool = False
     dimensions: int = 0  # attndims: declared, not enforced
+    parquet: mapping.Typed | None = None  # with --format parquet: the column's type in the file
 
     def select_sql(self) -> str:
         col = quote_ident(self.name)
+        if self.parquet is not None:
+            return self._parquet_sql(col)
         if self.written == WRITTEN_TEXT:  # the type's text form: text, or an array of texts
             return f"CAST({col} AS pg_catalog.text{'[]' if self.array else ''})"
         if self.kind is Kind.TO_JSON:
@@ -57,11 +61,28 @@ class Column:
             return f"CAST({col} AS {self.domain_base})"
         return col
 
+    def _parquet_sql(self, col: str) -> str:
+        assert self.parquet is not None
+        if self.parquet.as_text:  # the type's text output
+            return f"CAST({col} AS pg_catalog.text)"
+        if self.domain_base:
+            return f"CAST({col} AS {self.domain_base})"
+        return col
+
+    @property
+    def bounded(self) -> bool:
+        """Read with its bounds_sql(): an array written as a JSON array, or as a Parquet list."""
+        return self.parquet.depth > 0 if self.parquet is not None else self.array
+
     def bounds_sql(self) -> str:
         """An array whose lower bounds are not all 1 as PostgreSQL's text form of it
-        ('[0:1]={7,8}'), else NULL: the value written instead of the JSON array."""
+        ('[0:1]={7,8}'), else NULL: the value written instead of the JSON array. In a Parquet
+        file also an array of other dimensions than the column's list."""
         col = quote_ident(self.name)
-        return f"CASE WHEN {_NOT_ONE_BASED.format(c=col)} THEN CAST({col} AS pg_catalog.text) END"
+        when = _NOT_ONE_BASED.format(c=col)
+        if self.parquet is not None:
+            when += f" OR pg_catalog.array_ndims({col}) OPERATOR(pg_catalog.<>) {int(self.parquet.depth)}"
+        return f"CASE WHEN {when} THEN CAST({col} AS pg_catalog.text) END"
 
 
 @dataclass(frozen=True)
@@ -102,7 +123,7 @@ class Table:
         cols = ", ".join(
             ([] if tag is None else [str(int(tag))])
             + [c.select_sql() for c in self.columns]
-            + [c.bounds_sql() for c in self.columns if c.array]
+            + [c.bounds_sql() for c in self.columns if c.bounded]
         )
         ranges = [
             f"ctid OPERATOR(pg_catalog.>=) '({first_page},0)'::pg_catalog.tid" if first_page is not None else "",
@@ -113,14 +134,18 @@ class Table:
             return f"SELECT {cols} FROM {only}{self.relation_sql()} {self.condition}"
         return f"SELECT {cols} FROM {only}{self.relation_sql()}" + (f" WHERE {where}" if where else "")
 
-    def row_type(self) -> tuple[tuple[str, str, str, str | None, bool], ...]:
+    def row_type(self) -> tuple[tuple[str, str, str, str | None, bool, mapping.Typed | None], ...]:
         """What the columns read as, in order: tables alike in this read in one UNION ALL."""
-        return tuple((c.type, c.kind.name, c.written, c.domain_base, c.array) for c in self.columns)
+        return tuple((c.type, c.kind.name, c.written, c.domain_base, c.array, c.parquet) for c in self.columns)
+
+    def parquet_columns(self) -> list[tuple[str, str, mapping.Typed]]:
+        """(name, type, its Parquet type) per column: what a Parquet file of the table holds."""
+        return [(c.name, c.type, c.parquet or mapping.Typed(mapping.TEXT)) for c in self.columns]
 
     @property
     def arrays(self) -> tuple[int, ...]:
-        """Positions of the array columns (their bounds follow the columns, in this order)."""
-        return tuple(i for i, c in enumerate(self.columns) if c.array)
+        """Positions of the bounded array columns (their bounds follow the columns, in this order)."""
+        return tuple(i for i, c in enumerate(self.columns) if c.bounded)
 
 
 def select_tables(
@@ -221,7 +246,8 @@ WITH RECURSIVE chain(start, oid, typtype, typbasetype) AS (
 SELECT chain.start, chain.oid AS base,
        pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||)
        pg_catalog.quote_ident(t.typname) AS base_name,
-       t.typlen OPERATOR(pg_catalog.=) -1 AND t.typelem OPERATOR(pg_catalog.<>) 0 AS array
+       t.typlen OPERATOR(pg_catalog.=) -1 AND t.typelem OPERATOR(pg_catalog.<>) 0 AS array,
+       t.typelem AS element
 FROM chain
 JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) chain.oid
 JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.typnamespace
@@ -265,9 +291,11 @@ async def discover(
     extension_types: str = WRITTEN_TEXT,
     extensions: Sequence[Extension] = (),
     as_text: Sequence[str] = (),
+    parquet: bool = False,
 ) -> list[Table]:
     """Tables to dump, in catalog order, with their columns and read plans; then the
-    configuration tables of the dumped `extensions` (their user rows)."""
+    configuration tables of the dumped `extensions` (their user rows). With `parquet`, each
+    column's type in a Parquet file (format/parquet/mapping.py) decides how it is read."""
     present = {
         r[0]
         for r in await conn.fetch(
@@ -290,21 +318,36 @@ async def discover(
 
     col_rows = await conn.fetch(_COLUMNS_SQL, oids)
     type_oids = sorted({r["atttypid"] for r in col_rows})
-    bases = {r["start"]: (r["base"], r["base_name"], r["array"]) for r in await conn.fetch(_BASE_TYPES_SQL, type_oids)}
+    bases = {r["start"]: r for r in await conn.fetch(_BASE_TYPES_SQL, type_oids)}
     cast = {r[0] for r in await conn.fetch(_CAST_TYPES_SQL, type_oids)}
     text_bases = {oid for name in as_text for oid in AS_TEXT_OIDS[name]}
+    elements = await _element_bases(conn, bases.values()) if parquet else {}
 
     columns: dict[int, list[Column]] = {oid: [] for oid in oids}
     for r in col_rows:
-        base_oid, base_name, array = bases[r["atttypid"]]
+        base = bases[r["atttypid"]]
+        base_oid, array = base["base"], base["array"]
+        typed = (
+            mapping.typed(
+                base_oid,
+                r["atttypmod"],
+                elements.get(base["element"], 0) if array else 0,
+                r["attndims"],
+                "numeric" in as_text,
+            )
+            if parquet
+            else None
+        )
+        written = extension_types if r["atttypid"] in cast else _written(base_oid, text_bases)
         # Casting to the bare base type (no typmod) never changes a value.
         columns[r["attrelid"]].append(
             Column(
                 name=r["attname"],
                 type=r["type"],
                 kind=kind_for(base_oid),
-                domain_base=base_name if r["atttypid"] != base_oid else None,
-                written=extension_types if r["atttypid"] in cast else _written(base_oid, text_bases),
+                domain_base=base["base_name"] if r["atttypid"] != base_oid else None,
+                written=typed.written if typed else written,
+                parquet=typed,
                 array=array,
                 type_oid=r["atttypid"],
                 typmod=r["atttypmod"],
@@ -326,6 +369,12 @@ async def discover(
         )
         for r in rows
     ]
+
+
+async def _element_bases(conn: Any, bases: Iterable[Any]) -> dict[int, int]:
+    """Each array element type's own base type (an array of a domain is one of its base)."""
+    elements = sorted({r["element"] for r in bases if r["array"]})
+    return {r["start"]: r["base"] for r in await conn.fetch(_BASE_TYPES_SQL, elements)} if elements else {}
 
 
 SIZING_BATCH = 500  # relations sized per statement: each is locked while it is sized

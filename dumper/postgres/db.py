@@ -24,6 +24,7 @@ from ..core.errors import ConfigError, ConnectionLost, DumpError, RecoveryConfli
 from ..core.retry import retrying
 from ..core.settings import Settings
 from ..format import encode
+from ..format.parquet import mapping
 from . import replica
 from .translate import LOST, connect_error, is_transient, said
 
@@ -120,7 +121,7 @@ async def connect(
             _keepalive(conn)
             async with stall_guard(settings.stall_timeout, "while setting up a connection"):
                 if codecs:
-                    await register_codecs(conn)
+                    await register_codecs(conn, settings.format)
                 for statement in setup:
                     await conn.execute(statement)
         return conn
@@ -201,8 +202,16 @@ def lock_wait_bound(settings: Settings) -> float:
     return settings.lock_timeout + settings.stall_timeout if settings.lock_timeout and settings.stall_timeout else 0
 
 
-async def register_codecs(conn: Any) -> None:
-    """Read the types whose exact form is their text (see encode.Kind)."""
+async def register_codecs(conn: Any, fmt: str) -> None:
+    """Read the types whose exact form is their text (see encode.Kind); for a Parquet file
+    (format/parquet/mapping.py) numeric and json as their text, dates and times as their
+    raw binary values."""
+    if fmt == "parquet":
+        for name in mapping.TEXT_READ:
+            await conn.set_type_codec(name, schema="pg_catalog", encoder=str, decoder=str, format="text")
+        for name in mapping.RAW_READ:
+            await conn.set_type_codec(name, schema="pg_catalog", encoder=bytes, decoder=bytes, format="binary")
+        return
     for name, decoder in encode.TEXT_DECODERS.items():
         await conn.set_type_codec(name, schema="pg_catalog", encoder=str, decoder=decoder, format="text")
 

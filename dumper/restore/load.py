@@ -30,7 +30,7 @@ from ..core.settings import Settings
 from ..format.describe.columns import json_as_text
 from ..format.jsonnulls import JsonNulls, per_row
 from ..format.manifest import Manifest
-from ..format.readback import RowBatches, holds_nul, join_object, json_array, may_hold_nul, split_object
+from ..format.readback import holds_nul, join_object, json_array, may_hold_nul, split_object, table_rows
 from ..postgres import db
 from ..postgres.sql import quote_ident
 from ..postgres.translate import LOST, load_error
@@ -111,7 +111,6 @@ class Loader:
         """The table's rows, a batch at a time, with the batch as one JSON array
         (None when a row may hold a NUL escape). The next batch is read and
         joined in a thread while the caller's INSERT of this one runs."""
-        compression, fmt = self.doc.compression, self.doc.format
         name = f"{target.qualified} ({target.entry.path})"
 
         def step(action: Callable[[], Any]) -> asyncio.Future[Any]:
@@ -134,7 +133,7 @@ class Loader:
         chunks = await step(lambda: self.source.chunks(target.entry.path))
         if chunks is None:
             raise VerifyError(f"{name}: file is missing")
-        reader = RowBatches(chunks, compression, fmt, name)
+        reader = await step(lambda: table_rows(self.doc, target.entry, chunks, name))
         rows = iter(reader)
         pending = step(prepared)
         try:

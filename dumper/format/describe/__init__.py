@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ...core.errors import ConfigError
 from ..manifest import Manifest
-from . import athena, duckdb, json_schema, spark
+from . import athena, duckdb, json_schema, parquet, spark
 from .columns import Inexact
 
 # --as NAME -> its renderer: (manifest, the location of a file of the run) -> (text, what it cannot hold exactly)
@@ -24,4 +25,19 @@ TARGETS: dict[str, Callable[[Manifest, Callable[[str], str]], tuple[str, list[In
     "spark": spark.render,
 }
 
-__all__ = ["TARGETS", "Inexact"]
+
+def render(manifest: Manifest, target: str, location: Callable[[str], str]) -> tuple[str, list[Inexact]]:
+    """TARGETS[target]'s text for the run; a Parquet dump (whose files carry their own types)
+    is described for DuckDB, its views over read_parquet."""
+    if manifest.format != "parquet":
+        return TARGETS[target](manifest, location)
+    if target != "duckdb":
+        raise ConfigError(
+            f"--as {target}: this dump is Parquet, whose files carry their own types: read them as they are "
+            "(spark.read.parquet(path); Athena: CREATE EXTERNAL TABLE ... STORED AS PARQUET); "
+            "--as duckdb describes it"
+        )
+    return parquet.render(manifest, location)
+
+
+__all__ = ["TARGETS", "Inexact", "render"]

@@ -144,7 +144,15 @@ def view(manifest: Manifest, table: TableEntry, url: str, name: str) -> tuple[st
     return text, inexact
 
 
-def render(manifest: Manifest, location: Callable[[str], str]) -> tuple[str, list[Inexact]]:
+ViewOf = Callable[[Manifest, TableEntry, str, str], tuple[str, list[Inexact]]]
+
+
+def render(
+    manifest: Manifest, location: Callable[[str], str], view_of: ViewOf | None = None
+) -> tuple[str, list[Inexact]]:
+    """A schema and a view per table (`view_of(manifest, table, its file, the view's name)`: by
+    default over read_json; describe/parquet.py's over read_parquet)."""
+    view_of = view_of or view
     out = [f"-- dumper describe --as duckdb: run {manifest.run_id}, {len(manifest.tables)} tables\n"]
     schemas = {s.lower(): s for s in reversed([t.schema for t in manifest.tables])}  # the first spelling
     out += [f"CREATE SCHEMA IF NOT EXISTS {ident(s)};\n" for s in sorted(schemas.values())]
@@ -155,7 +163,7 @@ def render(manifest: Manifest, location: Callable[[str], str]) -> tuple[str, lis
         if (schema, view_name) != (table.schema, table.table):
             shown = f"{schema}.{view_name}"
             inexact.append(Inexact(table.qualified, "", f"is the view {shown} in DuckDB (its names ignore case)"))
-        text, missed = view(manifest, table, location(table.path), f"{ident(schema)}.{ident(view_name)}")
+        text, missed = view_of(manifest, table, location(table.path), f"{ident(schema)}.{ident(view_name)}")
         out.append("\n" + text)
         inexact += missed
     return "".join(out), inexact
