@@ -13,10 +13,12 @@ COPY dumper ./dumper
 # Behind a TLS-intercepting proxy, mount its CA bundle and pass its path:
 #   podman build -v /etc/ssl/certs/ca-certificates.crt:/host-ca.crt:ro --build-arg PIP_CERT=/host-ca.crt ...
 ARG PIP_CERT=""
+# The optional parts installed (--format parquet: pyarrow, numpy); EXTRAS="" for the smallest image.
+ARG EXTRAS=parquet
 # Exact versions from constraints.txt; a venv so the runtime stage copies one folder.
 RUN python -m venv /opt/dumper \
     && /opt/dumper/bin/pip install --no-cache-dir --disable-pip-version-check ${PIP_CERT:+--cert "$PIP_CERT"} \
-       -c constraints.txt . \
+       -c constraints.txt ".${EXTRAS:+[$EXTRAS]}" \
     && /opt/dumper/bin/pip uninstall --yes pip setuptools
 
 FROM ${BASE} AS ca

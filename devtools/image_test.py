@@ -101,9 +101,7 @@ def main() -> int:
         out = work / "out"
         out.mkdir()
         os.chown(out, 10001, 10001)
-        sh(
-            "podman",
-            "run",
+        run_args = [
             "--rm",
             "--read-only",
             "--user",
@@ -134,12 +132,18 @@ def main() -> int:
             "DUMPER_DBNAME=shop",
             "-e",
             f"DUMPER_USER={SUPERUSER}",
-            IMAGE,
-            env=env,
-        )  # default command: run; CA: the image's default
+        ]
+        sh("podman", "run", *run_args, IMAGE, env=env)  # default command: run; CA: the image's default
         manifest = json.loads((out / (out / "LATEST").read_text().strip() / "manifest.json").read_text())
         rows = {t["table"]: t["rows"] for t in manifest["tables"]}
         assert rows == {"Audit Log": 3, "orders": 25000}, rows
+        # The image holds the parquet extra: the same dump as Parquet files, read-only root and all.
+        sh("podman", "run", *run_args, "-e", "DUMPER_FORMAT=parquet", "-e", "DUMPER_RUN_ID=parquet", IMAGE, env=env)
+        parquet = json.loads((out / "parquet" / "manifest.json").read_text())
+        assert {t["path"]: t["rows"] for t in parquet["tables"]} == {
+            "public.Audit%20Log.parquet": 3,
+            "public.orders.parquet": 25000,
+        }, parquet["tables"]
         schema = manifest["schema_files"]  # the image's pg_dump, over TLS with the image's CA file
         assert schema["status"] == "written", schema
         print(
