@@ -164,11 +164,16 @@ async def stall_guard(seconds: float, where: str) -> AsyncIterator[None]:
     except TimeoutError:
         if not deadline.expired():
             raise
-        raise DumpError(
-            f"{where}: the database sent nothing for {seconds:g} s (--stall-timeout): the server, "
-            "or the network to it, stalled; check the server's health and load, or raise "
-            "--stall-timeout"
-        ) from None
+        raise stalled(where, seconds) from None
+
+
+def stalled(where: str, seconds: float) -> DumpError:
+    """The error of a wait past its --stall-timeout bound."""
+    return DumpError(
+        f"{where}: the database sent nothing for {seconds:g} s (--stall-timeout): the server, "
+        "or the network to it, stalled; check the server's health and load, or raise "
+        "--stall-timeout"
+    )
 
 
 async def close(conn: Any) -> None:

@@ -27,6 +27,7 @@ from ..core.errors import (
 from ..core.logs import current_table, log
 from ..core.retry import failing_with, retrying
 from ..core.settings import Settings
+from ..format.copytext import CopyRows, copy_columns
 from ..format.describe.columns import json_as_text
 from ..format.jsonnulls import JsonNulls, per_row
 from ..format.manifest import Manifest
@@ -67,6 +68,10 @@ def _json_param(n: int) -> str:
     return f"pg_catalog.convert_from(${n}::pg_catalog.bytea, 'UTF8')::pg_catalog.json"
 
 
+def _json_payload(batch: list[bytes], _: int) -> bytes | None:
+    return None if any(map(may_hold_nul, batch)) else json_array(batch)
+
+
 @dataclass(frozen=True)
 class Restored:
     schema: str
@@ -90,7 +95,15 @@ class RestoreOutcome:
 class Loader:
     """Loads units of tables; one instance per restore."""
 
-    def __init__(self, settings: Settings, source: Output, doc: Manifest, targets: list[Target]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        source: Output,
+        doc: Manifest,
+        targets: list[Target],
+        checked_at_end: frozenset[str] = frozenset(),
+    ) -> None:
+        self.checked_at_end = checked_at_end
         self.settings = settings
         self.source = source
         self.doc = doc
@@ -107,11 +120,16 @@ class Loader:
         except (asyncpg.PostgresError, asyncpg.InterfaceError, *LOST) as exc:
             raise load_error(exc, table) from exc
 
-    async def batches(self, target: Target) -> AsyncIterator[tuple[list[bytes], bytes | None]]:
-        """The table's rows, a batch at a time, with the batch as one JSON array
-        (None when a row may hold a NUL escape). The next batch is read and
-        joined in a thread while the caller's INSERT of this one runs."""
+    async def batches(
+        self, target: Target, prepare: Callable[[list[bytes], int], bytes | None] | None = None
+    ) -> AsyncIterator[tuple[list[bytes], bytes | None]]:
+        """The table's rows, a batch at a time, with what `prepare(batch, first row)` makes of it: by
+        default the batch as one JSON array (None when a row may hold a NUL escape). The next batch is
+        read and prepared in a thread while the caller's statement sends this one."""
         name = f"{target.qualified} ({target.entry.path})"
+        if prepare is None:
+            prepare = _json_payload
+        first_row = 0
 
         def step(action: Callable[[], Any]) -> asyncio.Future[Any]:
             def guarded() -> Any:
@@ -125,10 +143,13 @@ class Loader:
             return asyncio.ensure_future(asyncio.to_thread(guarded))
 
         def prepared() -> tuple[list[bytes], bytes | None] | None:
+            nonlocal first_row
             batch = next(rows, None)
             if batch is None:
                 return None
-            return batch, None if any(map(may_hold_nul, batch)) else json_array(batch)
+            payload = prepare(batch, first_row)
+            first_row += len(batch)
+            return batch, payload
 
         chunks = await step(lambda: self.source.chunks(target.entry.path))
         if chunks is None:
@@ -146,52 +167,59 @@ class Loader:
             pending.cancel()  # the thread finishes its read; nobody waits for it
         reader.check(target.entry.rows, target.entry.bytes, target.entry.sha256)
 
+    async def copy_table(self, conn: Any, target: Target, rows: CopyRows) -> None:
+        """Every row of the table in one COPY statement (so that its references to itself are
+        checked at its end, as one INSERT's would be). The stall bound (--lock-timeout +
+        --stall-timeout) follows the batches: past it without the server taking the next one, the
+        load fails. So does the end of the statement, but for a table whose foreign keys or
+        triggers run there (Plan.checked_at_end): that work may take long and send nothing."""
+        nulls = JsonNulls(target.entry.json_nulls, target.columns)
+
+        def prepare(batch: list[bytes], first_row: int) -> bytes:
+            return rows.convert(batch, nulls.within(first_row, len(batch)) if nulls else None)
+
+        loop = asyncio.get_running_loop()
+        guard = asyncio.timeout_at(loop.time() + self.bound if self.bound else None)
+
+        async def source() -> AsyncIterator[bytes]:
+            async for _, payload in self.batches(target, prepare):
+                assert payload is not None
+                if self.bound:
+                    guard.reschedule(loop.time() + self.bound)
+                yield payload
+                del payload
+            if target.qualified in self.checked_at_end:
+                guard.reschedule(None)
+
+        try:
+            async with guard:
+                await conn.copy_to_table(
+                    target.entry.table,
+                    schema_name=target.entry.schema,
+                    columns=list(target.columns),
+                    source=source(),
+                    format="text",
+                )
+        except TimeoutError:
+            if not guard.expired():
+                raise
+            raise db.stalled(f"table {target.qualified}", self.bound) from None
+        except DumperError:
+            raise
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, *LOST) as exc:
+            raise load_error(exc, target.qualified) from exc
+
     async def load_table(self, conn: Any, target: Target, one_statement: bool) -> None:
         table = target.qualified
         token = current_table.set(table)
         started = time.monotonic()
         try:
-            rel = target.relation_sql
-            nulls = JsonNulls(target.entry.json_nulls, target.columns)
-            if one_statement:  # every row in first, so the table's references to itself check at the end
-                await self.statement(
-                    conn,
-                    "CREATE TEMPORARY TABLE dumper_rows (n pg_catalog.int8, doc pg_catalog.json) ON COMMIT DROP",
-                    table,
-                )
-                into = (
-                    "INSERT INTO pg_temp.dumper_rows SELECT $2::pg_catalog.int8 OPERATOR(pg_catalog.+) e.n, e.doc "
-                    f"FROM pg_catalog.json_array_elements({_json_param(1)}) WITH ORDINALITY AS e(doc, n)"
-                )
+            how = copy_columns(self.doc, target.entry, target.columns)
+            if isinstance(how, list):
+                await self.copy_table(conn, target, CopyRows(how))
             else:
-                into = target.insert_sql(BATCH_SQL.format(rel=rel, json=_json_param(1)))
-            first_row = 0
-            async for batch, payload in self.batches(target):
-                marked = nulls.within(first_row, len(batch)) if nulls else {}
-                if one_statement:
-                    await self.statement(conn, into, table, payload or json_array(batch), first_row)
-                elif payload is None:
-                    await self.insert_around_nul(conn, target, into, batch, marked)
-                elif marked:
-                    columns = list(marked)
-                    numbered = target.insert_sql(
-                        NUMBERED_SQL.format(rel=rel, json=_json_param(1)), "r.", _json_nulls_sql("e.n", columns, 2)
-                    )
-                    await self.statement(conn, numbered, table, payload, *marked.values())
-                else:
-                    await self.statement(conn, into, table, payload)
-                first_row += len(batch)
-                del batch, payload
-            if one_statement:
-                source = (
-                    f"pg_temp.dumper_rows s CROSS JOIN LATERAL pg_catalog.json_populate_record(NULL::{rel}, s.doc) r"
-                )
-                whole = nulls.within(0, first_row) if nulls else {}
-                instead = _json_nulls_sql("s.n", list(whole), 1)
-                await self.statement(
-                    conn, target.insert_sql(source, "r.", instead), table, *whole.values(), bounded=False
-                )
-                await self.statement(conn, "DROP TABLE pg_temp.dumper_rows", table)
+                log.info("loaded through the server's JSON parser (slower than COPY)", extra={"why": how})
+                await self.rows_through_json(conn, target, one_statement)
             seconds = round(time.monotonic() - started, 3)
             self.restored[table] = Restored(
                 target.entry.schema, target.entry.table, target.entry.rows, target.entry.bytes, seconds
@@ -199,6 +227,48 @@ class Loader:
             log.info("loaded", extra={"rows": target.entry.rows, "seconds": seconds})
         finally:
             current_table.reset(token)
+
+    async def rows_through_json(self, conn: Any, target: Target, one_statement: bool) -> None:
+        """The table's rows through json_populate_recordset, a batch per INSERT (`one_statement`:
+        every row into a temporary table first, then one INSERT)."""
+        table = target.qualified
+        rel = target.relation_sql
+        nulls = JsonNulls(target.entry.json_nulls, target.columns)
+        if one_statement:  # every row in first, so the table's references to itself check at the end
+            await self.statement(
+                conn,
+                "CREATE TEMPORARY TABLE dumper_rows (n pg_catalog.int8, doc pg_catalog.json) ON COMMIT DROP",
+                table,
+            )
+            into = (
+                "INSERT INTO pg_temp.dumper_rows SELECT $2::pg_catalog.int8 OPERATOR(pg_catalog.+) e.n, e.doc "
+                f"FROM pg_catalog.json_array_elements({_json_param(1)}) WITH ORDINALITY AS e(doc, n)"
+            )
+        else:
+            into = target.insert_sql(BATCH_SQL.format(rel=rel, json=_json_param(1)))
+        first_row = 0
+        async for batch, payload in self.batches(target):
+            marked = nulls.within(first_row, len(batch)) if nulls else {}
+            if one_statement:
+                await self.statement(conn, into, table, payload or json_array(batch), first_row)
+            elif payload is None:
+                await self.insert_around_nul(conn, target, into, batch, marked)
+            elif marked:
+                columns = list(marked)
+                numbered = target.insert_sql(
+                    NUMBERED_SQL.format(rel=rel, json=_json_param(1)), "r.", _json_nulls_sql("e.n", columns, 2)
+                )
+                await self.statement(conn, numbered, table, payload, *marked.values())
+            else:
+                await self.statement(conn, into, table, payload)
+            first_row += len(batch)
+            del batch, payload
+        if one_statement:
+            source = f"pg_temp.dumper_rows s CROSS JOIN LATERAL pg_catalog.json_populate_record(NULL::{rel}, s.doc) r"
+            whole = nulls.within(0, first_row) if nulls else {}
+            instead = _json_nulls_sql("s.n", list(whole), 1)
+            await self.statement(conn, target.insert_sql(source, "r.", instead), table, *whole.values(), bounded=False)
+            await self.statement(conn, "DROP TABLE pg_temp.dumper_rows", table)
 
     async def insert_around_nul(
         self, conn: Any, target: Target, into: str, batch: list[bytes], marked: dict[str, list[int]]
@@ -319,7 +389,7 @@ async def load(
 ) -> RestoreOutcome:
     """Every unit of `plan`; `prepare` runs first, in one transaction of its own (or in the one of
     --single-transaction)."""
-    loader = Loader(settings, source, doc, plan.targets)
+    loader = Loader(settings, source, doc, plan.targets, plan.checked_at_end)
     first = plan.targets[0].qualified if plan.targets else "-"
     if settings.single_transaction:
         await loader.statement(conn, "BEGIN", first)

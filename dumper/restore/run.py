@@ -65,9 +65,10 @@ async def _planned(conn: Any, settings: Settings, entries: list[TableEntry]) -> 
         cycles = [u for u in units if u.method == "replica"]
         may_disable = await targets.may_disable_triggers(conn) if cycles else False
         emptying = await targets.emptying(conn, tables, settings.user) if settings.truncate else []
+        checked = await targets.checked_at_end(conn, tables)
     targets.refuse_holding(holding, settings.truncate)
     targets.refuse_cycles(cycles, may_disable, settings.user)
-    return targets.Plan(tables, units), create + emptying
+    return targets.Plan(tables, units, checked), create + emptying
 
 
 async def run(settings: Settings, password: db.PasswordProvider) -> RestoreOutcome:

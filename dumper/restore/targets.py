@@ -204,6 +204,29 @@ async def keys(conn: Any, targets: list[Target]) -> list[loadplan.ForeignKey]:
     ]
 
 
+# Tables with a foreign key or a trigger of their own: a statement loading them ends with that work.
+_CHECKED_SQL = """
+SELECT co.conrelid AS oid FROM pg_catalog.pg_constraint co WHERE co.contype OPERATOR(pg_catalog.=) 'f'
+UNION
+SELECT tg.tgrelid FROM pg_catalog.pg_trigger tg WHERE NOT tg.tgisinternal
+"""
+
+
+async def checked_at_end(conn: Any, targets: list[Target]) -> frozenset[str]:
+    """The targets (a partitioned table: any of its partitions) whose loading ends with foreign-key
+    checks or triggers."""
+    checked = {r["oid"] for r in await conn.fetch(_CHECKED_SQL)}
+    if not checked:
+        return frozenset()
+    tree = await conn.fetch(
+        "SELECT t.oid AS target, p.relid FROM pg_catalog.unnest($1::pg_catalog.oid[]) AS t(oid) "
+        "CROSS JOIN LATERAL pg_catalog.pg_partition_tree(t.oid) p",
+        [t.oid for t in targets if t.oid],
+    )
+    found = {r["target"] for r in tree if r["relid"] in checked}
+    return frozenset(t.qualified for t in targets if t.oid in found)
+
+
 async def may_disable_triggers(conn: Any) -> bool:
     """Whether this role may set session_replication_role (superuser,
     rds_superuser, or GRANT SET ON PARAMETER): tried, then rolled back."""
@@ -266,10 +289,12 @@ async def emptying(conn: Any, targets: list[Target], user: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Plan:
-    """What a restore loads, and in which order."""
+    """What a restore loads, and in which order; `checked_at_end`: the tables whose load ends
+    with the server's foreign-key checks or triggers (work that may take long and send nothing)."""
 
     targets: list[Target]
     units: list[loadplan.Unit]
+    checked_at_end: frozenset[str] = frozenset()
 
 
 def refuse_holding(holding: Sequence[str], truncate: bool) -> None:

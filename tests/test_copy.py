@@ -1,0 +1,184 @@
+"""`restore` loads rows with COPY (format/copytext.py): every value comes back as the server's
+JSON parser would give it, and as the source holds it, whatever the text inside."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dumper.format.copytext import CopyRows, copy_columns
+from dumper.format.manifest import parse
+
+from .conftest import Database, parse_json
+from .test_contract import COLUMNS, create_every_type
+from .test_parquet import OUTSIDE_SQL
+
+
+def _rows(db: Database, table: str) -> list[Any]:
+    """Every row as the server's text of it: exact for every type."""
+    return db.fetch(f"SELECT t::text FROM {table} t ORDER BY 1")
+
+
+def _loaded_through_json(result: Any) -> list[str]:
+    return [
+        e["table"]
+        for e in map(parse_json, result.stdout.splitlines())
+        if e["event"] == "loaded through the server's JSON parser (slower than COPY)"
+    ]
+
+
+def _without_types(run: Path, into: Path) -> Path:
+    """The dump as one taken before the manifest had `types`: restored through the server's JSON parser."""
+    shutil.copytree(run, into)
+    manifest = json.loads((into / "manifest.json").read_text())
+    del manifest["types"]
+    (into / "manifest.json").write_text(json.dumps(manifest))
+    return into
+
+
+def test_every_type_comes_back_the_same_through_copy_and_through_json(
+    db: Database, target: Database, tmp_path: Path
+) -> None:
+    create_every_type(db)
+    db.sql(OUTSIDE_SQL)
+    result = db.dump("--run-id", "copy")
+    assert result.code == 0, result.stderr
+    copied = target.restore(result.run_dir, "--with-schema")
+    assert copied.code == 0, copied.stderr
+    assert _loaded_through_json(copied) == []
+    through_copy = {table: _rows(target, table) for table in ("every_type", "outside")}
+    old = _without_types(result.run_dir, tmp_path / "old" / "copy")
+    target.sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    parsed = target.restore(old, "--with-schema")
+    assert parsed.code == 0, parsed.stderr
+    assert sorted(_loaded_through_json(parsed)) == ["public.every_type", "public.outside"]
+    for table, rows in through_copy.items():
+        assert rows == _rows(target, table), f"{table}: COPY and the server's JSON parser differ"
+    assert through_copy["outside"] == _rows(db, "outside")
+    # What the JSON file cannot hold (docs/file-format.md) aside, every value is the source's.
+    kept = [c for c in COLUMNS if c not in ("json", "json_arr", "jsonb_arr", "composite_json")]
+    query = f"SELECT {', '.join(f'{c!r}::text' for c in ['id', *kept])} FROM every_type ORDER BY 1".replace("'", '"')
+    assert target.fetch(query) == db.fetch(query)
+
+
+def _hostile(rng: random.Random) -> str:
+    """Text that COPY, array and record syntax all have something to say about."""
+    alphabet = ["\\", '"', "'", "\t", "\n", "\r", ",", "{", "}", "(", ")", " ", "\\.", "\\N", "null", "NULL",
+                "é", "☺", "\u2028", "\x01", "\x1f", "\x7f", "u0000", "\\u0041", "a", "b"]  # fmt: skip
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet"])
+def test_hostile_text_in_every_shape_comes_back(db: Database, target: Database, fmt: str) -> None:
+    rng = random.Random(20261206)
+    db.sql(
+        "CREATE TYPE pair AS (t text, n int, a text[]);"
+        "CREATE TABLE hostile (id int PRIMARY KEY, t text, a text[], aa text[][], p pair, ps pair[], j json, "
+        "jb jsonb, ja json[], c char(12), v varchar(40))"
+    )
+    values = []
+    for i in range(300):
+        texts = [_hostile(rng) for _ in range(6)]
+        literal = [t.replace("'", "''") for t in texts]
+        doc = json.dumps({"k": texts[0], "l": [texts[1], None]}).replace("'", "''")
+        values.append(
+            f"({i}, '{literal[0]}', ARRAY['{literal[1]}', NULL, '{literal[2]}'], "
+            f"ARRAY[['{literal[3]}'], ['{literal[4]}']], ROW('{literal[5]}', {i}, ARRAY['{literal[0]}'])::pair, "
+            f"ARRAY[ROW('{literal[1]}', NULL, NULL)::pair, NULL], "
+            f"'{doc}'::json, '{doc}'::jsonb, ARRAY['{doc}'::json, 'null', NULL], "
+            f"left('{literal[2]}', 12), left('{literal[3]}', 40))"
+        )
+    db.sql("INSERT INTO hostile VALUES " + ", ".join(values))
+    db.sql("INSERT INTO hostile (id) VALUES (1000)")  # every column NULL
+    result = db.dump("--run-id", "hostile", "--format", fmt)
+    assert result.code == 0, result.stderr
+    restored = target.restore(result.run_dir, "--with-schema")
+    assert restored.code == 0, restored.stderr
+    assert _loaded_through_json(restored) == []
+    want = db.fetch("SELECT id, t::text FROM hostile t ORDER BY id")
+    got = target.fetch("SELECT id, t::text FROM hostile t ORDER BY id")
+    assert len(got) == len(want) == 301
+    for mine, theirs in zip(want, got, strict=True):
+        assert mine == theirs
+
+
+def test_a_json_null_and_sql_null_stay_apart_through_copy(db: Database, target: Database) -> None:
+    db.sql(
+        "CREATE TABLE j (id int PRIMARY KEY, a json, b jsonb);"
+        "INSERT INTO j SELECT g, CASE WHEN g % 3 = 0 THEN 'null'::json WHEN g % 3 = 1 THEN NULL "
+        "ELSE '{\"g\": 1}'::json END, "
+        "CASE WHEN g % 2 = 0 THEN 'null'::jsonb END FROM generate_series(1, 30000) g"
+    )
+    result = db.dump("--run-id", "nulls")
+    assert result.code == 0, result.stderr
+    restored = target.restore(result.run_dir, "--with-schema")
+    assert restored.code == 0, restored.stderr
+    query = "SELECT id, a::text, a IS NULL, b::text, b IS NULL FROM j ORDER BY id"
+    assert target.fetch(query) == db.fetch(query)
+
+
+def test_copy_text_of_each_shape() -> None:
+    manifest = parse(
+        json.dumps(
+            {
+                "manifest_version": 1,
+                "tool": {"name": "dumper", "version": "0"},
+                "run_id": "r",
+                "started_at": "",
+                "finished_at": "",
+                "database": {"host": "h", "port": 1, "dbname": "d", "user": "u", "server_version": "15"},
+                "snapshot_id": "s",
+                "format": "jsonl",
+                "compression": "none",
+                "tables": [
+                    {
+                        "schema": "public",
+                        "table": "t",
+                        "path": "public.t.jsonl",
+                        "rows": 0,
+                        "bytes": 0,
+                        "sha256": "",
+                        "columns": [
+                            {"name": "n", "type": "numeric", "written": "json"},
+                            {"name": "s", "type": "text", "written": "json"},
+                            {"name": "j", "type": "jsonb", "written": "json"},
+                            {"name": "a", "type": "text[]", "written": "json"},
+                            {"name": "p", "type": "public.pair", "written": "json"},
+                        ],
+                    }
+                ],
+                "types": {
+                    "numeric": {"kind": "base", "name": "pg_catalog.numeric"},
+                    "text": {"kind": "base", "name": "pg_catalog.text"},
+                    "jsonb": {"kind": "base", "name": "pg_catalog.jsonb"},
+                    "integer": {"kind": "base", "name": "pg_catalog.int4"},
+                    "text[]": {"kind": "array", "name": "pg_catalog._text", "element": "text"},
+                    "public.pair": {
+                        "kind": "composite",
+                        "name": "public.pair",
+                        "fields": [{"name": "t", "type": "text"}, {"name": "n", "type": "integer"}],
+                    },
+                },
+            }
+        ).encode()
+    )
+    table = manifest.tables[0]
+    columns = copy_columns(manifest, table, ["n", "s", "j", "a", "p"])
+    assert not isinstance(columns, str)
+    rows = CopyRows(columns)
+    batch = [
+        b'{"n":1.50,"s":"a\\"b\\\\c\\td","j":{"k":"\\\\","t":"\\t"},"a":["x","y z",null],"p":{"t":"q\\"r","n":null}}',
+        b'{"n":"NaN","s":"\\u00e9\\u0001","j":null,"a":"[0:1]={7,8}","p":null}',
+        b'{"n":null,"s":null,"j":[1],"a":[["a\\\\"],["b"]],"p":{"t":null,"n":7}}',
+    ]
+    assert rows.convert(batch, {"j": [2]}).split(b"\n") == [
+        b'1.50\ta\\"b\\\\c\\td\t{"k":"\\\\\\\\","t":"\\\\t"}\t{"x","y z",NULL}\t("q\\\\"r",)',
+        b"NaN\t\xc3\xa9\x01\tnull\t[0:1]={7,8}\t\\N",
+        b'\\N\t\\N\t[1]\t{{"a\\\\\\\\"},{"b"}}\t(,"7")',
+        b"",
+    ]
