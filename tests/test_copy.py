@@ -175,10 +175,49 @@ def test_copy_text_of_each_shape() -> None:
         b'{"n":1.50,"s":"a\\"b\\\\c\\td","j":{"k":"\\\\","t":"\\t"},"a":["x","y z",null],"p":{"t":"q\\"r","n":null}}',
         b'{"n":"NaN","s":"\\u00e9\\u0001","j":null,"a":"[0:1]={7,8}","p":null}',
         b'{"n":null,"s":null,"j":[1],"a":[["a\\\\"],["b"]],"p":{"t":null,"n":7}}',
+        b'{"n":2,"s":"null","j":null,"a":[],"p":{"t":"","n":null}}',
     ]
-    assert rows.convert(batch, {"j": [2]}).split(b"\n") == [
-        b'1.50\ta\\"b\\\\c\\td\t{"k":"\\\\\\\\","t":"\\\\t"}\t{"x","y z",NULL}\t("q\\\\"r",)',
-        b"NaN\t\xc3\xa9\x01\tnull\t[0:1]={7,8}\t\\N",
-        b'\\N\t\\N\t[1]\t{{"a\\\\\\\\"},{"b"}}\t(,"7")',
+    want = [
+        b'1.50,"a\\"b\\\\c\td","{\\"k\\":\\"\\\\\\\\\\",\\"t\\":\\"\\\\t\\"}",'
+        b'"{\\"x\\",\\"y z\\",NULL}","(\\"q\\\\\\"r\\",)"',
+        b'"NaN","\xc3\xa9\x01","null","[0:1]={7,8}",null',
+        b'null,null,"[1]","{{\\"a\\\\\\\\\\"},{\\"b\\"}}","(,\\"7\\")"',
+        b'2,"null",null,"{}","(\\"\\",)"',
         b"",
     ]
+    block = b"\n".join(batch) + b"\n"
+    assert rows.convert(block, {"j": [2]}).split(b"\n") == want
+    # A column the target generates is not loaded; any column may be the one.
+    for loaded in (["s", "j", "a", "p"], ["n", "j", "a", "p"], ["n", "s", "j", "a"], ["j", "p"], ["a"]):
+        part = copy_columns(manifest, table, loaded)
+        assert not isinstance(part, str)
+        some = CopyRows(part)
+        assert some.loaded == loaded
+        index = [c.name for c in table.columns]
+        assert some.convert(block, {"j": [2]}).split(b"\n")[:-1] == [
+            b",".join(f for f, name in zip(line_fields, index, strict=True) if name in loaded)
+            for line_fields in _fields(want[:-1])
+        ]
+
+
+def _fields(lines: list[bytes]) -> list[list[bytes]]:
+    """The CSV fields of the expected lines above, each as its bytes are written."""
+    out = []
+    for line in lines:
+        fields, at = [], 0
+        while at <= len(line):
+            end = _field_end(line, at)
+            fields.append(line[at:end])
+            at = end + 1
+        out.append(fields)
+    return out
+
+
+def _field_end(line: bytes, at: int) -> int:
+    if line[at : at + 1] != b'"':
+        end = line.find(b",", at)
+        return len(line) if end < 0 else end
+    i = at + 1
+    while line[i : i + 1] != b'"':
+        i += 2 if line[i : i + 1] == b"\\" else 1
+    return i + 1

@@ -1,8 +1,12 @@
-"""glibc malloc settings for a process that moves megabytes per batch."""
+"""Memory settings for a process that moves megabytes per batch: glibc's malloc, and the
+garbage collector."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import gc
+from collections.abc import Iterator
 
 M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 M_MMAP_THRESHOLD = -3
@@ -22,3 +26,17 @@ def tune_malloc() -> None:
         return
     libc.mallopt(M_MMAP_THRESHOLD, 4 << 20)
     libc.mallopt(M_TRIM_THRESHOLD, 32 << 20)
+
+
+@contextlib.contextmanager
+def young_gc_only() -> Iterator[None]:
+    """Rows are short-lived and acyclic: collecting every 700 allocations cost
+    ~20% of a dump. Freeze what exists and collect rarely; restore afterwards."""
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()

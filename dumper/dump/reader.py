@@ -8,11 +8,9 @@ the parent) differs.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Protocol
@@ -87,20 +85,6 @@ def plan_pieces(table: Table, relpath: str, piece_pages: int, lock: bool = False
         Piece(table, relpath, i, len(starts), start or None, starts[i + 1] if i + 1 < len(starts) else None, lock)
         for i, start in enumerate(starts)
     ]
-
-
-@contextlib.contextmanager
-def young_gc_only() -> Iterator[None]:
-    """Rows are short-lived and acyclic: collecting every 700 allocations cost
-    ~20% of a dump. Freeze what exists and collect rarely; restore afterwards."""
-    before = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
-        gc.unfreeze()
 
 
 class Sink(Protocol):

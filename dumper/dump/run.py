@@ -18,9 +18,9 @@ import tenacity
 from .. import __version__
 from ..core.errors import ConnectionLost, DumperError, RecoveryConflict, SnapshotLost, first_error
 from ..core.logs import log
+from ..core.malloc import young_gc_only
 from ..core.retry import failing_with, retrying
 from ..core.settings import Settings
-from ..dump.reader import young_gc_only
 from ..format import parquet
 from ..format.layout import LATEST_NAME, MANIFEST_NAME, table_file_name, table_paths, unique_file_names
 from ..format.manifest import (

@@ -48,9 +48,9 @@ import orjson
 
 from ..core.errors import DumperError, DumpError
 from ..core.logs import fields_of, log
-from ..core.malloc import tune_malloc
+from ..core.malloc import tune_malloc, young_gc_only
 from ..core.settings import Settings
-from ..dump.reader import Group, Lane, Piece, Reader, Sink, young_gc_only
+from ..dump.reader import Group, Lane, Piece, Reader, Sink
 from ..format.encode import ARRAY_SEPARATOR
 from ..postgres import db
 from .channel import ASK, BATCH, BEAT, DONE, FAIL, INIT, LOG, NO_PASSWORD, PASSWORD, READ, STOP, Channel

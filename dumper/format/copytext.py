@@ -1,21 +1,20 @@
-"""A table file's rows (JSON objects, as format/readback.py reads them) as the lines of
-PostgreSQL's COPY text format, so that a restore hands the server the cheapest parse it has.
+"""A table file's rows (JSON objects, as format/readback.py reads them) as COPY data, so that a
+restore hands the server the cheapest parse it has: COPY's CSV format, written with
+`FORMAT csv, ESCAPE '\\', NULL 'null'` (OPTIONS).
 
 Exact by construction: the server turns each field into its column's value with the type's
 input function, the same function json_populate_recordset calls on a JSON scalar, given the
-same text. A JSON number, true or false is its own text; a JSON string is its contents, and
-JSON's escapes are COPY's (\\\\ \\" \\/ \\b \\f \\n \\r \\t mean the same in both), but for \\uXXXX,
-which COPY does not know: such a string is decoded and escaped again. null is \\N. A json or
-jsonb value written as JSON is its JSON text, backslashes and tabs escaped. An array written
-as a JSON array becomes PostgreSQL's array text ('{"a",NULL,{1,2}}'), a nested JSON array its
-next dimension (as json_populate_record reads it, json[] included); a composite's JSON object
-its record text ('(1,"x y",)'), field by field in the composite's order (the manifest's types).
-Only a value written through an extension's cast has no such text (such dumps are refused),
-and a dump from before the manifest's `types` is loaded through the server's JSON parser.
-
-Most of the work is done a column at a time on the column's values joined into one bytes
-object (C-level replace and split), not a value at a time in Python; composites, arrays of
-json and arrays with escapes go a value at a time.
+same text. With those options a JSON scalar already is a CSV field: a number, true or false is
+its own (unquoted) text, null is the NULL marker (a quoted "null" is the string), and a string
+is a quoted field whose escapes \\" and \\\\ mean what they mean to CSV's ESCAPE. So a row is
+its values joined by commas, each as the file holds it (msgspec.Raw, never re-printed); JSON's
+other escapes in a column that has them become the bytes they stand for (raw newlines and tabs
+are data in a quoted field; \\uXXXX is decoded). Only what is not a scalar is converted: a json
+value becomes a quoted field of its JSON text, an array PostgreSQL's array text
+('{"a",NULL,{1,2}}'; a nested JSON array is its next dimension, as json_populate_record reads
+it, json[] too), a composite's JSON object its record text ('(1,"x y",)', field by field in the
+composite's order: the manifest's types). A column at a time, on its values joined into one
+bytes object (C-level replaces and splits), where that can be done; a value at a time where not.
 """
 
 from __future__ import annotations
@@ -23,51 +22,35 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import msgspec
 
 from ..core.errors import VerifyError
 from .describe.columns import Shape, column_shape
+from .manifest import Column as ManifestColumn
 from .manifest import Manifest, TableEntry
 
-NULL = b"\\N"
-_SEP = b"\x00"  # between a column's values while they are converted together: never in JSON text
+OPTIONS = {"format": "csv", "escape": "\\", "null": "null"}  # asyncpg's copy_to_table keywords
+NULL = b"null"  # the NULL marker (a quoted "null" is the string)
+_SEP = b"\x00"  # between a column's values while they are converted together; likewise never in JSON
+_HELD = b"\x02"  # an escaped backslash while JSON's other escapes are rewritten
 _NULL_VALUE = b"\x00null\x00"
-_NULL_FIELD = b"\x00\\N\x00"
+_NULL_HELD = b"\x00\x03\x00"
+# JSON's escapes but \" and \\ (which mean the same to CSV), as the bytes they stand for.
+_ESCAPES = ((b"\\n", b"\n"), (b"\\t", b"\t"), (b"\\r", b"\r"), (b"\\b", b"\x08"), (b"\\f", b"\x0c"), (b"\\/", b"/"))
 
 
-def _copy_escaped(text: bytes) -> bytes:
-    """Text as a COPY field: backslash, newline, carriage return and tab escaped."""
-    if b"\\" in text:
-        text = text.replace(b"\\", b"\\\\")
-    if b"\n" in text or b"\r" in text or b"\t" in text:
-        text = text.replace(b"\n", b"\\n").replace(b"\r", b"\\r").replace(b"\t", b"\\t")
-    return text
+def quoted(text: bytes) -> bytes:
+    """Text as one quoted field: of CSV (with ESCAPE '\\'), and of array and record text alike."""
+    return b'"' + text.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
-def _string(raw: bytes) -> bytes:
-    """A JSON string with a \\u escape: decoded, then written as COPY text."""
-    text: str = msgspec.json.decode(raw)
-    return _copy_escaped(text.encode())
-
-
-def _scalar(raw: bytes) -> bytes:
-    if raw == b"null":
-        return NULL
-    if raw[:1] == b'"':
-        return raw[1:-1] if b"\\u" not in raw else _string(raw)
-    return raw
-
+# --- a value at a time ----------------------------------------------------------------
 
 _MEMBERS = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _ELEMENTS = msgspec.json.Decoder(list[msgspec.Raw])
-
-
-def _quoted(text: bytes) -> bytes:
-    """An element of array or record text, always quoted (so that any text is one element)."""
-    return b'"' + text.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
 def _text(raw: bytes, shape: Shape) -> bytes | None:
@@ -94,7 +77,7 @@ def _array_text(raw: bytes, element: Shape) -> bytes:
             parts.append(_array_text(value, element))
         else:
             text = _text(value, element)
-            parts.append(b"NULL" if text is None else _quoted(text))
+            parts.append(b"NULL" if text is None else quoted(text))
     return b"{" + b",".join(parts) + b"}"
 
 
@@ -104,76 +87,69 @@ def _record_text(raw: bytes, shape: Shape) -> bytes:
     parts = []
     for name, field in shape.fields:
         text = _text(bytes(members[name]), field) if name in members else None
-        parts.append(b"" if text is None else _quoted(text))
+        parts.append(b"" if text is None else quoted(text))
     return b"(" + b",".join(parts) + b")"
 
 
-def _by_shape(raw: bytes, shape: Shape) -> bytes:
-    """A column's value, a value at a time (composites, arrays with escapes, arrays of json)."""
-    if raw[:1] == b'"' and shape.kind != "json":  # a string: the type's text (an array's, bounds not 1)
-        return _scalar(raw)
+def field(raw: bytes, shape: Shape) -> bytes:
+    """One value as a CSV field. A JSON string is the type's text whatever the column's shape
+    (an array whose bounds are not 1; every value of a Parquet dump)."""
+    if raw[:1] == b'"' and not (shape.kind == "json" and not shape.text):
+        return quoted(msgspec.json.decode(raw, type=str).encode())
     text = _text(raw, shape)
-    return NULL if text is None else _copy_escaped(text)
+    return NULL if text is None else quoted(text) if raw[:1] in (b"{", b"[") or shape.kind == "json" else text
+
+
+# --- a column at a time (the fields taken out of a batch's rows) --------------------------
 
 
 def _joined(values: Sequence[Any]) -> bytes:
     return _SEP + _SEP.join(values) + _SEP
 
 
-def _nulls(joined: bytes) -> bytes:
-    """Every JSON null value (not one inside a value) as \\N (again for nulls side by side)."""
-    joined = joined.replace(_NULL_VALUE, _NULL_FIELD)
-    return joined.replace(_NULL_VALUE, _NULL_FIELD) if _NULL_VALUE in joined else joined
+def _held_nulls(joined: bytes) -> bytes:
+    """Every null value (not one inside a value) held aside, as \\x03 (twice: nulls side by side)."""
+    joined = joined.replace(_NULL_VALUE, _NULL_HELD)
+    return joined.replace(_NULL_VALUE, _NULL_HELD) if _NULL_VALUE in joined else joined
 
 
-def _cells(joined: bytes, end: bytes) -> list[bytes]:
-    """The column's fields, each followed by `end` (a tab, or the newline after a row's last)."""
-    return (joined[1:-1].replace(_SEP, end + _SEP) + end).split(_SEP)
-
-
-def _ended(fields: list[bytes], end: bytes) -> list[bytes]:
-    return [field + end for field in fields]
-
-
-def scalars(values: Sequence[Any], _: Shape, end: bytes) -> list[bytes]:
-    joined = _joined(values)
-    if b"\\u" in joined:  # rare: a string COPY cannot take as it is
-        return _ended([_scalar(bytes(v)) for v in values], end)
-    joined = _nulls(joined)
-    if b'"' in joined:  # strings without their quotes
-        joined = joined.replace(b'\x00"', _SEP).replace(b'"\x00', _SEP)
-    return _cells(joined, end)
-
-
-def jsons(values: Sequence[Any], _: Shape, end: bytes) -> list[bytes]:
-    joined = _joined(values)
+def _quoted_fields(joined: bytes) -> list[bytes]:
+    """`joined` (SEP, values, SEP; nulls held) as quoted CSV fields, nulls as the NULL marker."""
     if b"\\" in joined:
         joined = joined.replace(b"\\", b"\\\\")
-    if b"\t" in joined:
-        joined = joined.replace(b"\t", b"\\t")
-    return _cells(_nulls(joined), end)
+    if b'"' in joined:
+        joined = joined.replace(b'"', b'\\"')
+    joined = b'"' + joined[1:-1].replace(_SEP, b'"\x00"') + b'"'
+    return joined.replace(b'"\x03"', NULL).split(_SEP)
 
 
-def arrays(values: Sequence[Any], shape: Shape, end: bytes) -> list[bytes]:
+def jsons(values: list[Any], shape: Shape) -> list[bytes]:
+    """json values: their JSON text, quoted."""
+    return _quoted_fields(_held_nulls(_joined(values)))
+
+
+def arrays(values: list[Any], shape: Shape) -> list[bytes]:
+    """Arrays of scalars: JSON's brackets and nulls outside the strings become array text."""
     joined = _joined(values)
     if b"\\" in joined or b'\x00"' in joined:  # escapes, or an array's text: value by value
-        return _ended([_by_shape(bytes(v), shape) for v in values], end)
-    parts = _nulls(joined).split(b'"')  # outside the strings (even parts): JSON's brackets and nulls
+        return [field(bytes(v), shape) for v in values]
+    parts = _held_nulls(joined).split(b'"')  # outside the strings (even parts): JSON's brackets and nulls
     outside = b'"'.join(parts[0::2]).replace(b"[", b"{").replace(b"]", b"}").replace(b"null", b"NULL")
     parts[0::2] = outside.split(b'"')  # (no quote outside a string: the same parts again)
-    return _cells(b'"'.join(parts), end)
+    return _quoted_fields(b'"'.join(parts))
 
 
-def values(values: Sequence[Any], shape: Shape, end: bytes) -> list[bytes]:
-    return _ended([_by_shape(bytes(v), shape) for v in values], end)
+def values(values: list[Any], shape: Shape) -> list[bytes]:
+    """Composites, arrays of json or composites: a value at a time."""
+    return [field(bytes(v), shape) for v in values]
 
 
 SCALAR = "scalar"  # a JSON scalar or string: numbers, booleans, every type written as its text
 JSON = "json"  # a json/jsonb value written as JSON
 ARRAY = "array"  # an array of scalars written as a JSON array (or, bounds not 1, as its text)
 VALUE = "value"  # converted a value at a time by its shape: composites, arrays of json or of composites
-CONVERT: dict[str, Callable[[Sequence[Any], Shape, bytes], list[bytes]]] = {
-    SCALAR: scalars,
+SKIP = "skip"  # in the file, not loaded
+CONVERT: dict[str, Callable[[list[Any], Shape], list[bytes]]] = {
     JSON: jsons,
     ARRAY: arrays,
     VALUE: values,
@@ -181,53 +157,151 @@ CONVERT: dict[str, Callable[[Sequence[Any], Shape, bytes], list[bytes]]] = {
 _TEXT = Shape("string", "", text=True)
 
 
+# Types whose text output never holds a backslash (but bytea's leading one, written \\\\), a double
+# quote or a control character: their JSON strings are CSV fields as they are, unlooked at.
+PLAIN = frozenset(
+    f"pg_catalog.{name}"
+    for name in [
+        "int2",
+        "int4",
+        "int8",
+        "float4",
+        "float8",
+        "numeric",
+        "bool",
+        "date",
+        "time",
+        "timetz",
+        "timestamp",
+        "timestamptz",
+        "interval",
+        "uuid",
+        "bytea",
+        "inet",
+        "cidr",
+        "macaddr",
+        "macaddr8",
+        "bit",
+        "varbit",
+        "pg_lsn",
+        "oid",
+        "xid",
+        "xid8",
+        "cid",
+        "money",
+    ]
+)
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
-    kind: str  # a key of CONVERT
+    kind: str  # SCALAR, or a key of CONVERT
     shape: Shape = _TEXT  # how its values are written (format/describe/columns.py)
+
+    @property
+    def plain(self) -> bool:
+        """A scalar whose values hold no JSON escape but \\\\ (PLAIN)."""
+        return self.kind == SCALAR and self.shape.type in PLAIN
+
+
+def _escapes_rewritten(text: bytes) -> bytes | None:
+    """Scalar fields as CSV: JSON's escapes but \\" and \\\\ as the bytes they stand for (None: a
+    \\uXXXX, which only a decoder reads)."""
+    text = text.replace(b"\\\\", _HELD)
+    if b"\\u" in text:
+        return None
+    for escape, byte in _ESCAPES:
+        if escape in text:
+            text = text.replace(escape, byte)
+    return text.replace(_HELD, b"\\\\")
+
+
+def scalars(values: Sequence[Any]) -> Sequence[Any]:
+    """A column of JSON scalars as CSV fields: themselves, but for JSON's escapes other than \\\\
+    and \\" (counted, not searched: a run of backslashes is pairs, and one more before a quote;
+    a string ending in an escaped backslash counts as having another, and is looked at)."""
+    joined = _SEP.join(values)
+    total = joined.count(b"\\")
+    if not total or total == 2 * joined.count(b"\\\\") + joined.count(b'\\"'):
+        return values
+    rewritten = _escapes_rewritten(joined)
+    if rewritten is None:
+        return [field(bytes(v), _TEXT) for v in values]
+    return rewritten.split(_SEP)
+
+
+Part = tuple[Callable[[Any], Any], int, "Column | None"]  # a run's getter and width, or a column's getter
 
 
 class CopyRows:
-    """Batches of row texts (JSON objects) as COPY text: the `columns`, in this order."""
+    """Blocks of row texts (JSON objects) as COPY data (CSV) of the columns whose kind is not
+    SKIP (`loaded`), in the file's order. A JSON scalar is its own CSV field (with OPTIONS): each
+    run of such columns is joined by commas a row at a time straight from the decoded values;
+    the other columns are taken out, converted a column at a time, and joined in between."""
 
     def __init__(self, columns: Sequence[Column]) -> None:
         self.columns = list(columns)
+        self.loaded = [c.name for c in self.columns if c.kind != SKIP]
         names = [c.name for c in self.columns]
-        self._convert = [(CONVERT[c.kind], c.shape) for c in self.columns]
+        fields = [f"c{i}" for i in range(len(names))]
         try:
-            fields = [(f"c{i}", msgspec.Raw) for i in range(len(names))]
-            row = msgspec.defstruct("Row", fields, rename={f"c{i}": n for i, n in enumerate(names)}, gc=False)
+            row = msgspec.defstruct(
+                "Row", [(f, msgspec.Raw) for f in fields], rename=dict(zip(fields, names, strict=True)), gc=False
+            )
             self._decoder: Any = msgspec.json.Decoder(row)
-            self._values: Any = attrgetter(*(f"c{i}" for i in range(len(names)))) if names else tuple
+            getter: Callable[..., Any] = attrgetter
         except ValueError:  # a name msgspec refuses as a field: a dict per row
             self._decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
-            self._values = (
-                (lambda row: row[names[0]]) if len(names) == 1 else (lambda row: tuple(map(row.__getitem__, names)))
-            )
-        self._single = len(names) == 1
+            getter, fields = itemgetter, names
+        self._parts = self._parted(fields, getter)
 
-    def convert(self, batch: Sequence[bytes], json_nulls: dict[str, list[int]] | None = None) -> bytes:
-        """COPY text lines of the batch's rows. `json_nulls`: per json column, the rows (1-based
-        positions in the batch) whose value is JSON null, written null (not \\N)."""
-        if not self.columns:  # a row of no columns is an empty line
-            return b"\n" * len(batch)
-        rows = self._decoder.decode_lines(b"\n".join(batch))
-        if self._single:  # attrgetter of one name gives the value itself
-            columns: list[Any] = [list(map(self._values, rows))]
-        else:
-            columns = list(zip(*map(self._values, rows), strict=True))
-        last = len(columns) - 1
-        cells = [
-            convert(column, shape, b"\n" if i == last else b"\t")
-            for i, ((convert, shape), column) in enumerate(zip(self._convert, columns, strict=True))
-        ]
-        for name, positions in (json_nulls or {}).items():
-            index = next((i for i, c in enumerate(self.columns) if c.name == name), None)
-            if index is not None:
-                for position in positions:
-                    cells[index][position - 1] = b"null" + (b"\n" if index == last else b"\t")
-        return b"".join(itertools.chain.from_iterable(zip(*cells, strict=True)))
+    def _parted(self, fields: list[str], getter: Callable[..., Any]) -> list[Part]:
+        """Runs of columns whose values are CSV fields as they are (PLAIN scalars), and the columns
+        between them, each converted by itself (a string column is looked at for escapes)."""
+        parts: list[Part] = []
+        run: list[str] = []
+        for name, column in zip(fields, self.columns, strict=True):
+            if column.kind == SKIP:
+                continue
+            if column.plain:
+                run.append(name)
+                continue
+            if run:
+                parts.append((getter(*run), len(run), None))
+                run = []
+            parts.append((getter(name), 1, column))
+        if run:
+            parts.append((getter(*run), len(run), None))
+        return parts
+
+    def convert(self, block: bytes | memoryview, json_nulls: dict[str, list[int]] | None = None) -> bytes:
+        """A block of rows (JSON objects, each ending in a newline) as CSV lines. `json_nulls`: per
+        json column, the rows (1-based positions in the block) whose value is JSON null, a quoted
+        "null" (not the NULL marker)."""
+        rows = self._decoder.decode_lines(block)
+        if not self.loaded:  # no column to load: a row is an empty line (the text format)
+            return b"\n" * len(rows)
+        pieces = []
+        for get, width, column in self._parts:
+            values = list(map(get, rows))
+            if width > 1:
+                pieces.append(list(map(b",".join, values)))
+            elif column is None:
+                pieces.append(values)
+            else:
+                pieces.append(self._converted(column, values, (json_nulls or {}).get(column.name, ())))
+        lines = pieces[0] if len(pieces) == 1 else map(b",".join, zip(*pieces, strict=True))
+        return b"\n".join(itertools.chain(lines, (b"",)))  # each line ends in a newline, no copy to add one
+
+    @staticmethod
+    def _converted(column: Column, values: list[Any], json_nulls: Sequence[int]) -> list[Any]:
+        if column.kind == SCALAR:  # a string column: JSON's other escapes, where it has them
+            return list(scalars(values))
+        converted = CONVERT[column.kind](values, column.shape)
+        for position in json_nulls:
+            converted[position - 1] = b'"null"'
+        return converted
 
 
 def _kind(found: Shape) -> str | None:
@@ -243,24 +317,38 @@ def _kind(found: Shape) -> str | None:
 
 
 def _through_cast(found: Shape) -> bool:
-    inner = [found.element] if found.element is not None else [field for _, field in found.fields]
+    inner = [found.element] if found.element is not None else [f for _, f in found.fields]
     return found.kind == "any" or any(_through_cast(s) for s in inner)
 
 
+def _text_of(manifest: Manifest, table: TableEntry, column: ManifestColumn) -> Shape:
+    """A column read back as its type's text: a string of its type (for PLAIN)."""
+    try:
+        found = column_shape(manifest, table, column)
+    except VerifyError:
+        return _TEXT
+    return Shape("string", found.type if found.kind not in ("array", "object") else "", text=True)
+
+
 def copy_columns(manifest: Manifest, table: TableEntry, load: Sequence[str]) -> list[Column] | str:
-    """How each column of `load` (the manifest's names, in the order to load) is turned into
-    COPY text; or, when one cannot be, why (the table is then loaded through JSON)."""
+    """How each column of the table's file is turned into COPY data (those not in `load`: SKIP); or,
+    when one cannot be, why (the table is then loaded through the server's JSON parser)."""
+    loaded = set(load)
     if manifest.format == "parquet":  # read back as each value's text (format/parquet/read.py)
-        return [Column(name, SCALAR) for name in load]
-    by_name = {c.name: c for c in table.columns}
+        return [
+            Column(c.name, SCALAR if c.name in loaded else SKIP, _text_of(manifest, table, c)) for c in table.columns
+        ]
     columns = []
-    for name in load:
+    for column in table.columns:
+        if column.name not in loaded:
+            columns.append(Column(column.name, SKIP))
+            continue
         try:
-            found = column_shape(manifest, table, by_name[name])
+            found = column_shape(manifest, table, column)
         except VerifyError:
             return "the manifest does not describe its types (a dump from before `types`)"
         kind = _kind(found)
         if kind is None:
-            return f"column {name!r} ({by_name[name].type}) has no COPY text conversion here"
-        columns.append(Column(name, kind, found))
+            return f"column {column.name!r} ({column.type}) has no COPY conversion here"
+        columns.append(Column(column.name, kind, found))
     return columns

@@ -115,6 +115,82 @@ def table_rows(manifest: Manifest, entry: TableEntry, chunks: Iterable[bytes], n
     return ParquetRows(chunks, name, [c.name for c in entry.columns], entry.outside)
 
 
+class RowBlocks:
+    """A JSON Lines file as blocks of whole rows (each row with its newline), about
+    BATCH_BYTES each, and their row counts: for a reader that takes many rows at once (a
+    restore's COPY), no object per row. After the last block, `check()` as RowBatches'."""
+
+    def __init__(self, chunks: Iterable[bytes], compression: str, name: str) -> None:
+        self._tally = Tally(chunks)
+        self._compression = compression
+        self._name = name
+        self.rows = 0
+
+    def __iter__(self) -> Iterator[tuple[memoryview, int]]:
+        held: list[bytes] = []
+        size = 0
+        try:
+            for piece in content(self._tally, self._compression):
+                held.append(piece)
+                size += len(piece)
+                if size >= BATCH_BYTES and b"\n" in piece:
+                    data = b"".join(held)
+                    end = data.rindex(b"\n") + 1
+                    held, size = [data[end:]], len(data) - end
+                    yield self._counted(data, end)
+        except CORRUPT as exc:
+            raise VerifyError(f"{self._name}: not a valid gzip file: {exc}") from None
+        data = b"".join(held)
+        if data and not data.endswith(b"\n"):
+            raise VerifyError(f"{self._name}: the file does not end with a newline (truncated?)")
+        if data:
+            yield self._counted(data, len(data))
+
+    def _counted(self, data: bytes, end: int) -> tuple[memoryview, int]:
+        """The rows of data[:end], without copying them."""
+        rows = data.count(b"\n", 0, end)
+        self.rows += rows
+        return memoryview(data)[:end], rows
+
+    def check(self, rows: int, stored_bytes: int, sha256: str) -> None:
+        """The file as read equals the manifest's entry (call after the last block)."""
+        check_read(self._tally, self.rows, self._name, rows, stored_bytes, sha256)
+
+
+class _Joined:
+    """Another format's row batches as blocks (row texts, each with its newline)."""
+
+    def __init__(self, rows: TableRows) -> None:
+        self._rows = rows
+
+    @property
+    def rows(self) -> int:
+        return self._rows.rows
+
+    def __iter__(self) -> Iterator[tuple[bytes, int]]:
+        for batch in self._rows:
+            yield b"\n".join([*batch, b""]), len(batch)
+
+    def check(self, rows: int, stored_bytes: int, sha256: str) -> None:
+        self._rows.check(rows, stored_bytes, sha256)
+
+
+class TableBlocks(Protocol):
+    @property
+    def rows(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[bytes | memoryview, int]]: ...
+
+    def check(self, rows: int, stored_bytes: int, sha256: str) -> None: ...
+
+
+def table_blocks(manifest: Manifest, entry: TableEntry, chunks: Iterable[bytes], name: str) -> TableBlocks:
+    """The rows of `entry`'s file as blocks of row texts (JSON Lines read as they are stored)."""
+    if manifest.format == "jsonl":
+        return RowBlocks(chunks, manifest.compression, name)
+    return _Joined(table_rows(manifest, entry, chunks, name))
+
+
 def json_array(rows: list[bytes]) -> bytes:
     """One batch as the JSON array text the server parses."""
     return b"[" + b",".join(rows) + b"]"

@@ -27,11 +27,19 @@ from ..core.errors import (
 from ..core.logs import current_table, log
 from ..core.retry import failing_with, retrying
 from ..core.settings import Settings
-from ..format.copytext import CopyRows, copy_columns
+from ..format.copytext import OPTIONS, SKIP, CopyRows, copy_columns
 from ..format.describe.columns import json_as_text
 from ..format.jsonnulls import JsonNulls, per_row
 from ..format.manifest import Manifest
-from ..format.readback import holds_nul, join_object, json_array, may_hold_nul, split_object, table_rows
+from ..format.readback import (
+    holds_nul,
+    join_object,
+    json_array,
+    may_hold_nul,
+    split_object,
+    table_blocks,
+    table_rows,
+)
 from ..postgres import db
 from ..postgres.sql import quote_ident
 from ..postgres.translate import LOST, load_error
@@ -68,8 +76,11 @@ def _json_param(n: int) -> str:
     return f"pg_catalog.convert_from(${n}::pg_catalog.bytea, 'UTF8')::pg_catalog.json"
 
 
-def _json_payload(batch: list[bytes], _: int) -> bytes | None:
-    return None if any(map(may_hold_nul, batch)) else json_array(batch)
+Prepare = Callable[[Any, int], tuple[bytes | None, int]]
+
+
+def _json_payload(batch: list[bytes], _: int) -> tuple[bytes | None, int]:
+    return None if any(map(may_hold_nul, batch)) else json_array(batch), len(batch)
 
 
 @dataclass(frozen=True)
@@ -121,9 +132,10 @@ class Loader:
             raise load_error(exc, table) from exc
 
     async def batches(
-        self, target: Target, prepare: Callable[[list[bytes], int], bytes | None] | None = None
-    ) -> AsyncIterator[tuple[list[bytes], bytes | None]]:
-        """The table's rows, a batch at a time, with what `prepare(batch, first row)` makes of it: by
+        self, target: Target, prepare: Prepare | None = None, blocks: bool = False
+    ) -> AsyncIterator[tuple[Any, bytes | None]]:
+        """The table's rows, a batch at a time (a list of row texts; with `blocks`, a block of rows and
+        its row count), with what `prepare(batch, first row)` makes of it (and the batch's rows): by
         default the batch as one JSON array (None when a row may hold a NUL escape). The next batch is
         read and prepared in a thread while the caller's statement sends this one."""
         name = f"{target.qualified} ({target.entry.path})"
@@ -142,19 +154,19 @@ class Loader:
 
             return asyncio.ensure_future(asyncio.to_thread(guarded))
 
-        def prepared() -> tuple[list[bytes], bytes | None] | None:
+        def prepared() -> tuple[Any, bytes | None] | None:
             nonlocal first_row
             batch = next(rows, None)
             if batch is None:
                 return None
-            payload = prepare(batch, first_row)
-            first_row += len(batch)
+            payload, count = prepare(batch, first_row)
+            first_row += count
             return batch, payload
 
         chunks = await step(lambda: self.source.chunks(target.entry.path))
         if chunks is None:
             raise VerifyError(f"{name}: file is missing")
-        reader = await step(lambda: table_rows(self.doc, target.entry, chunks, name))
+        reader = await step(lambda: (table_blocks if blocks else table_rows)(self.doc, target.entry, chunks, name))
         rows = iter(reader)
         pending = step(prepared)
         try:
@@ -175,14 +187,15 @@ class Loader:
         triggers run there (Plan.checked_at_end): that work may take long and send nothing."""
         nulls = JsonNulls(target.entry.json_nulls, target.columns)
 
-        def prepare(batch: list[bytes], first_row: int) -> bytes:
-            return rows.convert(batch, nulls.within(first_row, len(batch)) if nulls else None)
+        def prepare(block: tuple[bytes | memoryview, int], first_row: int) -> tuple[bytes | None, int]:
+            data, count = block
+            return rows.convert(data, nulls.within(first_row, count) if nulls else None), count
 
         loop = asyncio.get_running_loop()
         guard = asyncio.timeout_at(loop.time() + self.bound if self.bound else None)
 
         async def source() -> AsyncIterator[bytes]:
-            async for _, payload in self.batches(target, prepare):
+            async for _, payload in self.batches(target, prepare, blocks=True):
                 assert payload is not None
                 if self.bound:
                     guard.reschedule(loop.time() + self.bound)
@@ -196,9 +209,10 @@ class Loader:
                 await conn.copy_to_table(
                     target.entry.table,
                     schema_name=target.entry.schema,
-                    columns=list(target.columns),
+                    columns=rows.loaded,
                     source=source(),
-                    format="text",
+                    # A row of no columns is an empty line of the text format (CSV has no such row).
+                    **(OPTIONS if rows.loaded else {"format": "text"}),
                 )
         except TimeoutError:
             if not guard.expired():
@@ -215,6 +229,8 @@ class Loader:
         started = time.monotonic()
         try:
             how = copy_columns(self.doc, target.entry, target.columns)
+            if isinstance(how, list) and [c.name for c in how if c.kind != SKIP] != list(target.columns):
+                how = "its columns to load are not the file's, in the file's order"
             if isinstance(how, list):
                 await self.copy_table(conn, target, CopyRows(how))
             else:

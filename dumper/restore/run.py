@@ -15,6 +15,7 @@ from typing import Any
 
 from ..core.errors import DumperError, DumpError, VerifyError
 from ..core.logs import log
+from ..core.malloc import young_gc_only
 from ..core.settings import Settings
 from ..core.urls import redact_url
 from ..format.manifest import Manifest, TableEntry
@@ -84,7 +85,8 @@ async def run(settings: Settings, password: db.PasswordProvider) -> RestoreOutco
                 await rebuild.outside_ready(conn, doc)
             await rebuild.apply(conn, "pre-data", scripts["pre-data"], existing, first)
         plan, prepare = await _planned(conn, settings, entries)
-        outcome = await load(settings, password, source, doc, plan, prepare, conn)
+        with young_gc_only():  # rows are short-lived and acyclic, as a dump's
+            outcome = await load(settings, password, source, doc, plan, prepare, conn)
         if settings.with_schema:
             await rebuild.apply(conn, "post-data", scripts["post-data"], existing)
         if settings.with_schema or not settings.no_sequences:
