@@ -64,7 +64,7 @@ class Option:
     parse: Callable[[str], Any] = str
     choices: tuple[str, ...] = ()
     repeatable: bool = False  # flag may repeat; env value is comma-separated
-    pg_env: str | None = None  # libpq fallback variable
+    pg_env: str | None = None  # the fallback variable: libpq's (PGHOST), or Kubernetes' (JOB_COMPLETION_INDEX)
     commands: tuple[str, ...] = ()  # where the flag exists (every option names them)
     switch: bool = False  # a flag without a value (env: true/false)
     spelled: str | None = None  # the flag, when it cannot be the name (`--as`: a Python keyword)
@@ -294,9 +294,27 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "run_id",
-        "name of this run's folder (default: UTC start time YYYYMMDDTHHMMSSZ)",
+        "name of this run's folder (default: UTC start time YYYYMMDDTHHMMSSZ; with --shards, every "
+        "process's must be the same: give it, e.g. the Kubernetes Job's name)",
         parse=run_id,
         commands=DUMPING,
+    ),
+    Option(
+        "shards",
+        "processes (a Kubernetes Indexed Job's pods) that dump one snapshot together, each with "
+        "the same --run-id and its own --shard-index: index 0 coordinates (docs/scaling-out.md)",
+        1,
+        positive_int,
+        commands=RUNS[:1],
+    ),
+    Option(
+        "shard_index",
+        "this process's index among --shards, 0 to shards-1 (default: JOB_COMPLETION_INDEX, "
+        "which a Kubernetes Indexed Job sets)",
+        0,
+        within(int, 0, math.inf, "a whole number >= 0"),
+        pg_env="JOB_COMPLETION_INDEX",
+        commands=RUNS[:1],
     ),
     Option(
         "log_format",

@@ -59,6 +59,8 @@ class Settings:
     run_attempts: int = default("run_attempts")
     grace_seconds: float = default("grace_seconds")
     run_id: str = ""
+    shards: int = default("shards")
+    shard_index: int = default("shard_index")
     log_format: str = default("log_format")
     metrics_file: str | None = default("metrics_file")
     # Webhook URLs carry secrets (Slack-style tokens in the path): never in repr or logs.
@@ -187,6 +189,7 @@ def _check_combinations(values: dict[str, Any]) -> None:
             "--sslmode verify-full with --sslrootcert (the RDS CA bundle)"
         )
     _check_format(values)
+    _check_shards(values)
     if values.get("with_schema") and (values.get("truncate") or values.get("create_tables")):
         given = [FLAGS[name] for name in ("truncate", "create_tables") if values.get(name)]
         raise ConfigError(
@@ -198,6 +201,25 @@ def _check_combinations(values: dict[str, Any]) -> None:
             raise ConfigError(f"{FLAGS[name]} and {FLAGS[f'{name}_file']}: give one of them")
         if values.get(name):
             check_http_url(FLAGS[name], values[name])
+
+
+def _check_shards(values: dict[str, Any]) -> None:
+    """--shards: each process knows its index, all of them the run, and what can be assembled."""
+    shards, index = values.get("shards", 1), values.get("shard_index", 0)
+    if index >= shards:
+        raise ConfigError(
+            f"--shard-index {index} (or JOB_COMPLETION_INDEX): an index of --shards {shards} is 0 to {shards - 1}"
+        )
+    if shards > 1 and not values.get("run_id"):
+        raise ConfigError(
+            f"--shards {shards}: every process must write the same run: give --run-id (DUMPER_RUN_ID), "
+            "the same for all of them (in Kubernetes, the Job's name)"
+        )
+    if shards > 1 and values.get("format") == "parquet":
+        raise ConfigError(
+            "--shards with --format parquet: a Parquet file cannot be joined from pieces written apart; "
+            "use --format jsonl or json"
+        )
 
 
 def _check_format(values: dict[str, Any]) -> None:

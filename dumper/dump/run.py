@@ -22,7 +22,7 @@ from ..core.malloc import young_gc_only
 from ..core.retry import failing_with, retrying
 from ..core.settings import Settings
 from ..format import parquet
-from ..format.layout import LATEST_NAME, MANIFEST_NAME, table_file_name, table_paths, unique_file_names
+from ..format.layout import LATEST_NAME, MANIFEST_NAME, SHARDS, table_file_name, table_paths, unique_file_names
 from ..format.manifest import (
     Database,
     FileEntry,
@@ -33,6 +33,7 @@ from ..format.manifest import (
     TableEntry,
     Tool,
     TypeInfo,
+    parse,
 )
 from ..format.parquet import mapping
 from ..postgres import (
@@ -50,10 +51,10 @@ from ..postgres import (
 from ..postgres.catalog import Table, discover, measured
 from ..postgres.translate import LOST
 from ..storage.output import Output
-from . import groups
+from . import groups, shards
 from .progress import Display
 from .schemafiles import not_dumped, write_schema_files
-from .tables import dump_tables, pages_per_piece
+from .tables import dump_tables, pages_per_piece, plan_items
 
 
 def _now() -> dt.datetime:
@@ -88,8 +89,29 @@ async def run(
     """
     if settings.format == "parquet":
         parquet.require()
-    await asyncio.to_thread(output.make_run_dir, settings.run_id)  # new, private, writable: before any table
+    sharded = settings.shards > 1
+    if sharded and settings.shard_index:
+        await shards.run_worker(settings, password, output)
+        return parse(await asyncio.to_thread(output.read, f"{settings.run_id}/{MANIFEST_NAME}"))
+    # New, private, writable: before any table (a sharded run's: or this run's, from an earlier attempt).
+    await asyncio.to_thread(output.make_run_dir, settings.run_id, sharded)
     source = _Source()
+    async with contextlib.AsyncExitStack() as stack:
+        if sharded:  # index 0's sign of life, from now to the end of every attempt
+            shared = shards.Shared(output, settings.run_id)
+            await asyncio.to_thread(output.make_folders, [shards.alive_path(settings.run_id)])
+            await stack.enter_async_context(shards.heartbeat(shared, shards.alive_path(settings.run_id)))
+        return await _attempts(settings, password, output, clock, display, source)
+
+
+async def _attempts(
+    settings: Settings,
+    password: db.PasswordProvider,
+    output: Output,
+    clock: Callable[[], dt.datetime],
+    display: Display | None,
+    source: _Source,
+) -> Manifest:
 
     async def attempt() -> Manifest:
         try:
@@ -255,23 +277,38 @@ async def _run_once(
                 if ready.pg_dump
                 else None
             )
+            lock = ready.locking.mode == locks.WHILE_READ
+            group_size = groups.size_for(ready.locking.table.budget, settings.jobs)
+            reading = (
+                shards.coordinate(
+                    settings,
+                    password,
+                    shards.Shared(output, run_dir),
+                    work,
+                    ready.snapshot_id,
+                    plan_items(work, ready.piece_pages, lock, group_size),
+                    committed,
+                )
+                if settings.shards > 1
+                else dump_tables(
+                    settings,
+                    password,
+                    output,
+                    work,
+                    ready.snapshot_id,
+                    ready.piece_pages,
+                    committed,
+                    display,
+                    lock=lock,
+                    group_size=group_size,
+                )
+            )
             # The schema files are made while the tables are read, on connections of their own
             # (pg_dump's); either failing ends the other.
             with young_gc_only():
                 files, entries = await _together(
                     write_schema_files(settings, password, output, schema_job, committed) if schema_job else None,
-                    dump_tables(
-                        settings,
-                        password,
-                        output,
-                        work,
-                        ready.snapshot_id,
-                        ready.piece_pages,
-                        committed,
-                        display,
-                        lock=ready.locking.mode == locks.WHILE_READ,
-                        group_size=groups.size_for(ready.locking.table.budget, settings.jobs),
-                    ),
+                    reading,
                 )
         finally:
             await db.close(coordinator)
@@ -303,6 +340,8 @@ async def _run_once(
         await output.make_durable(committed)  # then the manifest says they are a dump
         await output.put(f"{run_dir}/{MANIFEST_NAME}", manifest.to_bytes())
         done = True
+        if settings.shards > 1 and not await asyncio.to_thread(output.remove_tree, f"{run_dir}/{SHARDS}"):
+            log.warning("could not remove the sharded run's shared state", extra={"folder": f"{run_dir}/{SHARDS}"})
     finally:
         if not done:  # leave nothing that could pass for a (partial) dump
             await asyncio.shield(asyncio.to_thread(_remove_all, output, committed))

@@ -10,6 +10,7 @@ import functools
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 import msgspec
 
@@ -59,7 +60,7 @@ def _entry(piece: Piece, assembly: Assembly) -> TableEntry:
     )
 
 
-def _json_keys(table: Table) -> dict[bytes, str]:
+def json_keys(table: Table) -> dict[bytes, str]:
     """The encoded key of each json/jsonb column (as the encoder writes it), for Assembly."""
     return {msgspec.json.encode(c.name) + b":": c.name for c in table.columns if c.kind is Kind.JSON}
 
@@ -73,7 +74,7 @@ def _framing(table: Table, settings: Settings) -> TableFraming:
     return Framer(settings.format)
 
 
-def _queue(work: list[tuple[Table, str]], piece_pages: int, lock: bool, group_size: int) -> deque[Piece | Group]:
+def plan_items(work: list[tuple[Table, str]], piece_pages: int, lock: bool, group_size: int) -> list[Piece | Group]:
     """Largest first, so one big table does not start last and run alone; a split
     table's pieces in file order, so all connections share it; small tables alike
     read together (groups.py)."""
@@ -82,7 +83,7 @@ def _queue(work: list[tuple[Table, str]], piece_pages: int, lock: bool, group_si
         for table, relpath in sorted(work, key=lambda item: -item[0].pages)
         for piece in plan_pieces(table, relpath, piece_pages, lock)
     )
-    return deque(groups.grouped(pieces, group_size))
+    return list(groups.grouped(pieces, group_size))
 
 
 async def dump_tables(
@@ -97,10 +98,26 @@ async def dump_tables(
     lock: bool = False,
     group_size: int = 1,
 ) -> list[TableEntry]:
-    queue = _queue(work, piece_pages, lock, group_size)
-    files = _Files(settings, output, committed)
-    assemblies, results = files.open, files.results
+    files = TableFiles(settings, output, committed)
+    await read_items(
+        settings, password, work, snapshot_id, plan_items(work, piece_pages, lock, group_size), files, display
+    )
+    return [files.results[relpath] for _, relpath in work]
 
+
+async def read_items(
+    settings: Settings,
+    password: db.PasswordProvider,
+    work: list[tuple[Table, str]],
+    snapshot_id: str,
+    items: list[Piece | Group],
+    files: Files,
+    display: Display | None = None,
+) -> None:
+    """Every item of `items` read over --jobs lanes in the snapshot, into `files` (the run's table
+    files, or a sharded run's parts: dump/shards.py)."""
+    queue = deque(items)
+    assemblies, results = files.open, files.results
     jobs = max(1, min(settings.jobs, len(queue)))
     processes = min(cpus.processes(settings, sum(table.bytes for table, _ in work)), jobs)
     estimates = {relpath: table.rows_estimate for table, relpath in work}
@@ -125,10 +142,21 @@ async def dump_tables(
         for relpath, assembly in assemblies.items():
             if relpath not in results:
                 await assembly.abandon()
-    return [results[relpath] for _, relpath in work]
 
 
-class _Files:
+class Files(Protocol):
+    """Where a run's pieces go while they are read: each piece's Assembly (open, by file), and
+    each file's entry once done (results)."""
+
+    open: dict[str, Assembly]
+    results: dict[str, TableEntry]
+
+    def assembly_for(self, piece: Piece, grouped: bool = False) -> Assembly: ...
+
+    async def all_finished(self, pieces: tuple[Piece, ...], assemblies: list[Assembly]) -> None: ...
+
+
+class TableFiles:
     """The run's table files: open while read (their assemblies), then committed."""
 
     def __init__(self, settings: Settings, output: Output, committed: list[str]) -> None:
@@ -151,7 +179,7 @@ class _Files:
                 piece.count,
                 _framing(piece.table, self.settings),
                 StoredWriter("none" if parquet else self.settings.compression, self.settings.gzip_level),
-                json_keys={} if parquet else _json_keys(piece.table),
+                json_keys={} if parquet else json_keys(piece.table),
             )
         return self.open[piece.relpath]
 
@@ -176,7 +204,7 @@ class _Files:
             log.info("done", extra={"rows": entry.rows, "bytes": entry.bytes, "seconds": entry.seconds})
 
 
-async def _read_on(lane: Lane, queue: deque[Piece | Group], files: _Files) -> None:
+async def _read_on(lane: Lane, queue: deque[Piece | Group], files: Files) -> None:
     """One lane's share of the queue. A group's files are committed while the lane reads
     on (one group's at most): its small files cost the client about what its one query
     costs the server."""

@@ -10,6 +10,10 @@
         manifest.json                 written after every other file
         .<file>.<token>.partial       a local file being written (renamed when complete)
         .dumper-write-probe           the run folder's write check (removed at once)
+        .shards/attempt-<n>/          a sharded run's (--shards) shared state, removed when it ends:
+          plan.json                     the coordinator's plan (snapshot, pieces)
+          alive-<index>                 each process's heartbeat
+          parts/<piece>.part, .json     a piece's rows, then its record (rows, bytes, sha256)
 
 Pure: names in, names out. Writers, prune, verify and restore ask here.
 """
@@ -30,6 +34,34 @@ WRITE_PROBE = ".dumper-write-probe"
 SECTIONS = ("pre-data", "post-data")  # pg_dump's sections, in the order a restore runs them
 TABLE_ENDINGS = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet")
 PARTIAL_ENDING = ".partial"
+
+SHARDS = ".shards"
+PLAN_NAME = "plan.json"
+_ATTEMPT = "attempt-"
+
+
+def attempt_folder(run: str, attempt: int) -> str:
+    """'<run>/.shards/attempt-<n>': one attempt of a sharded run (a new one when index 0 starts again)."""
+    return f"{run}/{SHARDS}/{_ATTEMPT}{attempt}"
+
+
+def attempt_of(name: str) -> int | None:
+    """The attempt a name in '<run>/.shards' is the folder of (None: not one)."""
+    number = name.removeprefix(_ATTEMPT)
+    return int(number) if name.startswith(_ATTEMPT) and number.isdigit() else None
+
+
+def alive_name(index: int) -> str:
+    return f"alive-{index}"
+
+
+def part_name(piece: str) -> str:
+    return f"parts/{piece}.part"
+
+
+def record_name(piece: str) -> str:
+    return f"parts/{piece}.json"
+
 
 _SAFE = frozenset(string.ascii_letters + string.digits + "_-")
 _MAX_NAME = 200  # bytes; file systems allow 255, leave room for suffixes
@@ -106,7 +138,10 @@ def partial_name(final: str) -> str:
 
 def written_by_a_run(relative: str) -> bool:
     """Whether a file in a run folder (its path there) is one a run writes (a killed run's
-    leftovers are removed by prune only when all of them are): in a table's folder, a table file."""
+    leftovers are removed by prune only when all of them are): in a table's folder, a table file;
+    anything a sharded run keeps in its .shards folder."""
+    if relative.startswith(SHARDS + "/"):
+        return True
     folder, _, name = relative.rpartition("/")
     if folder:
         return is_file_name(folder) and (

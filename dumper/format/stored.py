@@ -93,7 +93,8 @@ def check_read(tally: Tally, read_rows: int, name: str, rows: int, stored_bytes:
 
 def content(chunks: Iterable[bytes], compression: str) -> Iterator[bytes]:
     """The content of stored chunks, decompressed at most OUT_PIECE bytes at a
-    time: a small gzip bomb stays small. A damaged stream raises CORRUPT."""
+    time: a small gzip bomb stays small. A file of several gzip members (a sharded
+    run's: one a piece) is their contents in order. A damaged stream raises CORRUPT."""
     if compression != "gzip":
         yield from chunks
         return
@@ -102,7 +103,11 @@ def content(chunks: Iterable[bytes], compression: str) -> Iterator[bytes]:
         data = chunk
         while data:
             yield unzip.decompress(data, OUT_PIECE)
-            data = unzip.unconsumed_tail
+            if unzip.eof:  # a member ended: the next one starts in what is left
+                data = unzip.unused_data
+                unzip = isal_zlib.decompressobj(GZIP)
+            else:
+                data = unzip.unconsumed_tail
     yield unzip.flush()
 
 

@@ -35,6 +35,8 @@ async def run_job(settings: Settings, password: db.PasswordProvider, display: Di
         outcome = Outcome(
             settings.run_id, "success", started, time.time(), 0, None, output.url_of(settings.run_id), manifest.tables
         )
+        if settings.shard_index:  # a sharded run's other process: index 0 prunes and publishes the run
+            return outcome
         if settings.keep:
             await prune.after_run(output, settings.keep)
     await publish(settings, outcome)

@@ -110,15 +110,24 @@ class Output:
         said = s3.explain(exc, where, bucket=what.split("/", 1)[0]) if self.s3 else None
         return said or f"cannot write {where}: {text}"
 
-    def make_run_dir(self, relpath: str) -> None:
+    def make_run_dir(self, relpath: str, shared: bool = False) -> None:
         """Create the run folder, which must not exist yet, and prove it is
         writable (fails fast, before any table). Locally it is private (0700):
-        a folder someone made in advance (run ids are guessable) is refused."""
+        a folder someone made in advance (run ids are guessable) is refused.
+        `shared` (a sharded run's coordinator): one without a manifest is this run's,
+        made by an earlier attempt of it."""
         path = self.path(relpath)
         taken = ConfigError(
             f"--run-id: {self.url_of(relpath)} already exists: a run writes only into a "
             "folder it creates itself, never over another run (choose another run id)"
         )
+        if shared and self.exists(relpath):
+            if self.exists(f"{relpath}/{layout.MANIFEST_NAME}") or not self.exists(f"{relpath}/{layout.SHARDS}"):
+                raise ConfigError(
+                    f"--run-id: {self.url_of(relpath)} already exists and is not an unfinished sharded run of "
+                    "this id: a sharded run starts again only in its own folder (choose another run id)"
+                )
+            return
         probe = self.path(f"{relpath}/{layout.WRITE_PROBE}")
         if self.local:
             self.guard(lambda: os.makedirs(self.root, mode=0o700, exist_ok=True), self.root)
@@ -172,6 +181,28 @@ class Output:
         except BaseException:
             await table_file.discard()
             raise
+
+    def names(self, relpath: str) -> list[str]:
+        """The names in a folder (none when it does not exist)."""
+        path = self.path(relpath)
+
+        def listed() -> list[str]:
+            try:
+                return list(self.fs.ls(path, detail=False))
+            except FileNotFoundError:
+                return []
+
+        return sorted(str(name).rstrip("/").rpartition("/")[2] for name in self.guard(listed, path))
+
+    def remove_tree(self, relpath: str) -> bool:
+        """Best effort (a sharded run's shared state, once the run has ended); False if not removed."""
+        try:
+            self.fs.rm(self.path(relpath), recursive=True)
+        except FileNotFoundError:
+            return True
+        except FAILURES:
+            return False
+        return True
 
     def exists(self, relpath: str) -> bool:
         return bool(self.guard(lambda: self.fs.exists(self.path(relpath)), self.path(relpath)))

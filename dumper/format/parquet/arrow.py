@@ -32,6 +32,7 @@ from .values import (
     pg_timestamp_text,
 )
 
+pa.set_memory_pool(pa.system_memory_pool())  # as write.py says
 OUTSIDE = "\x00outside"  # the batch's last column (never a PostgreSQL column name: no NUL there)
 TYPE_KEY = b"postgresql.type"  # field metadata: the column's type, as the manifest spells it
 ROWS_KEY = b"postgresql.rows"  # the file's metadata, for a table of no columns: its rows (Parquet counts none)
