@@ -187,6 +187,7 @@ class Output:
         path = self.path(relpath)
 
         def listed() -> list[str]:
+            self.fs.invalidate_cache(path)  # s3fs keeps listings: another process adds names meanwhile
             try:
                 return list(self.fs.ls(path, detail=False))
             except FileNotFoundError:
@@ -205,7 +206,13 @@ class Output:
         return True
 
     def exists(self, relpath: str) -> bool:
-        return bool(self.guard(lambda: self.fs.exists(self.path(relpath)), self.path(relpath)))
+        path = self.path(relpath)
+
+        def found() -> bool:
+            self.fs.invalidate_cache(path)  # (as in names(): another process may have written it since)
+            return bool(self.fs.exists(path))
+
+        return bool(self.guard(found, path))
 
     def read(self, relpath: str) -> bytes:
         try:
