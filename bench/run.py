@@ -12,7 +12,8 @@ setting at its default; `p1`, `p2`, `p4` are the scaling table (the same four
 connections in 1, 2 or 4 processes). Server CPU is the postmaster's reaped-children CPU
 (cutime+cstime in /proc/<pid>/stat) across a method's run: exactly the CPU of
 the backends that served it, read after they have exited (autovacuum is off).
-`q1`/`q2`: the same rows as Parquet, against `b`/`g` (JSON Lines).
+`q1`/`q2`: the same rows as Parquet, against `b`/`g` (JSON Lines). `k1`-`k3`: the same dump from
+1, 2 or 3 processes of one sharded run (--shards), against one.
 `t0`/`t1`: 3,000 tiny tables (schema tenants), pg_dump -Fd -j 2 -Z 0 against
 a run with --jobs 2: the cost per table. Restores (r*) load the mixed table into an empty copy in another database,
 against psql's `\\copy ... FROM` of the same rows as CSV (r0, r1); and into a fresh database with its schema,
@@ -28,6 +29,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -201,6 +203,19 @@ def main() -> int:
         def dump(*extra: str) -> Callable[[Path], list[str]]:
             return lambda out: [*dumper, "--output", str(out), "--run-id", "r", *extra]
 
+        def shards(n: int, *extra: str) -> Callable[[Path], list[str]]:
+            """N processes of one sharded run, started together (a shell waits for all of them)."""
+            one = " ".join(shlex.quote(a) for a in [*dumper, "--run-id", "r", "--shards", str(n), *extra])
+
+            def command(out: Path) -> list[str]:
+                starts = " ".join(
+                    f"JOB_COMPLETION_INDEX={i} {one} --output {shlex.quote(str(out))} & p{i}=$!;" for i in range(n)
+                )
+                waits = " && ".join(f"wait $p{i}" for i in range(n))
+                return ["sh", "-c", f"{starts} {waits}"]
+
+            return command
+
         moto = start_moto()
         if moto:
             env.update(
@@ -234,6 +249,7 @@ def main() -> int:
         source = work / "source"
 
         half = args.rows // 2
+        per_pod = ("--jobs", "2", "--processes", "1")
         one = ("--jobs", "1")  # one connection, one table: the issue's "single job"
         methods: dict[str, tuple[Callable[[Path], list[str]], int]] = {
             "a_baseline_to_json_copy": (psql_copy("mixed"), args.rows),
@@ -258,6 +274,15 @@ def main() -> int:
             # Parquet against the same rows as JSON Lines: one connection (b), and every setting at its default (g).
             "q1_dumper_parquet": (dump("--include", "public.mixed", "--format", "parquet", *one), args.rows),
             "q2_dumper_parquet_defaults": (dump("--include", "public.mixed", "--format", "parquet"), args.rows),
+            # Sharded runs (--shards N, as an Indexed Job's pods): N processes of one core's worth each
+            # (--jobs 2 --processes 1), against the same run from one such process (k1).
+            **{
+                f"k{n}_shards{n}": (
+                    shards(n, "--include", "public.mixed", *per_pod),
+                    args.rows,
+                )
+                for n in (1, 2, 3)
+            },
             "n1_narrow_small": (dump("--include", "public.narrow_small", *one), args.narrow_rows // 10),
             "n2_narrow": (dump("--include", "public.narrow", *one), args.narrow_rows),
             "n3_narrow_jobs2_split": (
@@ -417,6 +442,8 @@ def cpu_model() -> str:
 
 # A method measured against a baseline of its own (the others: by their first letter, below).
 BASELINES = {
+    "k2_shards2": "k1_shards1",
+    "k3_shards3": "k1_shards1",
     "r3_dumper_restore_with_schema": "r2_baseline_pg_restore_j2",
     "q1_dumper_parquet": "b_dumper_jsonl",
     "q2_dumper_parquet_defaults": "g_dumper_defaults",

@@ -303,3 +303,44 @@ def test_the_drill_role_script_gives_createdb_and_nothing_more(db: Database) -> 
         assert drilled.code == 0, drilled.stderr
     finally:
         db.cluster.psql(f"DROP ROLE {role}")
+
+
+SHARDED = [ROOT / "k8s" / "indexed-job.yaml", ROOT / "k8s" / "indexed-cronjob.yaml"]
+
+
+@pytest.mark.parametrize("version", ["1.29.0", "1.33.0", "1.37.0"])
+def test_the_indexed_job_manifests_validate_strictly(version: str) -> None:
+    result = subprocess.run(
+        [str(BIN / "kubernetes-validate"), "--strict", "-k", version, *map(str, SHARDED)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("passed") == 2
+
+
+@pytest.mark.parametrize("path", SHARDED, ids=["job", "cronjob"])
+def test_an_indexed_job_is_the_cronjobs_pod_with_shards(path: Path) -> None:
+    (doc,) = yaml.safe_load_all(path.read_text())
+    job = doc["spec"]["jobTemplate"]["spec"] if doc["kind"] == "CronJob" else doc["spec"]
+    pod = job["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    shards = int(env["DUMPER_SHARDS"]["value"])
+    assert job["completionMode"] == "Indexed" and job["completions"] == job["parallelism"] == shards > 1
+    assert job["backoffLimitPerIndex"] >= 1 and job["maxFailedIndexes"] == 0
+    fail = next(r for r in job["podFailurePolicy"]["rules"] if r["action"] == "FailJob")
+    assert fail["onExitCodes"] == {"containerName": "dumper", "operator": "In", "values": [2]}
+    assert (
+        env["DUMPER_RUN_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['batch.kubernetes.io/job-name']"
+    )
+    # The same pod as the one-pod CronJob's: identity, user, sandbox and configuration.
+    single = docs()["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    for key in ("serviceAccountName", "automountServiceAccountToken", "restartPolicy", "securityContext"):
+        assert pod[key] == single[key], key
+    assert container["securityContext"] == single["containers"][0]["securityContext"]
+    assert container["envFrom"] == single["containers"][0]["envFrom"] and container["args"] == ["run"]
+    assert "PASSWORD" not in path.read_text() and "secretRef" not in path.read_text()
+    policy = (ROOT / "deploy" / "iam" / "shards-policy.json").read_text()
+    assert "/.shards/*" in policy and "s3:DeleteObject" in policy

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from dumper.format.layout import SHARDS
+from dumper.format.layout import SHARDS, written_by_a_run
 
 from .conftest import BUCKET, Database, Moto, parse_json, read_rows, wait_until
 from .holds import frozen, replies_held
@@ -223,3 +223,9 @@ def test_sharding_options_that_cannot_work_are_refused(
         )
     assert code == 2 and message in err.getvalue(), err.getvalue()
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_sharded_runs_shared_state_is_a_runs_leftover() -> None:
+    """prune removes a killed run's folder only when everything in it is a run's: .shards is."""
+    for path in (".shards/alive-0", ".shards/attempt-2/plan.json", ".shards/attempt-2/parts/3.1.part"):
+        assert written_by_a_run(path), path

@@ -43,7 +43,7 @@ from .reader import Group, Piece
 from .tables import TableFiles, json_keys, read_items
 
 BEAT = 2.0  # seconds between a process's heartbeats
-POLL = 1.0  # seconds between looks at the shared state
+POLL = 0.5  # seconds between looks at the shared state
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
