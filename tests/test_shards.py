@@ -229,3 +229,13 @@ def test_a_failed_sharded_runs_shared_state_is_a_runs_leftover() -> None:
     """prune removes a killed run's folder only when everything in it is a run's: .shards is."""
     for path in (".shards/alive-0", ".shards/attempt-2/plan.json", ".shards/attempt-2/parts/3.1.part"):
         assert written_by_a_run(path), path
+
+
+def test_a_process_started_for_another_number_of_shards_is_refused(db: Database) -> None:
+    db.sql(TABLES)
+    coordinator = start_shards(db, 2, "--run-id", "job", "--stall-timeout", "3", indexes=range(0, 1))
+    other = start_shards(db, 3, "--run-id", "job", "--format", "json", indexes=range(1, 2))
+    code, _, err = finished(other)[1]
+    assert code == 2 and "--shards 3: index 0 planned the run for 2 processes" in err, err
+    code, _, err = finished(coordinator)[0]
+    assert code == 5 and "shard 1 wrote no piece and no heartbeat for 3 s" in err, err

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import msgspec
 
-from ..core.errors import DumpError, SnapshotLost
+from ..core.errors import ConfigError, DumpError, SnapshotLost
 from ..core.logs import current_table, log
 from ..core.settings import Settings
 from ..format import layout
@@ -54,6 +55,10 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     shards: int
     items: list[list[Piece]]  # a piece, or a group's members (read by one query)
     groups: list[bool]  # whether each item is a group
+    # How the parts are written, which every index takes from here (the tables say how they are read).
+    format: str
+    compression: str
+    gzip_level: int
 
 
 class Record(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,14 +85,27 @@ def share(items: list[Piece | Group], shards: int, index: int) -> list[Piece | G
     return [item for number, item in enumerate(items) if number % shards == index]
 
 
-def to_plan(attempt: int, snapshot_id: str, shards: int, items: list[Piece | Group]) -> Plan:
+def to_plan(attempt: int, snapshot_id: str, settings: Settings, items: list[Piece | Group]) -> Plan:
     return Plan(
         attempt=attempt,
         snapshot_id=snapshot_id,
-        shards=shards,
+        shards=settings.shards,
         items=[list(item.members) for item in items],
         groups=[isinstance(item, Group) for item in items],
+        format=settings.format,
+        compression=settings.compression,
+        gzip_level=settings.gzip_level,
     )
+
+
+def following(settings: Settings, plan: Plan) -> Settings:
+    """This process's settings for the plan's attempt: its parts written as index 0 says."""
+    if plan.shards != settings.shards:
+        raise ConfigError(
+            f"--shards {settings.shards}: index 0 planned the run for {plan.shards} processes; every process of "
+            "a sharded run needs the same --shards (the Job's completions)"
+        )
+    return dataclasses.replace(settings, format=plan.format, compression=plan.compression, gzip_level=plan.gzip_level)
 
 
 def from_plan(plan: Plan) -> list[Piece | Group]:
@@ -412,7 +430,7 @@ async def coordinate(
     attempt = max(await asyncio.to_thread(shared.attempts), default=0) + 1
     folder = shared.folder(attempt)
     await asyncio.to_thread(shared.output.make_folders, [f"{folder}/x", f"{folder}/parts/x"])
-    plan = to_plan(attempt, snapshot_id, settings.shards, items)
+    plan = to_plan(attempt, snapshot_id, settings, items)
     await shared.put(f"{folder}/{layout.PLAN_NAME}", msgspec.json.encode(plan))
     log.info("plan written", extra={"attempt": attempt, "shards": settings.shards, "pieces": len(piece_ids(items))})
     async with heartbeat(shared, f"{folder}/{layout.alive_name(0)}"):
@@ -447,12 +465,13 @@ async def run_worker(settings: Settings, password: db.PasswordProvider, output: 
         if plan is None:
             return  # the run is complete
         followed = plan.attempt
+        mine = following(settings, plan)
         log.info("following the plan", extra={"attempt": plan.attempt, "shard": settings.shard_index})
         tables = {p.relpath: p.table for pieces in plan.items for p in pieces}
         work = [(table, relpath) for relpath, table in tables.items()]
         async with heartbeat(shared, f"{shared.folder(plan.attempt)}/{layout.alive_name(settings.shard_index)}"):
             try:
-                await read_share(settings, password, shared, plan, work)
+                await read_share(mine, password, shared, plan, work)
             except SnapshotLost as exc:
                 log.warning("this attempt's snapshot is gone: waiting for a new one", extra={"error": str(exc)})
                 continue
