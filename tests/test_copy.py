@@ -3,9 +3,12 @@ JSON parser would give it, and as the source holds it, whatever the text inside.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import pytest
 from dumper.format.copytext import CopyRows, copy_columns
 from dumper.format.manifest import parse
 
-from .conftest import Database, parse_json
+from .conftest import Database, parse_json, wait_until
 from .test_contract import COLUMNS, create_every_type
 from .test_parquet import OUTSIDE_SQL
 
@@ -221,3 +224,79 @@ def _field_end(line: bytes, at: int) -> int:
     while line[i : i + 1] != b'"':
         i += 2 if line[i : i + 1] == b"\\" else 1
     return i + 1
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            if int(fields["PPid"]) == pid:
+                found.append(int(status.parent.name))
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _mask(pid: int, field: str) -> int:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1], 16)
+
+
+def test_converter_processes_load_the_same_rows(db: Database, target: Database) -> None:
+    create_every_type(db)
+    db.sql(OUTSIDE_SQL)
+    result = db.dump("--run-id", "conv")
+    assert result.code == 0, result.stderr
+    restored = target.restore(result.run_dir, "--with-schema", "--processes", "2")
+    assert restored.code == 0, restored.stderr
+    assert _rows(target, "outside") == _rows(db, "outside")
+    kept = [c for c in COLUMNS if c not in ("json", "json_arr", "jsonb_arr", "composite_json")]
+    query = f"SELECT {', '.join(f'{c!r}::text' for c in ['id', *kept])} FROM every_type ORDER BY 1".replace("'", '"')
+    assert target.fetch(query) == db.fetch(query)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_to_the_whole_group_leaves_no_converter_behind(
+    db: Database, target: Database, sig: signal.Signals, code: int
+) -> None:
+    db.sql("CREATE TABLE t (id int, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g")
+    result = db.dump("--run-id", "sig")
+    assert result.code == 0, result.stderr
+    target.sql("CREATE TABLE t (id int, v text)")
+    with target.locked("t", "SHARE"):  # the COPY waits for its lock: the converters are up by then
+        proc = target.spawn("restore", str(result.run_dir), "--processes", "2", "--lock-timeout", "0")
+        wait_until(lambda: target.waiting_for_lock("t") > 0, 120)
+        converters = [pid for pid in _children(proc.pid) if b"dumper.restore.converting" in _cmdline(pid)]
+        assert len(converters) == 2, "the converters are the restore's children"
+        for pid in converters:  # ignored from their first instruction: a terminal's Ctrl-C is the restore's
+            assert _mask(pid, "SigIgn") & (1 << (sig - 1)), f"converter {pid} would die of {sig.name}"
+            os.kill(pid, sig)  # as a terminal's Ctrl-C reaches the whole process group
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert f"stopped by {sig.name}" in stderr
+    wait_until(lambda: not [pid for pid in converters if Path(f"/proc/{pid}").exists()], 30)
+    assert target.fetch("SELECT count(*) FROM t")[0][0] == 0
+
+
+def test_a_converter_killed_fails_the_table_and_names_it(db: Database, target: Database) -> None:
+    db.sql("CREATE TABLE t (id int, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g")
+    result = db.dump("--run-id", "oom")
+    assert result.code == 0, result.stderr
+    target.sql("CREATE TABLE t (id int, v text)")
+    with target.locked("t", "SHARE"):
+        proc = target.spawn("restore", str(result.run_dir), "--processes", "2", "--lock-timeout", "0")
+        wait_until(lambda: target.waiting_for_lock("t") > 0, 120)
+        converters = [pid for pid in _children(proc.pid) if b"dumper.restore.converting" in _cmdline(pid)]
+        for pid in converters:  # as the out-of-memory killer would
+            os.kill(pid, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 5, stderr
+    assert "was killed by signal SIGKILL while turning rows into COPY data" in stderr
+    assert target.fetch("SELECT count(*) FROM t")[0][0] == 0

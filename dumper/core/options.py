@@ -221,9 +221,10 @@ OPTIONS: tuple[Option, ...] = (
         "processes",
         "worker processes that read and encode rows, sharing the --jobs connections (default: "
         "the CPUs this process may use, at most --jobs and one per 32 MiB of tables on disk; "
-        "1 = read in this process)",
+        "1 = read in this process); for restore, that turn rows into COPY data (default: the CPUs "
+        "this process may use, one fewer when the database runs on this machine; 1 = in this process)",
         parse=positive_int,
-        commands=(*RUNS, "drill"),
+        commands=(*RUNS, "drill", "restore"),
     ),
     Option(
         "split_mib",

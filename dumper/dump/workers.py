@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import logging
 import os
@@ -40,15 +39,15 @@ import signal
 import socket
 import sys
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextvars import ContextVar
-from pathlib import Path
 
 import orjson
 
 from ..core.errors import DumperError, DumpError
 from ..core.logs import fields_of, log
 from ..core.malloc import tune_malloc, young_gc_only
+from ..core.processes import before_exec, child_env
 from ..core.settings import Settings
 from ..dump.reader import Group, Lane, Piece, Reader, Sink
 from ..format.encode import ARRAY_SEPARATOR
@@ -58,7 +57,6 @@ from .channel import ASK, BATCH, BEAT, DONE, FAIL, INIT, LOG, NO_PASSWORD, PASSW
 BEAT_EVERY = 0.5  # seconds between a worker's heartbeats
 LONGEST_SILENCE = 60.0  # seconds without a frame (not even a heartbeat): the worker is stuck
 STOP_WAIT = 5.0  # seconds a worker may take to close its connections and exit after STOP
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SOCKET_BUFFER = 4 << 20  # bytes; a batch is ~0.4-4 MB of JSON
 FRAME_BYTES = 1 << 20  # small batches travel together, up to about this much
 
@@ -143,15 +141,6 @@ def _pair() -> tuple[socket.socket, socket.socket]:
     return pair
 
 
-def _worker_env() -> dict[str, str]:
-    """The worker imports this very package, not one found in the working
-    directory (-P drops that), and gets no password: it asks for one."""
-    root = str(Path(__file__).resolve().parents[2])  # the folder that holds the dumper package
-    paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
-    return {**env, "PYTHONPATH": os.pathsep.join(paths)}
-
-
 @contextlib.asynccontextmanager
 async def started(
     settings: Settings, password: db.PasswordProvider, snapshot_id: str, lanes: int, count: int
@@ -178,8 +167,8 @@ async def started(
                     pass_fds=[theirs.fileno() for _, theirs in pairs],
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.DEVNULL,
-                    env=_worker_env(),
-                    preexec_fn=_before_exec(),
+                    env=child_env(),
+                    preexec_fn=before_exec(),
                 )
                 spawned.append(process)
             finally:
@@ -328,34 +317,12 @@ async def _serve(fds: list[int]) -> None:
         beat.cancel()
 
 
-def _before_exec() -> Callable[[], None]:
-    """A function for the forked child, before exec: die with the dumper process
-    (PR_SET_PDEATHSIG; Linux), and ignore SIGINT/SIGTERM from the first
-    instruction on (an ignored signal stays ignored across exec): a terminal's
-    Ctrl-C reaches the whole group, and a worker still importing must not die of
-    it - the dumper process decides. Looked up here, so the child only calls."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        prctl, set_handler = libc.prctl, libc.signal
-    except (OSError, AttributeError):  # not Linux/glibc: the worker still exits when its sockets close
-        return lambda: None
-    set_handler.argtypes, set_handler.restype = [ctypes.c_int, ctypes.c_void_p], ctypes.c_void_p
-    ignore = int(signal.Handlers.SIG_IGN)
-
-    def before_exec() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            set_handler(int(signum), ignore)
-
-    return before_exec
-
-
 def main(argv: list[str]) -> int:
     """`python -m dumper.dump.workers PARENT_PID FD...` (started by `started`, never by hand)."""
     if os.getppid() != int(argv[0]):  # the dumper process died before PR_SET_PDEATHSIG took effect
         return 1
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)  # as _before_exec did already, where libc allows
+        signal.signal(signum, signal.SIG_IGN)  # as before_exec did already, where libc allows
     tune_malloc()
     with young_gc_only():
         asyncio.run(_serve([int(fd) for fd in argv[1:]]))

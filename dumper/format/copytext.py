@@ -19,6 +19,7 @@ bytes object (C-level replaces and splits), where that can be done; a value at a
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -352,3 +353,14 @@ def copy_columns(manifest: Manifest, table: TableEntry, load: Sequence[str]) -> 
             return f"column {column.name!r} ({column.type}) has no COPY conversion here"
         columns.append(Column(column.name, kind, found))
     return columns
+
+
+@functools.lru_cache(maxsize=64)
+def _rows_for(columns: tuple[Column, ...]) -> CopyRows:
+    return CopyRows(columns)
+
+
+def convert_block(columns: tuple[Column, ...], block: bytes, json_nulls: dict[str, list[int]] | None) -> bytes:
+    """CopyRows(columns).convert(block, json_nulls): what a converting process (restore/converters.py)
+    is asked, its CopyRows kept for the next block of the same table."""
+    return _rows_for(columns).convert(block, json_nulls)

@@ -27,7 +27,7 @@ from ..core.errors import (
 from ..core.logs import current_table, log
 from ..core.retry import failing_with, retrying
 from ..core.settings import Settings
-from ..format.copytext import OPTIONS, SKIP, CopyRows, copy_columns
+from ..format.copytext import SKIP, CopyRows, copy_columns
 from ..format.describe.columns import json_as_text
 from ..format.jsonnulls import JsonNulls, per_row
 from ..format.manifest import Manifest
@@ -44,7 +44,10 @@ from ..postgres import db
 from ..postgres.sql import quote_ident
 from ..postgres.translate import LOST, load_error
 from ..storage.output import FAILURES, Output
+from . import converters as converting
 from . import loadplan
+from .converters import Converters
+from .copying import TableCopy
 from .targets import JSON, Plan, Target
 
 UNIT_ATTEMPTS = 3  # a unit whose connection dies is loaded again (its transaction rolled back)
@@ -113,8 +116,10 @@ class Loader:
         doc: Manifest,
         targets: list[Target],
         checked_at_end: frozenset[str] = frozenset(),
+        converters: Converters | None = None,
     ) -> None:
         self.checked_at_end = checked_at_end
+        self.converters = converters
         self.settings = settings
         self.source = source
         self.doc = doc
@@ -180,48 +185,11 @@ class Loader:
         reader.check(target.entry.rows, target.entry.bytes, target.entry.sha256)
 
     async def copy_table(self, conn: Any, target: Target, rows: CopyRows) -> None:
-        """Every row of the table in one COPY statement (so that its references to itself are
-        checked at its end, as one INSERT's would be). The stall bound (--lock-timeout +
-        --stall-timeout) follows the batches: past it without the server taking the next one, the
-        load fails. So does the end of the statement, but for a table whose foreign keys or
-        triggers run there (Plan.checked_at_end): that work may take long and send nothing."""
-        nulls = JsonNulls(target.entry.json_nulls, target.columns)
-
-        def prepare(block: tuple[bytes | memoryview, int], first_row: int) -> tuple[bytes | None, int]:
-            data, count = block
-            return rows.convert(data, nulls.within(first_row, count) if nulls else None), count
-
-        loop = asyncio.get_running_loop()
-        guard = asyncio.timeout_at(loop.time() + self.bound if self.bound else None)
-
-        async def source() -> AsyncIterator[bytes]:
-            async for _, payload in self.batches(target, prepare, blocks=True):
-                assert payload is not None
-                if self.bound:
-                    guard.reschedule(loop.time() + self.bound)
-                yield payload
-                del payload
-            if target.qualified in self.checked_at_end:
-                guard.reschedule(None)
-
-        try:
-            async with guard:
-                await conn.copy_to_table(
-                    target.entry.table,
-                    schema_name=target.entry.schema,
-                    columns=rows.loaded,
-                    source=source(),
-                    # A row of no columns is an empty line of the text format (CSV has no such row).
-                    **(OPTIONS if rows.loaded else {"format": "text"}),
-                )
-        except TimeoutError:
-            if not guard.expired():
-                raise
-            raise db.stalled(f"table {target.qualified}", self.bound) from None
-        except DumperError:
-            raise
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, *LOST) as exc:
-            raise load_error(exc, target.qualified) from exc
+        """Every row of the table in one COPY statement (restore/copying.py)."""
+        copy = TableCopy(
+            target, rows, self.batches, self.converters, self.bound, target.qualified in self.checked_at_end
+        )
+        await copy.run(conn)
 
     async def load_table(self, conn: Any, target: Target, one_statement: bool) -> None:
         table = target.qualified
@@ -405,7 +373,21 @@ async def load(
 ) -> RestoreOutcome:
     """Every unit of `plan`; `prepare` runs first, in one transaction of its own (or in the one of
     --single-transaction)."""
-    loader = Loader(settings, source, doc, plan.targets, plan.checked_at_end)
+    async with converting.started(settings) as converters:
+        return await _load(settings, password, source, doc, plan, prepare, conn, converters)
+
+
+async def _load(
+    settings: Settings,
+    password: db.PasswordProvider,
+    source: Output,
+    doc: Manifest,
+    plan: Plan,
+    prepare: list[str],
+    conn: Any,
+    converters: Converters | None,
+) -> RestoreOutcome:
+    loader = Loader(settings, source, doc, plan.targets, plan.checked_at_end, converters)
     first = plan.targets[0].qualified if plan.targets else "-"
     if settings.single_transaction:
         await loader.statement(conn, "BEGIN", first)
