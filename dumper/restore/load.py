@@ -374,20 +374,15 @@ async def load(
     """Every unit of `plan`; `prepare` runs first, in one transaction of its own (or in the one of
     --single-transaction)."""
     async with converting.started(settings) as converters:
-        return await _load(settings, password, source, doc, plan, prepare, conn, converters)
+        return await _load(
+            Loader(settings, source, doc, plan.targets, plan.checked_at_end, converters), plan, prepare, conn, password
+        )
 
 
 async def _load(
-    settings: Settings,
-    password: db.PasswordProvider,
-    source: Output,
-    doc: Manifest,
-    plan: Plan,
-    prepare: list[str],
-    conn: Any,
-    converters: Converters | None,
+    loader: Loader, plan: Plan, prepare: list[str], conn: Any, password: db.PasswordProvider
 ) -> RestoreOutcome:
-    loader = Loader(settings, source, doc, plan.targets, plan.checked_at_end, converters)
+    settings = loader.settings
     first = plan.targets[0].qualified if plan.targets else "-"
     if settings.single_transaction:
         await loader.statement(conn, "BEGIN", first)
