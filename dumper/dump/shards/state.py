@@ -1,0 +1,100 @@
+"""The shared state of a sharded run, in its run folder (layout.py's `.shards/`): what one process
+reads and writes there, heartbeats, and the watch on another process's sign of life."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import msgspec
+
+from ...core.errors import DumpError
+from ...format import layout
+from ...format.layout import MANIFEST_NAME
+from ...storage.output import Output
+from .plan import Plan
+
+BEAT = 2.0  # seconds between a process's heartbeats
+POLL = 0.5  # seconds between looks at the shared state
+
+
+@dataclass
+class Shared:
+    """A sharded run's folder of shared state, as one process sees it."""
+
+    output: Output
+    run: str
+
+    def attempts(self) -> list[int]:
+        found = (layout.attempt_of(n) for n in self.output.names(f"{self.run}/{layout.SHARDS}"))
+        return sorted(a for a in found if a is not None)
+
+    def folder(self, attempt: int) -> str:
+        return layout.attempt_folder(self.run, attempt)
+
+    async def put(self, relpath: str, data: bytes) -> None:
+        await self.output.put(relpath, data, exclusive=False)
+
+    async def read(self, relpath: str) -> bytes | None:
+        try:
+            return await asyncio.to_thread(self.output.read, relpath)
+        except FileNotFoundError:
+            return None
+
+    async def plan(self, attempt: int) -> Plan | None:
+        data = await self.read(f"{self.folder(attempt)}/{layout.PLAN_NAME}")
+        return msgspec.json.decode(data, type=Plan) if data is not None else None
+
+    async def recorded(self, attempt: int) -> set[str]:
+        """The pieces of the attempt whose record is written."""
+        names = await asyncio.to_thread(self.output.names, f"{self.folder(attempt)}/parts")
+        return {n.removesuffix(".json") for n in names if n.endswith(".json")}
+
+    async def complete(self) -> bool:
+        return await asyncio.to_thread(self.output.exists, f"{self.run}/{MANIFEST_NAME}")
+
+
+@contextlib.asynccontextmanager
+async def heartbeat(shared: Shared, relpath: str) -> AsyncIterator[None]:
+    """A counter written to `relpath` every BEAT seconds while the block runs."""
+
+    async def beat() -> None:
+        count = 0
+        while True:
+            count += 1
+            with contextlib.suppress(Exception):  # a missed beat is seen as silence, not as an error here
+                await shared.put(relpath, f"{count}\n".encode())
+            await asyncio.sleep(BEAT)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class Watch:
+    """Another process's sign of life: its heartbeat (or anything) changing; silent() once it
+    has not changed for `bound` seconds (0: never)."""
+
+    def __init__(self, bound: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.bound = bound
+        self.clock = clock
+        self.value: object = None
+        self.changed = clock()
+
+    def see(self, value: object) -> None:
+        if value != self.value:
+            self.value, self.changed = value, self.clock()
+
+    def silent(self) -> bool:
+        return bool(self.bound) and self.clock() - self.changed > self.bound
+
+
+def stopped(what: str, bound: float) -> DumpError:
+    return DumpError(f"{what} for {bound:g} s (--stall-timeout): the sharded run stops")
