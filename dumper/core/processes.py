@@ -1,13 +1,18 @@
-"""Worker processes a process starts (the dump's readers, a restore's converters): what they
-inherit, and their lifetime's guarantees."""
+"""Worker processes a process starts (the dump's readers, a restore's converters): how they are
+started, what they inherit, and their lifetime's guarantees, on both sides."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import signal
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
+
+from .malloc import tune_malloc, young_gc_only
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -41,3 +46,34 @@ def before_exec() -> Callable[[], None]:
             set_handler(int(signum), ignore)
 
     return before_exec
+
+
+async def spawn(module: str, fds: list[int]) -> asyncio.subprocess.Process:
+    """`python -P -m <module> <this pid> <fd>...`: a child of ours holding `fds` (socket pairs'
+    ends, closed here by the caller), no stdin or stdout, its life bound to ours (before_exec)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-P",
+        "-m",
+        module,
+        str(os.getpid()),
+        *map(str, fds),
+        pass_fds=fds,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        env=child_env(),
+        preexec_fn=before_exec(),
+    )
+
+
+def child_main(argv: list[str], serve: Callable[[list[int]], Coroutine[Any, Any, None]]) -> int:
+    """A spawned child's `main(PARENT_PID FD...)`: `serve` its sockets' descriptors until it ends.
+    1 at once when the parent died before PR_SET_PDEATHSIG took effect."""
+    if os.getppid() != int(argv[0]):
+        return 1
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)  # as before_exec did already, where libc allows
+    tune_malloc()
+    with young_gc_only():  # what a child makes is short-lived and acyclic
+        asyncio.run(serve([int(fd) for fd in argv[1:]]))
+    return 0

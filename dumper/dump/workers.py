@@ -46,8 +46,7 @@ import orjson
 
 from ..core.errors import DumperError, DumpError
 from ..core.logs import fields_of, log
-from ..core.malloc import tune_malloc, young_gc_only
-from ..core.processes import before_exec, child_env
+from ..core.processes import child_main, spawn
 from ..core.settings import Settings
 from ..dump.reader import Group, Lane, Piece, Reader, Sink
 from ..format.encode import ARRAY_SEPARATOR
@@ -156,20 +155,7 @@ async def started(
         for number in range(count):
             pairs = [_pair() for _ in range(number, lanes, count)]
             try:
-                ends = [str(theirs.fileno()) for _, theirs in pairs]
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-P",
-                    "-m",
-                    "dumper.dump.workers",
-                    str(os.getpid()),
-                    *ends,
-                    pass_fds=[theirs.fileno() for _, theirs in pairs],
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    env=child_env(),
-                    preexec_fn=before_exec(),
-                )
+                process = await spawn("dumper.dump.workers", [theirs.fileno() for _, theirs in pairs])
                 spawned.append(process)
             finally:
                 for _, theirs in pairs:
@@ -319,14 +305,7 @@ async def _serve(fds: list[int]) -> None:
 
 def main(argv: list[str]) -> int:
     """`python -m dumper.dump.workers PARENT_PID FD...` (started by `started`, never by hand)."""
-    if os.getppid() != int(argv[0]):  # the dumper process died before PR_SET_PDEATHSIG took effect
-        return 1
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)  # as before_exec did already, where libc allows
-    tune_malloc()
-    with young_gc_only():
-        asyncio.run(_serve([int(fd) for fd in argv[1:]]))
-    return 0
+    return child_main(argv, _serve)
 
 
 if __name__ == "__main__":

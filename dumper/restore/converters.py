@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import pickle
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 
 from ..core.channel import Channel
 from ..core.cpus import usable_cpus
 from ..core.errors import DumperError, LoadError
-from ..core.processes import before_exec, child_env
+from ..core.processes import spawn
 from ..core.settings import Settings
 from ..format.copytext import Column
 
@@ -106,19 +104,7 @@ async def started(settings: Settings) -> AsyncIterator[Converters | None]:
         for _ in range(count):
             ours, theirs = socket.socketpair()
             try:
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-P",
-                    "-m",
-                    "dumper.restore.converting",
-                    str(os.getpid()),
-                    str(theirs.fileno()),
-                    pass_fds=[theirs.fileno()],
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    env=child_env(),
-                    preexec_fn=before_exec(),
-                )
+                process = await spawn("dumper.restore.converting", [theirs.fileno()])
             finally:
                 theirs.close()
             started.append(_Converter(process, Channel(ours)))

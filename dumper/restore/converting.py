@@ -6,20 +6,18 @@ socket closes; SIGINT and SIGTERM are ignored (the restore decides), and it dies
 from __future__ import annotations
 
 import asyncio
-import os
 import pickle
-import signal
 import socket
 import sys
 
 from ..core.channel import Channel
-from ..core.malloc import tune_malloc, young_gc_only
+from ..core.processes import child_main
 from ..format.copytext import convert_block
 from .converters import CONVERT, FAIL, MADE, fail_message
 
 
-async def _serve(fd: int) -> None:
-    channel = Channel(socket.socket(fileno=fd))
+async def _serve(fds: list[int]) -> None:
+    channel = Channel(socket.socket(fileno=fds[0]))
     while True:
         try:
             kind, _, spec_size, payload = await channel.receive()
@@ -39,14 +37,7 @@ async def _serve(fd: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if os.getppid() != int(argv[0]):  # the restore died before PR_SET_PDEATHSIG took effect
-        return 1
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)  # as before_exec did already, where libc allows
-    tune_malloc()
-    with young_gc_only():
-        asyncio.run(_serve(int(argv[1])))
-    return 0
+    return child_main(argv, _serve)
 
 
 if __name__ == "__main__":
