@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,40 @@ def test_shards_write_to_s3(db: Database, s3: Any, moto: Moto) -> None:
         for run in ("job", "one")
     ]
     assert entries(manifests[0]) == entries(manifests[1])
+
+
+class Events:
+    """A process's JSON log lines (its stdout), collected in a thread as they come."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self.reader.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.events.append(parse_json(line))
+
+    def saw(self, event: str) -> bool:
+        return any(e.get("event") == event for e in self.events)
+
+
+def test_a_worker_woken_after_the_run_ended_writes_no_shared_state_again(db: Database, s3: Any, moto: Moto) -> None:
+    """Index 1 is stopped once its pieces are written, until index 0 has ended the run and removed
+    the shared state: woken, index 1 ends without writing any of it again (no late heartbeat)."""
+    db.sql(TABLES)
+    env = {**s3_env(moto), **{k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
+    processes = start_shards(db, 2, "--run-id", "job", "--split-mib", "0.5", env=env)
+    follower = Events(processes[1])
+    wait_until(lambda: follower.saw("this shard's pieces are written"), 120)
+    with frozen(processes[1].pid):
+        code, _, err = finished({0: processes[0]}, timeout=120)[0]
+        assert code == 0, err
+        assert "nightly/job/manifest.json" in keys(s3, "nightly/job/")
+    assert processes[1].wait(60) == 0
+    follower.reader.join(30)
+    assert not [k for k in keys(s3, "nightly/job/") if f"/{SHARDS}/" in k], "the shared state goes with the run's end"
 
 
 def test_concurrent_writers_see_one_snapshot_across_shards(db: Database) -> None:

@@ -101,7 +101,11 @@ async def run(
             shared = shards.Shared(output, settings.run_id)
             await asyncio.to_thread(output.make_folders, [shards.alive_path(settings.run_id)])
             await stack.enter_async_context(shards.heartbeat(shared, shards.alive_path(settings.run_id)))
-        return await _attempts(settings, password, output, clock, display, source)
+        manifest = await _attempts(settings, password, output, clock, display, source)
+    if sharded and not await asyncio.to_thread(output.remove_tree, f"{settings.run_id}/{SHARDS}"):
+        # (after index 0's last heartbeat: nothing of the shared state is written again)
+        log.warning("could not remove the sharded run's shared state", extra={"folder": f"{settings.run_id}/{SHARDS}"})
+    return manifest
 
 
 async def _attempts(
@@ -340,8 +344,6 @@ async def _run_once(
         await output.make_durable(committed)  # then the manifest says they are a dump
         await output.put(f"{run_dir}/{MANIFEST_NAME}", manifest.to_bytes())
         done = True
-        if settings.shards > 1 and not await asyncio.to_thread(output.remove_tree, f"{run_dir}/{SHARDS}"):
-            log.warning("could not remove the sharded run's shared state", extra={"folder": f"{run_dir}/{SHARDS}"})
     finally:
         if not done:  # leave nothing that could pass for a (partial) dump
             await asyncio.shield(asyncio.to_thread(_remove_all, output, committed))

@@ -9,7 +9,8 @@ the snapshot, reads its share (a piece `i` belongs to index `i mod N`), writes e
 part and then its record (rows, bytes, sha256), and stays until the manifest is there.
 
 All of it goes through the run folder (layout.py's `.shards/attempt-<n>/`): nothing else is
-shared. Each process writes a heartbeat every BEAT seconds; every wait is bounded by
+shared. Index 0 writes a heartbeat every BEAT seconds for the whole run, another index while
+it reads its share (none is written after the run ends); every wait is bounded by
 --stall-timeout without a sign of life (a heartbeat that moves, a piece that arrives) from what
 it waits for, and ends with one line naming it. A lost index 0 (or a lost snapshot) ends its
 attempt: the others stop, no manifest appears, and index 0 started again (the Job's retry) begins

@@ -81,15 +81,17 @@ async def run_worker(settings: Settings, password: db.PasswordProvider, output: 
         log.info("following the plan", extra={"attempt": plan.attempt, "shard": settings.shard_index})
         tables = {p.relpath: p.table for pieces in plan.items for p in pieces}
         work = [(table, relpath) for relpath, table in tables.items()]
-        async with heartbeat(shared, f"{shared.folder(plan.attempt)}/{layout.alive_name(settings.shard_index)}"):
+        alive = f"{shared.folder(plan.attempt)}/{layout.alive_name(settings.shard_index)}"
+        async with heartbeat(shared, alive):  # what index 0 watches while it waits for this share
             try:
                 await read_share(mine, password, shared, plan, work)
             except SnapshotLost as exc:
                 log.warning("this attempt's snapshot is gone: waiting for a new one", extra={"error": str(exc)})
                 continue
-            log.info("this shard's pieces are written", extra={"attempt": plan.attempt})
-            if await _until_ended(shared, coordinator, plan.attempt):
-                return
+        log.info("this shard's pieces are written", extra={"attempt": plan.attempt})
+        if await _until_ended(shared, coordinator, plan.attempt):
+            await shared.remove(alive)  # index 0 may have removed the shared state before the last beat
+            return
 
 
 async def _index0(shared: Shared, coordinator: Watch) -> None:

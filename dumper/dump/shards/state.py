@@ -53,29 +53,47 @@ class Shared:
         names = await asyncio.to_thread(self.output.names, f"{self.folder(attempt)}/parts")
         return {n.removesuffix(".json") for n in names if n.endswith(".json")}
 
+    async def remove(self, relpath: str) -> None:
+        """Best effort: what this process wrote, once nobody reads it any more."""
+        await asyncio.to_thread(self.output.remove, relpath)
+        await asyncio.to_thread(self.output.remove_dir_if_empty, f"{self.run}/{layout.SHARDS}")
+
     async def complete(self) -> bool:
         return await asyncio.to_thread(self.output.exists, f"{self.run}/{MANIFEST_NAME}")
 
 
 @contextlib.asynccontextmanager
 async def heartbeat(shared: Shared, relpath: str) -> AsyncIterator[None]:
-    """A counter written to `relpath` every BEAT seconds while the block runs."""
+    """A counter written to `relpath` every BEAT seconds while the block runs. Leaving the block
+    waits for a write under way: once it is left, this process writes no beat any more (so that
+    whoever removes the shared state after it does not see a beat land afterwards)."""
+    stop = asyncio.Event()
 
     async def beat() -> None:
         count = 0
-        while True:
+        while not stop.is_set():
             count += 1
             with contextlib.suppress(Exception):  # a missed beat is seen as silence, not as an error here
                 await shared.put(relpath, f"{count}\n".encode())
-            await asyncio.sleep(BEAT)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), BEAT)
 
     task = asyncio.create_task(beat())
     try:
         yield
     finally:
+        stop.set()
+        await _ended(task)
+
+
+async def _ended(task: asyncio.Task[None]) -> None:
+    """The beat task's end; a write under way is bounded by the store's own --stall-timeout. If
+    this process is itself cancelled meanwhile (SIGTERM), the task goes with it."""
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        raise
 
 
 class Watch:
