@@ -17,7 +17,8 @@ the backends that served it, read after they have exited (autovacuum is off).
 `t0`/`t1`: 3,000 tiny tables (schema tenants), pg_dump -Fd -j 2 -Z 0 against
 a run with --jobs 2: the cost per table. Restores (r*) load the mixed table into an empty copy in another database,
 against psql's `\\copy ... FROM` of the same rows as CSV (r0, r1); and into a fresh database with its schema,
-`dumper restore --with-schema` (r3) against `pg_restore -j 2` of a `pg_dump -Fd` (r2).
+`dumper restore --with-schema` (r3; r4 with two converter processes) against `pg_restore -j 2` of a
+`pg_dump -Fd` (r2).
 
     python -m bench.run [--rows 2000000] [--narrow-rows 5000000] [--repeat 3] [--only a,b]
 """
@@ -407,6 +408,8 @@ def restore_methods(
         "r1_dumper_restore": (emptied(restore_cmd), rows),
         "r2_baseline_pg_restore_j2": (into_fresh("fresh_pg", pg_restore_cmd), rows),
         "r3_dumper_restore_with_schema": (into_fresh("fresh_dumper", restore_fresh_cmd), rows),
+        # The same with two converter processes (the default where the server has cores of its own).
+        "r4_dumper_restore_processes2": (into_fresh("fresh_dumper", [*restore_fresh_cmd, "--processes", "2"]), rows),
     }
 
 
@@ -445,6 +448,7 @@ BASELINES = {
     "k2_shards2": "k1_shards1",
     "k3_shards3": "k1_shards1",
     "r3_dumper_restore_with_schema": "r2_baseline_pg_restore_j2",
+    "r4_dumper_restore_processes2": "r2_baseline_pg_restore_j2",
     "q1_dumper_parquet": "b_dumper_jsonl",
     "q2_dumper_parquet_defaults": "g_dumper_defaults",
 }
