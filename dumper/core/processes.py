@@ -4,6 +4,7 @@ started, what they inherit, and their lifetime's guarantees, on both sides."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import signal
@@ -64,6 +65,17 @@ async def spawn(module: str, fds: list[int]) -> asyncio.subprocess.Process:
         env=child_env(),
         preexec_fn=before_exec(),
     )
+
+
+async def how_it_ended(process: asyncio.subprocess.Process, wait: float) -> str:
+    """How a child whose socket closed ended, after waiting at most `wait` s for it to exit:
+    'was killed by signal SIGKILL', 'exited with status 1', or 'closed its connection'."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(process.wait(), wait)
+    code = process.returncode
+    if code is None:
+        return "closed its connection"
+    return f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
 
 
 def child_main(argv: list[str], serve: Callable[[list[int]], Coroutine[Any, Any, None]]) -> int:

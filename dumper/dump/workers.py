@@ -46,7 +46,7 @@ import orjson
 
 from ..core.errors import DumperError, DumpError
 from ..core.logs import fields_of, log
-from ..core.processes import child_main, spawn
+from ..core.processes import child_main, how_it_ended, spawn
 from ..core.settings import Settings
 from ..dump.reader import Group, Lane, Piece, Reader, Sink
 from ..format.encode import ARRAY_SEPARATOR
@@ -108,17 +108,8 @@ class RemoteLane:
             raise DumpError(await self._death()) from None
 
     async def _death(self) -> str:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.process.wait(), STOP_WAIT)
-        code = self.process.returncode
-        how = (
-            f"was killed by signal {signal.Signals(-code).name}"
-            if code is not None and code < 0
-            else f"exited with status {code}"
-            if code is not None
-            else "closed its connection"
-        )
-        hint = " (e.g. the out-of-memory killer)" if code == -signal.SIGKILL else ""
+        how = await how_it_ended(self.process, STOP_WAIT)
+        hint = " (e.g. the out-of-memory killer)" if self.process.returncode == -signal.SIGKILL else ""
         return f"worker process {self.process.pid} {how}{hint} while reading; the run fails"
 
     def abort(self) -> None:

@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pickle
-import signal
 import socket
 from collections.abc import AsyncIterator
 
 from ..core.channel import Channel
 from ..core.cpus import usable_cpus
 from ..core.errors import DumperError, LoadError
-from ..core.processes import spawn
+from ..core.processes import how_it_ended, spawn
 from ..core.settings import Settings
 from ..format.copytext import Column
 
@@ -46,10 +45,7 @@ class _Converter:
                 "starved of CPU (a lower --processes, or more CPU for the pod)"
             ) from None
         except (asyncio.IncompleteReadError, ConnectionError):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.process.wait(), STOP_WAIT)
-            code = self.process.returncode
-            how = f"was killed by signal {signal.Signals(-code).name}" if code and code < 0 else f"exited ({code})"
+            how = await how_it_ended(self.process, STOP_WAIT)
             raise LoadError(f"converter process {self.process.pid} {how} while turning rows into COPY data") from None
         if kind == FAIL:
             raise LoadError(f"converter process {self.process.pid}: {bytes(payload).decode()}")
@@ -73,10 +69,8 @@ class Converters:
 
     async def _convert(self, spec: bytes, block: bytes) -> bytes:
         converter = await self._idle.get()
-        try:
-            made = await converter.convert(spec, block)
-        except BaseException:
-            raise  # a converter that failed (or whose exchange was cancelled halfway) is not used again
+        # A converter that failed (or whose exchange was cancelled halfway) is not put back.
+        made = await converter.convert(spec, block)
         self._idle.put_nowait(converter)
         return made
 
