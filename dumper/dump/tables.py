@@ -41,22 +41,46 @@ def pages_per_piece(facts: tuple[int, int], settings: Settings) -> int:
 
 
 def _entry(piece: Piece, assembly: Assembly) -> TableEntry:
-    table = piece.table
+    return table_entry(
+        piece.table,
+        piece.relpath,
+        rows=assembly.framer.rows,
+        size=assembly.writer.bytes,
+        sha256=assembly.writer.sha256,
+        started=assembly.started,
+        json_nulls=assembly.json_nulls,
+        outside={c: [(int(row), str(text)) for row, text in pairs] for c, pairs in assembly.outside().items()},
+    )
+
+
+def table_entry(
+    table: Table,
+    relpath: str,
+    *,
+    rows: int,
+    size: int,
+    sha256: str,
+    started: float,
+    json_nulls: dict[str, list[list[int]]],
+    outside: dict[str, list[tuple[int, str]]] | None = None,
+) -> TableEntry:
+    """A table file's manifest entry: its rows, stored bytes (`size`) and sha256, read since
+    `started` (time.monotonic()); a one-process run's or a sharded run's joined file alike."""
     return TableEntry(
         schema=table.schema,
         table=table.name,
-        path=piece.relpath.partition("/")[2],  # relative to the run folder (the manifest)
-        rows=assembly.framer.rows,
-        bytes=assembly.writer.bytes,
-        sha256=assembly.writer.sha256,
+        path=relpath.partition("/")[2],  # relative to the run folder (the manifest)
+        rows=rows,
+        bytes=size,
+        sha256=sha256,
         columns=[
             Column(name=c.name, type=c.type, written=c.written, not_null=c.not_null, dimensions=c.dimensions)
             for c in table.columns
         ],
-        seconds=round(time.monotonic() - assembly.started, 3),
+        seconds=round(time.monotonic() - started, 3),
         extension=table.extension,
-        json_nulls=assembly.json_nulls,
-        outside={c: [(int(row), str(text)) for row, text in pairs] for c, pairs in assembly.outside().items()},
+        json_nulls=json_nulls,
+        outside=outside or {},
     )
 
 

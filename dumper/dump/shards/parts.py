@@ -4,7 +4,6 @@ and joined by index 0 into the table's file, in order, each part checked against
 from __future__ import annotations
 
 import asyncio
-import time
 
 import msgspec
 
@@ -13,15 +12,15 @@ from ...core.logs import current_table, log
 from ...core.settings import Settings
 from ...format import layout
 from ...format.encode import Framer
-from ...format.manifest import Column, TableEntry
+from ...format.manifest import TableEntry
 from ...format.stored import StoredWriter, Tally
 from ...postgres import db
 from ...postgres.catalog import Table
 from ...storage.output import Output
 from ..assemble import Assembly
 from ..reader import Piece
-from ..tables import TableFiles, json_keys, read_items
-from .plan import Plan, Record, from_plan, piece_ids, share
+from ..tables import TableFiles, json_keys, read_items, table_entry
+from .plan import Plan, Record, from_plan, piece_ids, reader_of, share
 from .state import POLL, Shared, Watch, stopped
 
 
@@ -115,10 +114,9 @@ async def read_share(
         for item in share(items, plan.shards, settings.shard_index)
         if not all(ids[(p.relpath, p.index)] in done for p in item.members)
     ]
-    folder = shared.folder(plan.attempt)
-    await asyncio.to_thread(shared.output.make_folders, [f"{folder}/parts/x", f"{folder}/x"])
     if mine:
-        await read_items(settings, password, work, plan.snapshot_id, mine, Parts(settings, shared.output, folder, ids))
+        parts = Parts(settings, shared.output, shared.folder(plan.attempt), ids)
+        await read_items(settings, password, work, plan.snapshot_id, mine, parts)
 
 
 async def wait_for_pieces(shared: Shared, plan: Plan, bound: float) -> dict[str, Record]:
@@ -129,7 +127,7 @@ async def wait_for_pieces(shared: Shared, plan: Plan, bound: float) -> dict[str,
     owner: dict[str, int] = {}
     for number, item in enumerate(items):
         for member in item.members:
-            owner[ids[(member.relpath, member.index)]] = number % plan.shards
+            owner[ids[(member.relpath, member.index)]] = reader_of(number, plan.shards)
     watches = {index: Watch(bound) for index in range(1, plan.shards)}
     folder = shared.folder(plan.attempt)
     while True:
@@ -197,20 +195,8 @@ async def join_table(
     except BaseException:
         await out.discard()
         raise
-    return TableEntry(
-        schema=table.schema,
-        table=table.name,
-        path=relpath.partition("/")[2],
-        rows=rows,
-        bytes=writer.bytes,
-        sha256=writer.sha256,
-        columns=[
-            Column(name=c.name, type=c.type, written=c.written, not_null=c.not_null, dimensions=c.dimensions)
-            for c in table.columns
-        ],
-        seconds=round(time.monotonic() - started, 3),
-        extension=table.extension,
-        json_nulls=nulls,
+    return table_entry(
+        table, relpath, rows=rows, size=writer.bytes, sha256=writer.sha256, started=started, json_nulls=nulls
     )
 
 

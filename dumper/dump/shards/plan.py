@@ -46,8 +46,13 @@ def piece_ids(items: list[Piece | Group]) -> dict[tuple[str, int], str]:
     return ids
 
 
+def reader_of(number: int, shards: int) -> int:
+    """The index that reads the plan's item `number`."""
+    return number % shards
+
+
 def share(items: list[Piece | Group], shards: int, index: int) -> list[Piece | Group]:
-    return [item for number, item in enumerate(items) if number % shards == index]
+    return [item for number, item in enumerate(items) if reader_of(number, shards) == index]
 
 
 def to_plan(attempt: int, snapshot_id: str, settings: Settings, items: list[Piece | Group]) -> Plan:

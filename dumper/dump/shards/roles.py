@@ -39,16 +39,16 @@ async def coordinate(
     """Index 0's attempt, once the snapshot is taken: the plan, its share, the others' pieces, and
     each table's file joined from them (listed in `committed` as soon as it is written)."""
     started = time.monotonic()
-    attempt = max(await asyncio.to_thread(shared.attempts), default=0) + 1
+    attempt = await shared.newest() + 1
     folder = shared.folder(attempt)
-    await asyncio.to_thread(shared.output.make_folders, [f"{folder}/x", f"{folder}/parts/x"])
+    await shared.make_folders(attempt)
     plan = to_plan(attempt, snapshot_id, settings, items)
     await shared.put(f"{folder}/{layout.PLAN_NAME}", msgspec.json.encode(plan))
-    log.info("plan written", extra={"attempt": attempt, "shards": settings.shards, "pieces": len(piece_ids(items))})
+    ids = piece_ids(items)
+    log.info("plan written", extra={"attempt": attempt, "shards": settings.shards, "pieces": len(ids)})
     async with heartbeat(shared, f"{folder}/{layout.alive_name(0)}"):
         await read_share(settings, password, shared, plan, work)
         records = await wait_for_pieces(shared, plan, settings.stall_timeout)
-    ids = piece_ids(items)
     by_file: dict[str, list[tuple[int, str]]] = {}
     for (relpath, index), piece in ids.items():
         by_file.setdefault(relpath, []).append((index, piece))
@@ -81,6 +81,7 @@ async def run_worker(settings: Settings, password: db.PasswordProvider, output: 
         log.info("following the plan", extra={"attempt": plan.attempt, "shard": settings.shard_index})
         tables = {p.relpath: p.table for pieces in plan.items for p in pieces}
         work = [(table, relpath) for relpath, table in tables.items()]
+        await shared.make_folders(plan.attempt)
         alive = f"{shared.folder(plan.attempt)}/{layout.alive_name(settings.shard_index)}"
         async with heartbeat(shared, alive):  # what index 0 watches while it waits for this share
             try:
@@ -105,7 +106,7 @@ async def _next_plan(shared: Shared, coordinator: Watch, after: int) -> Plan | N
     while True:
         if await shared.complete():
             return None
-        newest = max(await asyncio.to_thread(shared.attempts), default=0)
+        newest = await shared.newest()
         if newest > after and (plan := await shared.plan(newest)) is not None:
             return plan
         await _index0(shared, coordinator)
@@ -117,7 +118,7 @@ async def _until_ended(shared: Shared, coordinator: Watch, attempt: int) -> bool
     while True:
         if await shared.complete():
             return True
-        if max(await asyncio.to_thread(shared.attempts), default=0) > attempt:
+        if await shared.newest() > attempt:
             return False
         await _index0(shared, coordinator)
         await asyncio.sleep(POLL)

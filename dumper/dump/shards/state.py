@@ -32,8 +32,17 @@ class Shared:
         found = (layout.attempt_of(n) for n in self.output.names(f"{self.run}/{layout.SHARDS}"))
         return sorted(a for a in found if a is not None)
 
+    async def newest(self) -> int:
+        """The newest attempt begun (0: none yet)."""
+        return max(await asyncio.to_thread(self.attempts), default=0)
+
     def folder(self, attempt: int) -> str:
         return layout.attempt_folder(self.run, attempt)
+
+    async def make_folders(self, attempt: int) -> None:
+        """The attempt's folder and its parts' (locally; an object store has none to make)."""
+        folder = self.folder(attempt)
+        await asyncio.to_thread(self.output.make_folders, [f"{folder}/x", f"{folder}/{layout.part_name('x')}"])
 
     async def put(self, relpath: str, data: bytes) -> None:
         await self.output.put(relpath, data, exclusive=False)
