@@ -196,14 +196,25 @@ class Output:
         return sorted(str(name).rstrip("/").rpartition("/")[2] for name in self.guard(listed, path))
 
     def remove_tree(self, relpath: str) -> bool:
-        """Best effort (a sharded run's shared state, once the run has ended); False if not removed."""
-        try:
-            self.fs.rm(self.path(relpath), recursive=True)
-        except FileNotFoundError:
-            return True
-        except FAILURES:
-            return False
-        return True
+        """Best effort (a sharded run's shared state, once the run has ended); False if not removed.
+        Another process may remove a file of it meanwhile (which stops a local removal halfway,
+        FileNotFoundError): then what is left is removed again."""
+        path = self.path(relpath)
+        for _ in range(3):
+            try:
+                self.fs.rm(path, recursive=True)
+                return True
+            except FileNotFoundError:
+                pass
+            except FAILURES:
+                return False
+            try:
+                self.fs.invalidate_cache(path)
+                if not self.fs.exists(path):
+                    return True
+            except FAILURES:
+                return False
+        return False
 
     def exists(self, relpath: str) -> bool:
         path = self.path(relpath)

@@ -63,9 +63,9 @@ class Shared:
         return {n.removesuffix(".json") for n in names if n.endswith(".json")}
 
     async def remove(self, relpath: str) -> None:
-        """Best effort: what this process wrote, once nobody reads it any more."""
+        """Best effort: a file this process wrote, once nobody reads it any more (a folder is index
+        0's to remove: a process removing one while index 0 removes the tree would stop it halfway)."""
         await asyncio.to_thread(self.output.remove, relpath)
-        await asyncio.to_thread(self.output.remove_dir_if_empty, f"{self.run}/{layout.SHARDS}")
 
     async def complete(self) -> bool:
         return await asyncio.to_thread(self.output.exists, f"{self.run}/{MANIFEST_NAME}")
