@@ -142,6 +142,34 @@ def test_a_worker_woken_after_the_run_ended_writes_no_shared_state_again(db: Dat
     assert not [k for k in keys(s3, "nightly/job/") if f"/{SHARDS}/" in k], "the shared state goes with the run's end"
 
 
+def test_a_worker_started_again_with_its_pieces_recorded_writes_nothing(db: Database) -> None:
+    """Index 1 is killed once its pieces are written, while index 0 is stopped; started again, it has
+    nothing left to read: it writes nothing into the shared state, waits, and the run completes."""
+    db.sql(TABLES)
+    args = ["--run-id", "job", "--split-mib", "0.5"]
+    processes = start_shards(db, 2, *args)
+    follower = Events(processes[1])
+    wait_until(lambda: follower.saw("this shard's pieces are written"), 120)
+    alive = db.tmp / "out" / "job" / SHARDS / "attempt-1" / "alive-1"
+    with frozen(processes[0].pid):
+        processes[1].kill()
+        processes[1].wait(30)
+        before = alive.read_bytes(), alive.stat().st_mtime_ns
+        again = start_shards(db, 2, *args, indexes=range(1, 2))[1]
+        retried = Events(again)
+        wait_until(lambda: retried.saw("this shard's pieces are written"), 120)
+        assert (alive.read_bytes(), alive.stat().st_mtime_ns) == before, "no heartbeat without pieces to read"
+    code, _, err = finished({0: processes[0]})[0]
+    assert code == 0, err
+    assert again.wait(60) == 0
+    out = db.tmp / "out" / "job"
+    assert not (out / SHARDS).exists(), "the shared state goes with the run's end"
+    manifest = json.loads((out / "manifest.json").read_text())
+    big = next(t for t in manifest["tables"] if t["table"] == "big")
+    ids = [json.loads(line)["id"] for line in (out / big["path"]).read_text().splitlines()]
+    assert sorted(ids) == list(range(1, 30001)), "every row once"
+
+
 def test_concurrent_writers_see_one_snapshot_across_shards(db: Database) -> None:
     """pgbench's transactions move money between four tables; every snapshot balances them.
     Read by different processes while pgbench runs, the dump still balances."""

@@ -18,7 +18,7 @@ from ...postgres import db
 from ...postgres.catalog import Table
 from ...storage.output import Output
 from ..assemble import Assembly
-from ..reader import Piece
+from ..reader import Group, Piece
 from ..tables import TableFiles, json_keys, read_items, table_entry
 from .plan import Plan, Record, from_plan, piece_ids, reader_of, share
 from .state import POLL, Shared, Watch, stopped
@@ -97,25 +97,30 @@ class Parts(TableFiles):
         log.info("piece written", extra={"piece": piece.index, "of": piece.count, "rows": record.rows})
 
 
+async def unread(shared: Shared, plan: Plan, index: int) -> list[Piece | Group]:
+    """The index's share of the plan's items, but for those whose pieces are all recorded (an
+    earlier run of this index in the same attempt wrote them)."""
+    items = from_plan(plan)
+    ids = piece_ids(items)
+    done = await shared.recorded(plan.attempt)
+    return [
+        item
+        for item in share(items, plan.shards, index)
+        if not all(ids[(p.relpath, p.index)] in done for p in item.members)
+    ]
+
+
 async def read_share(
     settings: Settings,
     password: db.PasswordProvider,
     shared: Shared,
     plan: Plan,
     work: list[tuple[Table, str]],
+    mine: list[Piece | Group],
 ) -> None:
-    """This process's share of the plan's items, but for the pieces already recorded (an earlier
-    run of this index in the same attempt wrote them)."""
-    items = from_plan(plan)
-    ids = piece_ids(items)
-    done = await shared.recorded(plan.attempt)
-    mine = [
-        item
-        for item in share(items, plan.shards, settings.shard_index)
-        if not all(ids[(p.relpath, p.index)] in done for p in item.members)
-    ]
+    """`mine` (unread()'s) read in the plan's snapshot, each piece into its part, then its record."""
     if mine:
-        parts = Parts(settings, shared.output, shared.folder(plan.attempt), ids)
+        parts = Parts(settings, shared.output, shared.folder(plan.attempt), piece_ids(from_plan(plan)))
         await read_items(settings, password, work, plan.snapshot_id, mine, parts)
 
 

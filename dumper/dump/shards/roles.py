@@ -17,7 +17,7 @@ from ...postgres import db
 from ...postgres.catalog import Table
 from ...storage.output import Output
 from ..reader import Group, Piece
-from .parts import join_table, read_share, wait_for_pieces
+from .parts import join_table, read_share, unread, wait_for_pieces
 from .plan import Plan, following, piece_ids, to_plan
 from .state import POLL, Shared, Watch, heartbeat, stopped
 
@@ -47,7 +47,7 @@ async def coordinate(
     ids = piece_ids(items)
     log.info("plan written", extra={"attempt": attempt, "shards": settings.shards, "pieces": len(ids)})
     async with heartbeat(shared, f"{folder}/{layout.alive_name(0)}"):
-        await read_share(settings, password, shared, plan, work)
+        await read_share(settings, password, shared, plan, work, await unread(shared, plan, 0))
         records = await wait_for_pieces(shared, plan, settings.stall_timeout)
     by_file: dict[str, list[tuple[int, str]]] = {}
     for (relpath, index), piece in ids.items():
@@ -81,17 +81,20 @@ async def run_worker(settings: Settings, password: db.PasswordProvider, output: 
         log.info("following the plan", extra={"attempt": plan.attempt, "shard": settings.shard_index})
         tables = {p.relpath: p.table for pieces in plan.items for p in pieces}
         work = [(table, relpath) for relpath, table in tables.items()]
-        await shared.make_folders(plan.attempt)
         alive = f"{shared.folder(plan.attempt)}/{layout.alive_name(settings.shard_index)}"
-        async with heartbeat(shared, alive):  # what index 0 watches while it waits for this share
-            try:
-                await read_share(mine, password, shared, plan, work)
-            except SnapshotLost as exc:
-                log.warning("this attempt's snapshot is gone: waiting for a new one", extra={"error": str(exc)})
-                continue
+        pending = await unread(shared, plan, settings.shard_index)
+        if pending:  # (nothing left: the run may have ended meanwhile; nothing of it is made again)
+            await shared.make_folders(plan.attempt)
+            async with heartbeat(shared, alive):  # what index 0 watches while it waits for this share
+                try:
+                    await read_share(mine, password, shared, plan, work, pending)
+                except SnapshotLost as exc:
+                    log.warning("this attempt's snapshot is gone: waiting for a new one", extra={"error": str(exc)})
+                    continue
         log.info("this shard's pieces are written", extra={"attempt": plan.attempt})
         if await _until_ended(shared, coordinator, plan.attempt):
-            await shared.remove(alive)  # index 0 may have removed the shared state before the last beat
+            if pending:
+                await shared.remove(alive)  # index 0 may have removed the shared state before the last beat
             return
 
 
