@@ -7,6 +7,9 @@ stall=True the connection is not cut but held open without reading: the
 client's send window closes, as with a frozen endpoint or a black hole. With
 stall_replies_after, replies stop after N bytes of each connection (a download
 that freezes, or a database that stops sending in the middle of a table).
+With cut_when, a connection is cut as soon as its client has sent those bytes
+(several: each, in that order), at most cuts_at_most times in all (a database
+connection lost at one chosen statement; it must speak without TLS).
 
 A stall lasts until stop(), or until release(): held connections go on
 where they stopped (nothing is lost or reordered) and are never held again;
@@ -32,13 +35,16 @@ class CuttingProxy:
         upstream_port: int,
         cut_after: int | None = None,
         stall: bool = False,
-        cut_when: bytes | None = None,
+        cut_when: bytes | tuple[bytes, ...] | None = None,
         stall_replies_after: int | None = None,
+        cuts_at_most: int | None = None,
     ) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.stall_replies_after = stall_replies_after  # hold each reply after this many bytes (a frozen server)
         self.cut_after = cut_after
-        self.cut_when = cut_when  # cut a connection as soon as the client sends these bytes
+        # cut a connection as soon as the client has sent these bytes (or each of these, in this order)
+        self.cut_when = (cut_when,) if isinstance(cut_when, bytes) else cut_when
+        self.cuts_at_most = cuts_at_most  # then let every connection be
         self.stall = stall
         self.port = 0
         self.cuts = 0
@@ -72,7 +78,7 @@ class CuttingProxy:
             while data := await reader.read(65536):
                 if keep is not None:
                     keep += data
-                    if self.cut_when is not None and self.cut_when in keep:
+                    if self._cut_now(keep):
                         self.cuts += 1
                         break
                 if limit is not None and sent + len(data) > limit and not was_held and not self._is_released():
@@ -92,6 +98,17 @@ class CuttingProxy:
             pass
         finally:
             writer.close()
+
+    def _cut_now(self, sent: bytearray) -> bool:
+        if self.cut_when is None or (self.cuts_at_most is not None and self.cuts >= self.cuts_at_most):
+            return False
+        at = 0
+        for pattern in self.cut_when:
+            at = sent.find(pattern, at)
+            if at < 0:
+                return False
+            at += len(pattern)
+        return True
 
     def _is_released(self) -> bool:
         return self._released is not None and self._released.is_set()

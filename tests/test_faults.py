@@ -95,7 +95,7 @@ def test_a_restart_mid_table_ends_in_one_complete_dump(db: Database, jobs: list[
         db.cluster.restart()
         hold.release()
         code, events, stderr = finish(proc, seen)
-    assert code == 0, stderr
+    assert code == 0, (stderr, [e for e in events if e["level"] in ("error", "warning")])
     assert stderr == "", "no traceback, no library text for an expected fault"
     assert_one_complete_dump(db, events, snapshots=2)
 

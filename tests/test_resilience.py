@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from devtools.cutting_proxy import CuttingProxy
+
 from .conftest import Database, parse_json, wait_until
 from .holds import ReplyHold, replies_held, seconds_between, within
 
@@ -115,6 +117,29 @@ def test_terminated_backend_is_healed_in_the_same_snapshot(db: Database) -> None
         "schema.post-data.sql",
         "schema.pre-data.sql",
     ]
+
+
+def test_a_connection_lost_as_a_read_ends_is_healed_in_the_same_snapshot(db: Database) -> None:
+    """The connection goes between a table's last rows and the statement that ends its read
+    (a server restart at that moment failed a run as an unexpected error, exit 1). The proxy
+    cuts the reader's connection when it sends that statement, after its query of `big`, once."""
+    if db.cluster.tls:
+        pytest.skip("the proxy must see the statement: a server without TLS")
+    big(db, 1000)
+    ended = b"ROLLBACK TO SAVEPOINT"  # how a read's subtransaction ends (postgres/locks.py)
+    read = b'FROM ONLY "public"."big"'  # the reader's query (the first connection locks and sizes it too)
+    proxy = CuttingProxy("127.0.0.1", db.cluster.port, cut_when=(read, ended), cuts_at_most=1).start()
+    try:
+        result = db.dump("--include", "public.big", "--jobs", "1", "--port", str(proxy.port))
+    finally:
+        proxy.stop()
+    assert proxy.cuts == 1, "the read's end was never cut"
+    assert result.code == 0, result.stderr
+    events = [parse_json(line) for line in result.stdout.splitlines()]
+    retries = [e for e in events if e["event"] == "connection lost; reading the rest again in the same snapshot"]
+    assert [e["table"] for e in retries] == ["public.big"], [e for e in events if e["level"] != "info"]
+    assert [e["event"] for e in events].count("snapshot taken") == 1, "the run's snapshot lived on"
+    assert_every_row_once(result.run_dir / "public.big.jsonl", 1000)
 
 
 def test_a_server_that_is_not_up_yet_is_waited_for(db: Database) -> None:

@@ -240,10 +240,12 @@ async def reading(conn: Any, tables: Sequence[Named], settings: Settings, *, loc
     relations = ", ".join(sql for _, sql, _ in tables)
     try:
         if lock:
-            await conn.execute(f"SAVEPOINT {SAVEPOINT}")
+            async with stall_guard(settings.stall_timeout, f"table {name}: while starting its read"):
+                await conn.execute(f"SAVEPOINT {SAVEPOINT}")
             await lock_while_read(conn, tables, settings)
         else:
-            await conn.execute(f"SAVEPOINT {SAVEPOINT}; LOCK TABLE {relations} IN ACCESS SHARE MODE NOWAIT")
+            async with stall_guard(settings.stall_timeout, f"table {name}: while starting its read"):
+                await conn.execute(f"SAVEPOINT {SAVEPOINT}; LOCK TABLE {relations} IN ACCESS SHARE MODE NOWAIT")
     except asyncpg.LockNotAvailableError as exc:
         if len(tables) > 1:  # which of the group: the subtransaction undone, ask the server
             with contextlib.suppress(asyncpg.PostgresError):
@@ -259,7 +261,13 @@ async def reading(conn: Any, tables: Sequence[Named], settings: Settings, *, loc
             raise ConnectionLost(f"table {name}: the connection was lost while locking it: {exc}") from exc
         raise
     yield
-    await conn.execute(_END_SCOPE)
+    try:  # the rows are in; a connection lost now is still lost (the caller reads on, or the run starts again)
+        async with stall_guard(settings.stall_timeout, f"table {name}: while ending its read"):
+            await conn.execute(_END_SCOPE)
+    except Exception as exc:
+        if is_lost(exc):
+            raise ConnectionLost(f"table {name}: the connection was lost as its read ended: {exc}") from exc
+        raise
 
 
 async def lock_while_read(conn: Any, tables: Sequence[Named], settings: Settings) -> None:
