@@ -110,6 +110,26 @@ def test_hostile_text_in_every_shape_comes_back(db: Database, target: Database, 
         assert mine == theirs
 
 
+def test_a_value_ending_in_a_backslash_does_not_hide_another_values_newline(db: Database, target: Database) -> None:
+    """In one column, a value ending in a backslash (in JSON an escaped backslash before the
+    closing quote) and a value with a newline (JSON's escape for it): counted together, their
+    escapes once looked like escaped backslashes and quotes alone, and the newline came back
+    as a backslash and an n."""
+    db.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, a text, b varchar(10));"
+        "INSERT INTO t VALUES (1, 'ends in ' || chr(92), 'x' || chr(92)), "  # chr(92): a backslash
+        "(2, 'two' || chr(10) || 'lines', 'tab' || chr(9) || 'here'), (3, chr(92) || '\"', chr(92))"
+    )
+    result = db.dump("--run-id", "backslash")
+    assert result.code == 0, result.stderr
+    restored = target.restore(result.run_dir, "--with-schema")
+    assert restored.code == 0, restored.stderr
+    assert _loaded_through_json(restored) == []
+    query = "SELECT id, a, b FROM t ORDER BY id"
+    assert target.fetch(query) == db.fetch(query)
+    assert db.fetch(query)[1][1] == "two\nlines"
+
+
 def test_a_json_null_and_sql_null_stay_apart_through_copy(db: Database, target: Database) -> None:
     db.sql(
         "CREATE TABLE j (id int PRIMARY KEY, a json, b jsonb);"

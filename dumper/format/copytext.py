@@ -218,13 +218,21 @@ def _escapes_rewritten(text: bytes) -> bytes | None:
     return text.replace(_HELD, b"\\\\")
 
 
+def other_escapes(text: bytes) -> bool:
+    """JSON text holds an escape other than \\\\ and \\" (which mean the same to CSV's ESCAPE). Each
+    escaped backslash taken out (left to right, as JSON pairs them), a backslash left is an
+    escape of the character after it: of a quote, or of something else."""
+    if b"\\" not in text:
+        return False
+    text = text.replace(b"\\\\", b"")
+    return text.count(b"\\") != text.count(b'\\"')
+
+
 def scalars(values: Sequence[Any]) -> Sequence[Any]:
     """A column of JSON scalars as CSV fields: themselves, but for JSON's escapes other than \\\\
-    and \\" (counted, not searched: a run of backslashes is pairs, and one more before a quote;
-    a string ending in an escaped backslash counts as having another, and is looked at)."""
+    and \\" (other_escapes)."""
     joined = _SEP.join(values)
-    total = joined.count(b"\\")
-    if not total or total == 2 * joined.count(b"\\\\") + joined.count(b'\\"'):
+    if not other_escapes(joined):
         return values
     rewritten = _escapes_rewritten(joined)
     if rewritten is None:
