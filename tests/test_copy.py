@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from dumper.format.copytext import CopyRows, copy_columns
+from dumper.format.copytext import CopyRows, copy_columns, other_escapes
 from dumper.format.manifest import parse
 
 from .conftest import Database, parse_json, wait_until
@@ -128,6 +128,23 @@ def test_a_value_ending_in_a_backslash_does_not_hide_another_values_newline(db: 
     query = "SELECT id, a, b FROM t ORDER BY id"
     assert target.fetch(query) == db.fetch(query)
     assert db.fetch(query)[1][1] == "two\nlines"
+
+
+def test_escapes_other_than_backslash_and_quote_are_found_wherever_they_are() -> None:
+    """other_escapes against JSON's own reading of strings side by side (json.dumps writes them)."""
+
+    def escapes(text: bytes) -> set[bytes]:
+        found, at = set(), text.find(b"\\")
+        while at >= 0:
+            found.add(text[at + 1 : at + 2])
+            at = text.find(b"\\", at + 2)
+        return found
+
+    rng = random.Random(7)
+    for _ in range(20000):
+        values = ["".join(rng.choice('\\"\n\tab\u00e9') for _ in range(rng.randint(0, 5))) for _ in range(3)]
+        text = b"\x00".join(json.dumps(v).encode() for v in values)
+        assert other_escapes(text) == bool(escapes(text) - {b"\\", b'"'}), text
 
 
 def test_a_json_null_and_sql_null_stay_apart_through_copy(db: Database, target: Database) -> None:

@@ -134,7 +134,12 @@ def arrays(values: list[Any], shape: Shape) -> list[bytes]:
     joined = _joined(values)
     if b"\\" in joined or b'\x00"' in joined:  # escapes, or an array's text: value by value
         return [field(bytes(v), shape) for v in values]
-    parts = _held_nulls(joined).split(b'"')  # outside the strings (even parts): JSON's brackets and nulls
+    joined = _held_nulls(joined)
+    arrays = len(values) - joined.count(b"\x03")
+    if b"null" not in joined and joined.count(b"[") == arrays and joined.count(b"]") == arrays:
+        # one bracket pair an array, so none in a string and no next dimension; no null element
+        return _quoted_fields(joined.replace(b"[", b"{").replace(b"]", b"}"))
+    parts = joined.split(b'"')  # outside the strings (even parts): JSON's brackets and nulls
     outside = b'"'.join(parts[0::2]).replace(b"[", b"{").replace(b"]", b"}").replace(b"null", b"NULL")
     parts[0::2] = outside.split(b'"')  # (no quote outside a string: the same parts again)
     return _quoted_fields(b'"'.join(parts))
@@ -224,8 +229,15 @@ def other_escapes(text: bytes) -> bool:
     escape of the character after it: of a quote, or of something else."""
     if b"\\" not in text:
         return False
+    if b'\\\\"' not in text:  # no run of backslashes before a quote but single ones: counting is enough
+        return text.count(b"\\") != 2 * text.count(b"\\\\") + text.count(b'\\"')
     text = text.replace(b"\\\\", b"")
     return text.count(b"\\") != text.count(b'\\"')
+
+
+def _run(getter: Callable[..., Any], fields: list[str]) -> list[Part]:
+    """The part of a run of scalar columns: none, one column's values, or a row's values of them."""
+    return [(getter(*fields), len(fields), None)] if fields else []
 
 
 def scalars(values: Sequence[Any]) -> Sequence[Any]:
@@ -245,13 +257,14 @@ Part = tuple[Callable[[Any], Any], int, "Column | None"]  # a run's getter and w
 
 class CopyRows:
     """Blocks of row texts (JSON objects) as COPY data (CSV) of the columns whose kind is not
-    SKIP (`loaded`), in the file's order. A JSON scalar is its own CSV field (with OPTIONS): each
-    run of such columns is joined by commas a row at a time straight from the decoded values;
-    the other columns are taken out, converted a column at a time, and joined in between."""
+    SKIP, in the order `loaded` names them (the COPY's column list): first the scalars, then
+    the columns converted from JSON's shapes. A JSON scalar is its own CSV field (with OPTIONS):
+    the scalars are joined by commas a row at a time straight from the decoded values; the
+    other columns are taken out, converted a column at a time, and joined after them. A string
+    column is looked at for JSON's other escapes when the block's strings have some (other_escapes)."""
 
     def __init__(self, columns: Sequence[Column]) -> None:
         self.columns = list(columns)
-        self.loaded = [c.name for c in self.columns if c.kind != SKIP]
         names = [c.name for c in self.columns]
         fields = [f"c{i}" for i in range(len(names))]
         try:
@@ -263,26 +276,16 @@ class CopyRows:
         except ValueError:  # a name msgspec refuses as a field: a dict per row
             self._decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
             getter, fields = itemgetter, names
-        self._parts = self._parted(fields, getter)
-
-    def _parted(self, fields: list[str], getter: Callable[..., Any]) -> list[Part]:
-        """Runs of columns whose values are CSV fields as they are (PLAIN scalars), and the columns
-        between them, each converted by itself (a string column is looked at for escapes)."""
-        parts: list[Part] = []
-        run: list[str] = []
-        for name, column in zip(fields, self.columns, strict=True):
-            if column.kind == SKIP:
-                continue
-            if column.plain:
-                run.append(name)
-                continue
-            if run:
-                parts.append((getter(*run), len(run), None))
-                run = []
-            parts.append((getter(name), 1, column))
-        if run:
-            parts.append((getter(*run), len(run), None))
-        return parts
+        by_field = dict(zip(fields, self.columns, strict=True))
+        plain = [f for f, c in by_field.items() if c.plain]
+        texts = [f for f, c in by_field.items() if c.kind == SCALAR and not c.plain]
+        shaped = [f for f, c in by_field.items() if c.kind not in (SCALAR, SKIP)]
+        self.loaded = [by_field[f].name for f in (*plain, *texts, *shaped)]
+        after = [(getter(f), 1, by_field[f]) for f in shaped]
+        # Blocks whose strings hold no escape but \\ and \": every scalar is a CSV field as it is.
+        self._clean = [*_run(getter, plain + texts), *after]
+        self._parts = [*_run(getter, plain), *((getter(f), 1, by_field[f]) for f in texts), *after]
+        self._texts = [getter(f) for f in texts]
 
     def convert(self, block: bytes | memoryview, json_nulls: dict[str, list[int]] | None = None) -> bytes:
         """A block of rows (JSON objects, each ending in a newline) as CSV lines. `json_nulls`: per
@@ -291,8 +294,9 @@ class CopyRows:
         rows = self._decoder.decode_lines(block)
         if not self.loaded:  # no column to load: a row is an empty line (the text format)
             return b"\n" * len(rows)
+        parts = self._parts if self._texts and other_escapes(self._joined_texts(rows)) else self._clean
         pieces = []
-        for get, width, column in self._parts:
+        for get, width, column in parts:
             values = list(map(get, rows))
             if width > 1:
                 pieces.append(list(map(b",".join, values)))
@@ -302,6 +306,9 @@ class CopyRows:
                 pieces.append(self._converted(column, values, (json_nulls or {}).get(column.name, ())))
         lines = pieces[0] if len(pieces) == 1 else map(b",".join, zip(*pieces, strict=True))
         return b"\n".join(itertools.chain(lines, (b"",)))  # each line ends in a newline, no copy to add one
+
+    def _joined_texts(self, rows: list[Any]) -> bytes:
+        return _SEP.join(itertools.chain.from_iterable(map(get, rows) for get in self._texts))
 
     @staticmethod
     def _converted(column: Column, values: list[Any], json_nulls: Sequence[int]) -> list[Any]:
