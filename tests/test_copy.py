@@ -273,6 +273,11 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _converters(pid: int) -> list[int]:
+    """The restore's converter processes."""
+    return [child for child in _children(pid) if b"dumper.restore.converting" in _cmdline(child)]
+
+
 def _cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -309,7 +314,7 @@ def test_a_signal_to_the_whole_group_leaves_no_converter_behind(
     with target.locked("t", "SHARE"):  # the COPY waits for its lock: the converters are up by then
         proc = target.spawn("restore", str(result.run_dir), "--processes", "2", "--lock-timeout", "0")
         wait_until(lambda: target.waiting_for_lock("t") > 0, 120)
-        converters = [pid for pid in _children(proc.pid) if b"dumper.restore.converting" in _cmdline(pid)]
+        converters = _converters(proc.pid)
         assert len(converters) == 2, "the converters are the restore's children"
         for pid in converters:  # ignored from their first instruction: a terminal's Ctrl-C is the restore's
             assert _mask(pid, "SigIgn") & (1 << (sig - 1)), f"converter {pid} would die of {sig.name}"
@@ -327,10 +332,13 @@ def test_a_converter_killed_fails_the_table_and_names_it(db: Database, target: D
     result = db.dump("--run-id", "oom")
     assert result.code == 0, result.stderr
     target.sql("CREATE TABLE t (id int, v text)")
+    # The restore waits in its TRUNCATE: the converters are up and nothing was handed to them yet
+    # (a COPY waiting for its lock would not hold them: asyncpg sends the rows while it waits).
     with target.locked("t", "SHARE"):
-        proc = target.spawn("restore", str(result.run_dir), "--processes", "2", "--lock-timeout", "0")
+        proc = target.spawn("restore", str(result.run_dir), "--processes", "2", "--truncate", "--lock-timeout", "0")
         wait_until(lambda: target.waiting_for_lock("t") > 0, 120)
-        converters = [pid for pid in _children(proc.pid) if b"dumper.restore.converting" in _cmdline(pid)]
+        converters = _converters(proc.pid)
+        assert len(converters) == 2, "the converters are the restore's children"
         for pid in converters:  # as the out-of-memory killer would
             os.kill(pid, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=120)
