@@ -162,6 +162,7 @@ def test_sslmode_require_encrypts_without_checking_the_certificate(db: Database)
     assert "--sslmode require: the server's identity is not verified" in proc.stderr
 
 
+@REFUSED_LOGIN
 def test_a_database_that_does_not_exist_is_exit_3_naming_the_option(db: Database) -> None:
     result = db.dump("--dbname", "no_such_db")
     assert result.code == 3
@@ -202,6 +203,7 @@ def test_a_server_that_refuses_tls_is_exit_3(db: Database) -> None:
     assert f"localhost:{port} does not accept TLS; --sslmode verify-full requires it" in result.stderr
 
 
+@REFUSED_LOGIN
 def test_a_server_that_refuses_the_login_is_exit_3(db: Database) -> None:
     db.sql("CREATE ROLE shut_out LOGIN PASSWORD 'pw';")
     try:
