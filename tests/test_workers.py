@@ -190,8 +190,8 @@ def test_a_worker_killed_with_sigkill_fails_the_run_cleanly(db: Database) -> Non
     with stopped_workers(db) as (proc, pids, _):
         os.kill(pids[0], signal.SIGKILL)
         os.kill(pids[1], signal.SIGCONT)
-        _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 5, stderr
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 5, (stderr, [line for line in stdout.splitlines() if '"level":"error"' in line])
     assert f"worker process {pids[0]} was killed by signal SIGKILL (e.g. the out-of-memory killer)" in stderr
     assert not list((db.tmp / "out").rglob("*")), "no file, no manifest, no LATEST"
     assert not worker_pids(proc.pid) and not alive(pids[1:]), "the other worker was killed too"

@@ -21,7 +21,6 @@ from ..core.settings import Settings
 from ..format.encode import LARGE_ROW, RowEncoder
 from ..postgres import db, locks, snapshot
 from ..postgres.catalog import Table
-from ..postgres.translate import is_lost
 
 BATCH_BYTES = 4 << 20  # aim for ~4 MB of JSON per fetch: bounds memory for wide rows
 JSON_PER_DISK_BYTE = 2  # bytea doubles in hex; TOAST-compressed text grows back
@@ -251,7 +250,6 @@ class Reader:
         tables = [p.table for p in piece.members]
         delivered = _Delivered(_Batcher.for_tables(tables, self.settings.batch_rows))
         named = [(t.oid, t.relation_sql(), t.qualified) for t in tables]
-        called = locks.called(named)
 
         async def attempt() -> None:
             self.conn = self.conn or await self._joined()
@@ -264,11 +262,6 @@ class Reader:
             except ConnectionLost:
                 self.abort()
                 raise
-            except Exception as exc:  # a library's own words for a lost connection, wherever it surfaced
-                if not is_lost(exc):
-                    raise
-                self.abort()
-                raise ConnectionLost(f"table {called}: the connection to the server was lost ({exc})") from exc
 
         await retrying(
             attempt,
