@@ -1,26 +1,30 @@
 """A table file's rows (JSON objects, as format/readback.py reads them) as COPY data, so that a
-restore hands the server the cheapest parse it has: COPY's CSV format, written with
-`FORMAT csv, ESCAPE '\\', NULL 'null'` (OPTIONS).
+restore hands the server the cheapest parse it has: COPY's text format, with `NULL 'null'`
+(OPTIONS). Measured on the bench's mixed table, the server spends ~15% less CPU on it than on
+the same rows as CSV (it is what pg_restore sends).
 
 Exact by construction: the server turns each field into its column's value with the type's
 input function, the same function json_populate_recordset calls on a JSON scalar, given the
-same text. With those options a JSON scalar already is a CSV field: a number, true or false is
-its own (unquoted) text, null is the NULL marker (a quoted "null" is the string), and a string
-is a quoted field whose escapes \\" and \\\\ mean what they mean to CSV's ESCAPE. So a row is
-its values joined by commas, each as the file holds it (msgspec.Raw, never re-printed); JSON's
-other escapes in a column that has them become the bytes they stand for (raw newlines and tabs
-are data in a quoted field; \\uXXXX is decoded). Only what is not a scalar is converted: a json
-value becomes a quoted field of its JSON text, an array PostgreSQL's array text
-('{"a",NULL,{1,2}}'; a nested JSON array is its next dimension, as json_populate_record reads
-it, json[] too), a composite's JSON object its record text ('(1,"x y",)', field by field in the
-composite's order: the manifest's types). A column at a time, on its values joined into one
-bytes object (C-level replaces and splits), where that can be done; a value at a time where not.
+same text. A JSON scalar is nearly a text-format field already: a number, true or false is its
+own text, null is the NULL marker, and a string's content between its quotes is the field,
+since JSON's escapes mean to COPY what they mean to JSON (\\\\, \\", \\/, \\b, \\f, \\n, \\r, \\t) but for
+\\uXXXX, which COPY does not know (a value holding one is decoded). So a row is its values joined
+by tabs, each as the file holds it (msgspec.Raw, never re-printed), and the strings' quotes are
+taken off the whole block at once (a string that is "null" becomes nul\\l, which COPY reads as
+the text null, not as the NULL marker). Only what is not a scalar is converted: a json value is
+its JSON text, an array PostgreSQL's array text ('{"a",NULL,{1,2}}'; a nested JSON array is its
+next dimension, as json_populate_record reads it, json[] too), a composite's JSON object its
+record text ('(1,"x y",)', field by field in the composite's order: the manifest's types); then
+escaped for COPY, its double quotes held as _QUOTE while the strings' quotes are taken off.
+A column at a time, on its values joined into one bytes object (C-level replaces and splits),
+where that can be done; a value at a time where not.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
@@ -33,19 +37,56 @@ from .describe.columns import Shape, column_shape
 from .manifest import Column as ManifestColumn
 from .manifest import Manifest, TableEntry
 
-OPTIONS = {"format": "csv", "escape": "\\", "null": "null"}  # asyncpg's copy_to_table keywords
-NULL = b"null"  # the NULL marker (a quoted "null" is the string)
-_SEP = b"\x00"  # between a column's values while they are converted together; likewise never in JSON
-_HELD = b"\x02"  # an escaped backslash while JSON's other escapes are rewritten
+OPTIONS = {"format": "text", "null": "null"}  # asyncpg's copy_to_table keywords
+NULL = b"null"  # the NULL marker
+NULL_TEXT = b"nul\\l"  # the text null: COPY reads a backslash before l as the l, and matches NULL before that
+_SEP = b"\x00"  # between a column's values while they are converted together; never in JSON
+_QUOTE = b"\x01"  # a converted value's double quote while the strings' quotes are taken off
+_HELD = b"\x02"  # an escaped backslash while the strings' quotes are taken off
 _NULL_VALUE = b"\x00null\x00"
 _NULL_HELD = b"\x00\x03\x00"
-# JSON's escapes but \" and \\ (which mean the same to CSV), as the bytes they stand for.
-_ESCAPES = ((b"\\n", b"\n"), (b"\\t", b"\t"), (b"\\r", b"\r"), (b"\\b", b"\x08"), (b"\\f", b"\x0c"), (b"\\/", b"/"))
+_TO_QUOTE = bytes.maketrans(b'"', _QUOTE)
+_FROM_QUOTE = bytes.maketrans(_QUOTE, b'"')
+_BRACES = bytes.maketrans(b"[]", b"{}")
+# Looked for in whole blocks: sre finds a literal's first byte with memchr, 3x faster here than `in`.
+_STRING_NULL = re.compile(rb'"null"')
+_BACKSLASH_QUOTE = re.compile(rb'\\"')
+_BACKSLASH_U = re.compile(rb"\\u")
+# What COPY's text format reads specially, and the two bytes standing in above: escaped.
+_COPY_ESCAPES = ((b"\t", b"\\t"), (b"\n", b"\\n"), (b"\r", b"\\r"), (_QUOTE, b"\\x01"), (_HELD, b"\\x02"))
 
 
 def quoted(text: bytes) -> bytes:
-    """Text as one quoted field: of CSV (with ESCAPE '\\'), and of array and record text alike."""
+    """Text as one quoted element of array or record text."""
     return b'"' + text.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def escaped(text: bytes) -> bytes:
+    """Text as a converted value: COPY's text escapes, double quotes as _QUOTE, the text null
+    as NULL_TEXT."""
+    if b"\\" in text:
+        text = text.replace(b"\\", b"\\\\")
+    for byte, escape in _COPY_ESCAPES:
+        if byte in text:
+            text = text.replace(byte, escape)
+    return NULL_TEXT if text == NULL else text.translate(_TO_QUOTE)
+
+
+def unquoted(data: bytes) -> bytes:
+    """COPY data of JSON scalars as the file holds them and converted values: the strings'
+    quotes taken off (their escapes are COPY's), the converted values' quotes put back."""
+    if _STRING_NULL.search(data):  # the string null, or "null" at the end of a string holding a quote
+        data = data.replace(b'"null"', b'"' + NULL_TEXT + b'"')
+    if not _BACKSLASH_QUOTE.search(data):  # no string holds a quote or ends in a backslash
+        return data.translate(_FROM_QUOTE, b'"')
+    data = data.replace(b"\\\\", _HELD).replace(b'\\"', _QUOTE)
+    return data.translate(_FROM_QUOTE, b'"').replace(_HELD, b"\\\\")
+
+
+def unicode_escapes(text: bytes) -> bool:
+    """JSON text (or COPY data made of it) holds a \\uXXXX escape: each escaped backslash
+    taken out (left to right, as JSON pairs them), a backslash before u is one."""
+    return _BACKSLASH_U.search(text) is not None and _BACKSLASH_U.search(text.replace(b"\\\\", b"")) is not None
 
 
 # --- a value at a time ----------------------------------------------------------------
@@ -93,12 +134,12 @@ def _record_text(raw: bytes, shape: Shape) -> bytes:
 
 
 def field(raw: bytes, shape: Shape) -> bytes:
-    """One value as a CSV field. A JSON string is the type's text whatever the column's shape
-    (an array whose bounds are not 1; every value of a Parquet dump)."""
+    """One value as a converted value. A JSON string is the type's text whatever the column's
+    shape (an array whose bounds are not 1; every value of a Parquet dump)."""
     if raw[:1] == b'"' and not (shape.kind == "json" and not shape.text):
-        return quoted(msgspec.json.decode(raw, type=str).encode())
+        return escaped(msgspec.json.decode(raw, type=str).encode())
     text = _text(raw, shape)
-    return NULL if text is None else quoted(text) if raw[:1] in (b"{", b"[") or shape.kind == "json" else text
+    return NULL if text is None else escaped(text)
 
 
 # --- a column at a time (the fields taken out of a batch's rows) --------------------------
@@ -114,19 +155,14 @@ def _held_nulls(joined: bytes) -> bytes:
     return joined.replace(_NULL_VALUE, _NULL_HELD) if _NULL_VALUE in joined else joined
 
 
-def _quoted_fields(joined: bytes) -> list[bytes]:
-    """`joined` (SEP, values, SEP; nulls held) as quoted CSV fields, nulls as the NULL marker."""
+def jsons(values: list[Any], shape: Shape) -> list[bytes]:
+    """json values: their JSON text (a null value, SQL NULL, is the NULL marker as it is)."""
+    joined = _joined(values)
     if b"\\" in joined:
         joined = joined.replace(b"\\", b"\\\\")
-    if b'"' in joined:
-        joined = joined.replace(b'"', b'\\"')
-    joined = b'"' + joined[1:-1].replace(_SEP, b'"\x00"') + b'"'
-    return joined.replace(b'"\x03"', NULL).split(_SEP)
-
-
-def jsons(values: list[Any], shape: Shape) -> list[bytes]:
-    """json values: their JSON text, quoted."""
-    return _quoted_fields(_held_nulls(_joined(values)))
+    if b"\t" in joined:  # whitespace a json value may hold (a newline or CR cannot be in the file)
+        joined = joined.replace(b"\t", b"\\t")
+    return joined[1:-1].translate(_TO_QUOTE).split(_SEP)
 
 
 def arrays(values: list[Any], shape: Shape) -> list[bytes]:
@@ -135,14 +171,16 @@ def arrays(values: list[Any], shape: Shape) -> list[bytes]:
     if b"\\" in joined or b'\x00"' in joined:  # escapes, or an array's text: value by value
         return [field(bytes(v), shape) for v in values]
     joined = _held_nulls(joined)
-    arrays = len(values) - joined.count(b"\x03")
-    if b"null" not in joined and joined.count(b"[") == arrays and joined.count(b"]") == arrays:
+    count = len(values) - joined.count(b"\x03")
+    if b"null" not in joined and joined.count(b"[") == count and joined.count(b"]") == count:
         # one bracket pair an array, so none in a string and no next dimension; no null element
-        return _quoted_fields(joined.replace(b"[", b"{").replace(b"]", b"}"))
-    parts = joined.split(b'"')  # outside the strings (even parts): JSON's brackets and nulls
-    outside = b'"'.join(parts[0::2]).replace(b"[", b"{").replace(b"]", b"}").replace(b"null", b"NULL")
-    parts[0::2] = outside.split(b'"')  # (no quote outside a string: the same parts again)
-    return _quoted_fields(b'"'.join(parts))
+        joined = joined.translate(_BRACES)
+    else:
+        parts = joined.split(b'"')  # outside the strings (even parts): JSON's brackets and nulls
+        outside = b'"'.join(parts[0::2]).translate(_BRACES).replace(b"null", b"NULL")
+        parts[0::2] = outside.split(b'"')  # (no quote outside a string: the same parts again)
+        joined = b'"'.join(parts)
+    return joined[1:-1].replace(b"\x03", NULL).translate(_TO_QUOTE).split(_SEP)
 
 
 def values(values: list[Any], shape: Shape) -> list[bytes]:
@@ -163,8 +201,8 @@ CONVERT: dict[str, Callable[[list[Any], Shape], list[bytes]]] = {
 _TEXT = Shape("string", "", text=True)
 
 
-# Types whose text output never holds a backslash (but bytea's leading one, written \\\\), a double
-# quote or a control character: their JSON strings are CSV fields as they are, unlooked at.
+# Types whose text output never holds a character JSON writes as \\uXXXX: their values are
+# COPY fields as they are (their quotes taken off), unlooked at.
 PLAIN = frozenset(
     f"pg_catalog.{name}"
     for name in [
@@ -207,32 +245,8 @@ class Column:
 
     @property
     def plain(self) -> bool:
-        """A scalar whose values hold no JSON escape but \\\\ (PLAIN)."""
+        """A scalar whose values hold no \\uXXXX escape (PLAIN)."""
         return self.kind == SCALAR and self.shape.type in PLAIN
-
-
-def _escapes_rewritten(text: bytes) -> bytes | None:
-    """Scalar fields as CSV: JSON's escapes but \\" and \\\\ as the bytes they stand for (None: a
-    \\uXXXX, which only a decoder reads)."""
-    text = text.replace(b"\\\\", _HELD)
-    if b"\\u" in text:
-        return None
-    for escape, byte in _ESCAPES:
-        if escape in text:
-            text = text.replace(escape, byte)
-    return text.replace(_HELD, b"\\\\")
-
-
-def other_escapes(text: bytes) -> bool:
-    """JSON text holds an escape other than \\\\ and \\" (which mean the same to CSV's ESCAPE). Each
-    escaped backslash taken out (left to right, as JSON pairs them), a backslash left is an
-    escape of the character after it: of a quote, or of something else."""
-    if b"\\" not in text:
-        return False
-    if b'\\\\"' not in text:  # no run of backslashes before a quote but single ones: counting is enough
-        return text.count(b"\\") != 2 * text.count(b"\\\\") + text.count(b'\\"')
-    text = text.replace(b"\\\\", b"")
-    return text.count(b"\\") != text.count(b'\\"')
 
 
 def _run(getter: Callable[..., Any], fields: list[str]) -> list[Part]:
@@ -241,27 +255,22 @@ def _run(getter: Callable[..., Any], fields: list[str]) -> list[Part]:
 
 
 def scalars(values: Sequence[Any]) -> Sequence[Any]:
-    """A column of JSON scalars as CSV fields: themselves, but for JSON's escapes other than \\\\
-    and \\" (other_escapes)."""
-    joined = _SEP.join(values)
-    if not other_escapes(joined):
+    """A column of JSON scalars: themselves, but a string holding a \\uXXXX escape, decoded."""
+    if not unicode_escapes(_SEP.join(values)):
         return values
-    rewritten = _escapes_rewritten(joined)
-    if rewritten is None:
-        return [field(bytes(v), _TEXT) for v in values]
-    return rewritten.split(_SEP)
+    return [field(value, _TEXT) if b"\\u" in value else value for value in map(bytes, values)]
 
 
 Part = tuple[Callable[[Any], Any], int, "Column | None"]  # a run's getter and width, or a column's getter
 
 
 class CopyRows:
-    """Blocks of row texts (JSON objects) as COPY data (CSV) of the columns whose kind is not
-    SKIP, in the order `loaded` names them (the COPY's column list): first the scalars, then
-    the columns converted from JSON's shapes. A JSON scalar is its own CSV field (with OPTIONS):
-    the scalars are joined by commas a row at a time straight from the decoded values; the
-    other columns are taken out, converted a column at a time, and joined after them. A string
-    column is looked at for JSON's other escapes when the block's strings have some (other_escapes)."""
+    """Blocks of row texts (JSON objects) as COPY data (text format) of the columns whose kind is
+    not SKIP, in the order `loaded` names them (the COPY's column list): first the scalars, then
+    the columns converted from JSON's shapes. The scalars are joined by tabs a row at a time
+    straight from the decoded values; the other columns are taken out, converted a column at a
+    time, and joined after them; then the block's strings lose their quotes (unquoted). A
+    string column is looked at value by value in a block whose strings hold a \\uXXXX escape."""
 
     def __init__(self, columns: Sequence[Column]) -> None:
         self.columns = list(columns)
@@ -282,41 +291,44 @@ class CopyRows:
         shaped = [f for f, c in by_field.items() if c.kind not in (SCALAR, SKIP)]
         self.loaded = [by_field[f].name for f in (*plain, *texts, *shaped)]
         after = [(getter(f), 1, by_field[f]) for f in shaped]
-        # Blocks whose strings hold no escape but \\ and \": every scalar is a CSV field as it is.
+        # Blocks whose strings hold no \uXXXX escape: every scalar is a field as it is.
         self._clean = [*_run(getter, plain + texts), *after]
         self._parts = [*_run(getter, plain), *((getter(f), 1, by_field[f]) for f in texts), *after]
-        self._texts = [getter(f) for f in texts]
+        self._texts = bool(texts)
 
     def convert(self, block: bytes | memoryview, json_nulls: dict[str, list[int]] | None = None) -> bytes:
-        """A block of rows (JSON objects, each ending in a newline) as CSV lines. `json_nulls`: per
-        json column, the rows (1-based positions in the block) whose value is JSON null, a quoted
-        "null" (not the NULL marker)."""
+        """A block of rows (JSON objects, each ending in a newline) as COPY lines. `json_nulls`: per
+        json column, the rows (1-based positions in the block) whose value is JSON null (the text
+        null, not the NULL marker)."""
         rows = self._decoder.decode_lines(block)
-        if not self.loaded:  # no column to load: a row is an empty line (the text format)
+        if not self.loaded:  # no column to load: a row is an empty line
             return b"\n" * len(rows)
-        parts = self._parts if self._texts and other_escapes(self._joined_texts(rows)) else self._clean
+        data = self._lines(rows, self._clean, json_nulls or {})
+        if self._texts and unicode_escapes(data):  # (a converted value's backslashes are pairs)
+            data = self._lines(rows, self._parts, json_nulls or {})
+        return unquoted(data)
+
+    @staticmethod
+    def _lines(rows: list[Any], parts: list[Part], json_nulls: dict[str, list[int]]) -> bytes:
         pieces = []
         for get, width, column in parts:
             values = list(map(get, rows))
             if width > 1:
-                pieces.append(list(map(b",".join, values)))
+                pieces.append(list(map(b"\t".join, values)))
             elif column is None:
                 pieces.append(values)
             else:
-                pieces.append(self._converted(column, values, (json_nulls or {}).get(column.name, ())))
-        lines = pieces[0] if len(pieces) == 1 else map(b",".join, zip(*pieces, strict=True))
+                pieces.append(CopyRows._converted(column, values, json_nulls.get(column.name, ())))
+        lines = pieces[0] if len(pieces) == 1 else map(b"\t".join, zip(*pieces, strict=True))
         return b"\n".join(itertools.chain(lines, (b"",)))  # each line ends in a newline, no copy to add one
-
-    def _joined_texts(self, rows: list[Any]) -> bytes:
-        return _SEP.join(itertools.chain.from_iterable(map(get, rows) for get in self._texts))
 
     @staticmethod
     def _converted(column: Column, values: list[Any], json_nulls: Sequence[int]) -> list[Any]:
-        if column.kind == SCALAR:  # a string column: JSON's other escapes, where it has them
+        if column.kind == SCALAR:  # a string column: decoded where it holds a \uXXXX escape
             return list(scalars(values))
         converted = CONVERT[column.kind](values, column.shape)
         for position in json_nulls:
-            converted[position - 1] = b'"null"'
+            converted[position - 1] = NULL_TEXT
         return converted
 
 
