@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import string
+import threading
 from typing import Any
 
 import msgspec
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 
 from dumper.format import encode
 from dumper.format.layout import table_file_name, unique_file_names
-from dumper.format.stored import StoredWriter, read_stats
+from dumper.format.stored import HASH_BEHIND, StoredWriter, Tally, read_stats
 
 
 def test_timestamptz_to_xsd() -> None:
@@ -145,6 +147,24 @@ def test_stored_writer_and_reader_agree(chunks: list[bytes], compression: str, l
     assert content == b"".join(chunks)
     stats = read_stats([data[i : i + 7] for i in range(0, len(data), 7)], compression)
     assert (stats.bytes, stats.sha256, stats.newlines) == (len(data), writer.sha256, content.count(b"\n"))
+
+
+def test_chunks_hashed_in_a_thread_are_hashed_in_order() -> None:
+    """Large chunks are hashed in a thread while the reader has them, small ones where they are
+    read; the hash is the stored bytes' in order, and a read left midway leaves no thread behind."""
+    big = HASH_BEHIND
+    chunks = [b"a" * big, b"b" * 10, b"c" * (big + 1), b"d" * big, b"e", b"f" * (big * 2)]
+    tally = Tally(chunks)
+    assert b"".join(tally) == b"".join(chunks)
+    assert tally.sha256 == hashlib.sha256(b"".join(chunks)).hexdigest() and tally.bytes == len(b"".join(chunks))
+
+    def hashing() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("sha256")]
+
+    left = iter(Tally(chunks))
+    assert next(left) == chunks[0] and len(hashing()) == 1
+    left.close()
+    assert hashing() == []
 
 
 def test_json_nulls_are_marked_found_and_removed_by_the_assembly() -> None:
