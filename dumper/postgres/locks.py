@@ -31,7 +31,7 @@ TOAST tables, sequences) end with them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,35 +238,40 @@ async def reading(conn: Any, tables: Sequence[Named], settings: Settings, *, loc
     instead (LockQueued): its locks end, the waiting command goes first."""
     name = called(tables)
     relations = ", ".join(sql for _, sql, _ in tables)
-    try:
-        if lock:
-            async with stall_guard(settings.stall_timeout, f"table {name}: while starting its read"):
-                await conn.execute(f"SAVEPOINT {SAVEPOINT}")
-            await lock_while_read(conn, tables, settings)
-        else:
-            async with stall_guard(settings.stall_timeout, f"table {name}: while starting its read"):
-                await conn.execute(f"SAVEPOINT {SAVEPOINT}; LOCK TABLE {relations} IN ACCESS SHARE MODE NOWAIT")
-    except asyncpg.LockNotAvailableError as exc:
-        if len(tables) > 1:  # which of the group: the subtransaction undone, ask the server
-            with contextlib.suppress(asyncpg.PostgresError):
-                await conn.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
-                name = await _blocked(conn, tables)
-        raise LockQueued(
-            f"table {name}: another session asked for an ACCESS EXCLUSIVE lock on it (DDL, VACUUM FULL) "
-            f"after the run had locked it ({exc}); that session waits for the run to end and the run's read "
-            "would wait for it, so the run starts again and lets it go first"
-        ) from exc
-    except Exception as exc:
-        if is_lost(exc):
-            raise ConnectionLost(f"table {name}: the connection was lost while locking it: {exc}") from exc
-        raise
+    with _lost_as_connection_lost(f"table {name}: the connection was lost while locking it"):
+        try:
+            if lock:
+                async with stall_guard(settings.stall_timeout, f"table {name}: while starting its read"):
+                    await conn.execute(f"SAVEPOINT {SAVEPOINT}")
+                await lock_while_read(conn, tables, settings)
+            else:
+                async with stall_guard(settings.stall_timeout, f"table {name}: while starting its read"):
+                    await conn.execute(f"SAVEPOINT {SAVEPOINT}; LOCK TABLE {relations} IN ACCESS SHARE MODE NOWAIT")
+        except asyncpg.LockNotAvailableError as exc:
+            if len(tables) > 1:  # which of the group: the subtransaction undone, ask the server
+                with contextlib.suppress(asyncpg.PostgresError):
+                    await conn.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+                    name = await _blocked(conn, tables)
+            raise LockQueued(
+                f"table {name}: another session asked for an ACCESS EXCLUSIVE lock on it (DDL, VACUUM FULL) "
+                f"after the run had locked it ({exc}); that session waits for the run to end and the run's read "
+                "would wait for it, so the run starts again and lets it go first"
+            ) from exc
     yield
-    try:  # the rows are in; a connection lost now is still lost (the caller reads on, or the run starts again)
+    # The rows are in; a connection lost now is still lost (the caller reads on, or the run starts again).
+    with _lost_as_connection_lost(f"table {name}: the connection was lost as its read ended"):
         async with stall_guard(settings.stall_timeout, f"table {name}: while ending its read"):
             await conn.execute(_END_SCOPE)
+
+
+@contextlib.contextmanager
+def _lost_as_connection_lost(what: str) -> Iterator[None]:
+    """A lost connection, whatever asyncpg or the socket raised, as ConnectionLost saying `what`."""
+    try:
+        yield
     except Exception as exc:
         if is_lost(exc):
-            raise ConnectionLost(f"table {name}: the connection was lost as its read ended: {exc}") from exc
+            raise ConnectionLost(f"{what}: {exc}") from exc
         raise
 
 
