@@ -7,7 +7,8 @@ import hashlib
 import json
 import string
 import threading
-from typing import Any
+from collections.abc import Generator
+from typing import Any, cast
 
 import msgspec
 import orjson
@@ -161,7 +162,7 @@ def test_chunks_hashed_in_a_thread_are_hashed_in_order() -> None:
     def hashing() -> list[threading.Thread]:
         return [t for t in threading.enumerate() if t.name.startswith("sha256")]
 
-    left = iter(Tally(chunks))
+    left = cast(Generator[bytes, None, None], iter(Tally(chunks)))  # Tally.__iter__ is a generator
     assert next(left) == chunks[0] and len(hashing()) == 1
     left.close()
     assert hashing() == []
