@@ -110,10 +110,13 @@ class TableRows(Protocol):
     def check(self, rows: int, stored_bytes: int, sha256: str) -> None: ...
 
 
-def table_rows(manifest: Manifest, entry: TableEntry, chunks: Iterable[bytes], name: str) -> TableRows:
-    """The rows of `entry`'s file (its stored chunks), read as the manifest's format says."""
+def table_rows(
+    manifest: Manifest, entry: TableEntry, chunks: Iterable[bytes], name: str, batch_bytes: int = BATCH_BYTES
+) -> TableRows:
+    """The rows of `entry`'s file (its stored chunks), read as the manifest's format says, in batches
+    of about `batch_bytes` of JSON (a Parquet file's: of about parquet/read.py's BATCH_BYTES of Arrow data)."""
     if manifest.format != "parquet":
-        return RowBatches(chunks, manifest.compression, manifest.format, name)
+        return RowBatches(chunks, manifest.compression, manifest.format, name, batch_bytes)
     parquet.require("this dump (Parquet files)")
     from .parquet.read import ParquetRows  # pyarrow: for Parquet dumps only
 
@@ -198,9 +201,7 @@ def table_blocks(manifest: Manifest, entry: TableEntry, chunks: Iterable[bytes],
     """The rows of `entry`'s file as blocks of row texts (JSON Lines read as they are stored)."""
     if manifest.format == "jsonl":
         return RowBlocks(chunks, manifest.compression, name)
-    if manifest.format == "json":
-        return _Joined(RowBatches(chunks, manifest.compression, manifest.format, name, BLOCK_BYTES))
-    return _Joined(table_rows(manifest, entry, chunks, name))
+    return _Joined(table_rows(manifest, entry, chunks, name, BLOCK_BYTES))
 
 
 def json_array(rows: list[bytes]) -> bytes:
