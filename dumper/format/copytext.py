@@ -303,9 +303,10 @@ class CopyRows:
         rows = self._decoder.decode_lines(block)
         if not self.loaded:  # no column to load: a row is an empty line
             return b"\n" * len(rows)
-        data = self._lines(rows, self._clean, json_nulls or {})
+        json_nulls = json_nulls or {}
+        data = self._lines(rows, self._clean, json_nulls)
         if self._texts and unicode_escapes(data):  # (a converted value's backslashes are pairs)
-            data = self._lines(rows, self._parts, json_nulls or {})
+            data = self._lines(rows, self._parts, json_nulls)
         return unquoted(data)
 
     @staticmethod
